@@ -11,6 +11,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
 from genlab.config import CONFIG_DIR
+from genlab.metrics import WEIGHTS_FILE
+from tests.inception import random_inception_weights
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -19,7 +21,7 @@ BIN = Path(sys.executable).parent
 torch.set_num_threads(1)
 
 # Small, fast runs on CPU: every CLI and in-process training test starts from these.
-TINY = ["debug=tiny", "logger=csv"]
+TINY = ["debug=tiny", "logger=csv", "metrics=none"]
 
 
 def compose_train(overrides: list[str], output_dir: Path) -> DictConfig:
@@ -29,6 +31,12 @@ def compose_train(overrides: list[str], output_dir: Path) -> DictConfig:
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir)
     return cfg
+
+
+@pytest.fixture(scope="session")
+def weights(tmp_path_factory) -> Path:
+    """A random InceptionV3 in torch-fidelity's format (the real weights cannot be fetched)."""
+    return random_inception_weights(tmp_path_factory.mktemp("inception") / WEIGHTS_FILE)
 
 
 @pytest.fixture

@@ -99,3 +99,32 @@ def check_optimizer(factory: Callable[..., Any], key: str) -> None:
         factory([torch.nn.Parameter(torch.zeros(1))])
     except (TypeError, ValueError) as e:
         raise GenlabError(f"{key}: {e}") from None
+
+
+def load_model(ckpt_path: str, key: str = "ckpt_path") -> tuple[DictConfig, Any]:
+    """Rebuild a trained module from a genlab checkpoint: its saved config, then its weights.
+
+    Returns the run's resolved config and the module (on CPU, eval mode).
+    """
+    import torch
+    from omegaconf import OmegaConf
+
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise GenlabError(f"{key}={ckpt_path}: no such checkpoint file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated file, not a torch file, foreign pickle
+        reason = type(e).__name__
+        raise GenlabError(f"{key}={ckpt_path}: not a readable checkpoint ({reason})") from None
+    if not isinstance(ckpt, dict) or "genlab_config" not in ckpt:
+        raise GenlabError(f"{key}={ckpt_path}: not a genlab checkpoint (no saved run config)")
+    cfg = OmegaConf.create(ckpt["genlab_config"])
+    model = instantiate(cfg.model, _convert_="object")
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as e:
+        first = str(e).splitlines()[0]
+        msg = f"{key}={ckpt_path}: weights do not fit the saved model config ({first})"
+        raise GenlabError(msg) from None
+    return cfg, model.eval()

@@ -29,7 +29,8 @@ class GAN(pl.LightningModule):
     optimisation); ``train/g_steps`` logs the generator steps alone.
     """
 
-    default_monitor = "val/swd"
+    default_monitor = "val/fid"
+    fallback_monitor = "val/swd"  # when FID is off (no Inception weights)
 
     def __init__(
         self,

@@ -11,19 +11,40 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from genlab.callbacks import RunConfig, SampleMetrics
 from genlab.config import CONFIG_DIR, instantiate, report_errors, run_task
 from genlab.errors import GenlabError
+from genlab.metrics import MetricsUnavailable
 
 log = logging.getLogger("genlab")
 
 # Metrics where larger is better; every other monitored key is minimised.
-MAXIMISED = {"val/elbo", "val/is", "val/is_mean", "train/elbo"}
+MAXIMISED = {"val/elbo", "val/is", "train/elbo", "train/iwae_bound"}
+# Keys logged by SampleMetrics, on its own schedule.
+SAMPLE_METRICS = {"val/fid", "val/is", "val/kid"}
 
 
-def monitor_of(cfg: DictConfig, module: pl.LightningModule) -> tuple[str, str]:
+def monitor_of(
+    cfg: DictConfig, module: pl.LightningModule, metrics: SampleMetrics | None
+) -> tuple[str, str]:
     """The key (and its mode) that picks the best checkpoint and that sweepers optimise."""
     metric = cfg.get("optimized_metric") or type(module).default_monitor
+    if metric in SAMPLE_METRICS and metrics is None:
+        fallback = type(module).fallback_monitor
+        log.warning(f"{metric} is not computed (sample metrics are off); monitoring {fallback}")
+        metric = fallback
     return metric, "max" if metric in MAXIMISED else "min"
+
+
+def build_metrics(cfg: DictConfig) -> SampleMetrics | None:
+    """The FID/IS/KID callback, or None (with one warning) when the metrics cannot run."""
+    if "_target_" not in (cfg.get("metrics") or {}):  # metrics=none
+        return None
+    try:
+        return instantiate(cfg.metrics)
+    except MetricsUnavailable as e:
+        log.warning(f"FID/IS/KID are off: {e}")
+        return None
 
 
 def wandb_has_credentials() -> bool:
@@ -59,14 +80,21 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model, _convert_="object")
-    metric, mode = monitor_of(cfg, model)
+    metrics = build_metrics(cfg)
+    metric, mode = monitor_of(cfg, model, metrics)
     callbacks_cfg = cfg.get("callbacks") or {}
     if "model_checkpoint" in callbacks_cfg:
         with open_dict(cfg):
-            callbacks_cfg.model_checkpoint.monitor = metric
-            callbacks_cfg.model_checkpoint.mode = mode
+            best = callbacks_cfg.model_checkpoint
+            best.monitor, best.mode = metric, mode
+            if metric in SAMPLE_METRICS:
+                # the metric exists only on the epochs SampleMetrics runs
+                best.every_n_epochs = cfg.metrics.every_n_epochs
     prepare_wandb(cfg)
     callbacks = [instantiate(c) for c in callbacks_cfg.values() if c]
+    callbacks.append(RunConfig(OmegaConf.to_container(cfg, resolve=True)))
+    if metrics is not None:
+        callbacks.append(metrics)
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     return {"datamodule": datamodule, "model": model, "trainer": trainer, "monitor": metric}

@@ -24,6 +24,7 @@ class VAE(pl.LightningModule):
     """
 
     default_monitor = "val/elbo"
+    fallback_monitor = "val/elbo"
 
     def __init__(
         self,
@@ -35,6 +36,7 @@ class VAE(pl.LightningModule):
         beta: float = 1.0,
         kl_warmup_steps: int = 0,
         iwae_k: int = 1,
+        nll_k: int = 32,
         num_grid: int = 64,
     ) -> None:
         super().__init__()
@@ -44,8 +46,10 @@ class VAE(pl.LightningModule):
             raise GenlabError(f"model.beta={beta} must be >= 0")
         if gaussian_std is not None and gaussian_std <= 0:
             raise GenlabError(f"model.gaussian_std={gaussian_std} must be > 0 (or null: learned)")
-        if iwae_k < 1 or kl_warmup_steps < 0:
-            raise GenlabError("model.iwae_k must be >= 1 and model.kl_warmup_steps >= 0")
+        if iwae_k < 1 or kl_warmup_steps < 0 or nll_k < 0:
+            raise GenlabError(
+                "model.iwae_k must be >= 1, model.kl_warmup_steps >= 0 and model.nll_k >= 0"
+            )
         self.save_hyperparameters(ignore=["encoder", "decoder", "optimizer"], logger=False)
         self.encoder, self.decoder = encoder, decoder
         check_optimizer(optimizer, "model.optimizer")
@@ -110,6 +114,13 @@ class VAE(pl.LightningModule):
             out.append(log_px_z + losses.log_standard_normal(z) - losses.log_normal(z, mu, logvar))
         return torch.stack(out)
 
+    def iw_nll(self, x: Tensor, k: int, labels: Tensor | None = None) -> Tensor:
+        """Importance-weighted estimate of -log p(x) per example (B,), in nats (Burda et al. 2016).
+
+        An upper bound on the true NLL that tightens as k grows; k = 1 is the negative ELBO.
+        """
+        return math.log(k) - torch.logsumexp(self.log_weights(x, k, labels), 0)
+
     def kl_weight(self) -> float:
         """Beta, ramped linearly from 0 over ``kl_warmup_steps`` optimizer steps."""
         warmup = self.hparams.kl_warmup_steps
@@ -144,6 +155,10 @@ class VAE(pl.LightningModule):
         self.log("val/kl", terms["kl"].mean(), **kw)
         self.log("val/elbo", -(terms["recon"] + terms["kl"]).mean(), prog_bar=True, **kw)
         self.log("val/mse", ((self.reconstruct(x, labels) - x) ** 2).mean(), **kw)
+        if self.hparams.nll_k:
+            nll = self.iw_nll(x, self.hparams.nll_k, labels).mean()
+            self.log("val/nll", nll, **kw)
+            self.log("val/nll_bpd", nll / (x[0].numel() * math.log(2)), **kw)
 
     def grid_images(self) -> dict[str, Tensor]:
         """Prior samples from the fixed noise; validation inputs above their reconstructions."""

@@ -1,0 +1,101 @@
+"""genlab-eval: score a checkpoint's samples with FID/IS/KID (VAE: also NLL); write metrics.json."""
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+
+import genlab
+from genlab.callbacks import data_key
+from genlab.config import CONFIG_DIR, instantiate, load_model, report_errors, run_task
+from genlab.vae import VAE
+
+log = logging.getLogger("genlab")
+
+# eval writes next to the run it scores: RUN/checkpoints/x.ckpt -> RUN
+OmegaConf.register_new_resolver(
+    "genlab_run_dir",
+    lambda ckpt: str(Path(ckpt).expanduser().resolve().parent.parent),
+    replace=True,
+)
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_json(obj: Any, path: Path) -> None:
+    """Write JSON atomically: a reader never sees half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Score ``cfg.ckpt_path``; returns what metrics.json holds (written by rank 0)."""
+    run_cfg, model = load_model(cfg.ckpt_path)
+    if cfg.get("data_root"):
+        run_cfg.data.root = cfg.data_root
+    datamodule = instantiate(run_cfg.data)
+    if isinstance(model, VAE):
+        model.hparams.nll_k = cfg.nll_k
+    out_dir = Path(cfg.paths.output_dir)
+    save_dir = str(out_dir / "samples") if cfg.save_samples else None
+    metrics = instantiate(cfg.metrics, save_dir=save_dir)  # no weights: a one-line error
+    trainer = instantiate(cfg.trainer, callbacks=[metrics], logger=False)
+    pl.seed_everything(cfg.seed, workers=True)
+    trainer.validate(model, datamodule=datamodule, verbose=False)
+    # the sample metrics come from the callback at full precision; the rest from the val loop
+    values = {
+        k: float(v) for k, v in trainer.callback_metrics.items() if k not in metrics.logged_keys()
+    }
+    ckpt = Path(cfg.ckpt_path).expanduser().resolve()
+    result = {
+        "checkpoint": str(ckpt),
+        "checkpoint_sha256": file_sha256(ckpt),
+        "model": run_cfg.model._target_,
+        "metrics": {**metrics.results, **values},
+        "protocol": {
+            **metrics.image_metrics.protocol(),
+            **metrics.reference,
+            "n_fake": metrics.num_samples,
+            "reference_data": data_key(datamodule),
+            "sample_seed": cfg.metrics.seed,
+            "seed": cfg.seed,
+            "sampling_generator": "ema" if getattr(model, "generator_ema", None) else "raw",
+            "vae_nll_k": cfg.nll_k if isinstance(model, VAE) else None,
+            "genlab": genlab.__version__,
+            "pytorch_lightning": pl.__version__,
+        },
+    }
+    if trainer.is_global_zero:
+        write_json(result, out_dir / "metrics.json")
+        log.info(f"wrote {out_dir / 'metrics.json'}: {json.dumps(metrics.results)}")
+    return result
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
+def _main(cfg: DictConfig) -> None:
+    run_task(evaluate, cfg, "genlab-eval")
+
+
+def main() -> None:
+    """Console entry point ``genlab-eval``."""
+    report_errors(_main, "genlab-eval")
+
+
+if __name__ == "__main__":
+    main()

