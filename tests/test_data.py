@@ -345,3 +345,58 @@ def test_dataloader_with_worker():
     loader = dm.train_dataloader()
     assert loader.persistent_workers
     assert sum(len(x) for x, _ in loader) == 48
+
+
+@pytest.mark.parametrize(
+    ("source", "classes"), [("mnist5k", 10), ("cifar10", 10), ("celeba", 0), ("synthetic", 4)]
+)
+def test_num_classes_checked_against_source(source, classes):
+    assert ImageDataModule(source=source, num_classes=classes).num_classes == classes
+    with pytest.raises(GenlabError, match=rf"data\.num_classes={classes + 1} .*{source}"):
+        ImageDataModule(source=source, num_classes=classes + 1)
+
+
+def test_every_data_config_states_its_class_count(tmp_path):
+    from hydra.utils import instantiate
+
+    from genlab.config import CONFIG_DIR
+    from tests.conftest import compose_train
+
+    for path in sorted((Path(CONFIG_DIR) / "data").glob("*.yaml")):
+        overrides = [f"data={path.stem}"] + ([f"data.root={tmp_path}"] * (path.stem == "folder"))
+        cfg = compose_train(overrides, tmp_path)
+        assert instantiate(cfg.data).num_classes == cfg.data.num_classes, path.stem
+
+
+def test_binarize_draws_pixels_with_their_intensity():
+    kwargs = dict(source="synthetic", image_size=16, synthetic_size=64, batch_size=8)
+    grey = stack(ImageDataModule(**kwargs).dataset("train"))[0]
+    dm = ImageDataModule(**kwargs, binarize=True)
+    train = dm.dataset("train")
+    draws = torch.stack([stack(train)[0] for _ in range(200)])  # (200, N, C, H, W)
+    assert set(draws.unique().tolist()) == {-1.0, 1.0}
+    # each pixel is on with probability (x + 1) / 2: black stays off, the blob's peak mostly on
+    p_on = (draws + 1).mean(0) / 2
+    assert (p_on - (grey + 1) / 2).abs().max() < 0.15
+    assert torch.all(p_on[grey == -1] == 0)
+    assert stack(train)[1].tolist() == stack(ImageDataModule(**kwargs).dataset("train"))[1].tolist()
+
+
+def test_binarize_redraws_train_but_fixes_val():
+    kwargs = dict(source="synthetic", image_size=16, synthetic_size=64, batch_size=8, binarize=True)
+    dm = ImageDataModule(**kwargs)
+    train, val = dm.dataset("train"), dm.dataset("val")
+    assert not torch.equal(stack(train)[0], stack(train)[0])  # dynamic: a new draw per access
+    assert torch.equal(stack(val)[0], stack(val)[0])
+    # the same split seed gives the same val draw in another run
+    assert torch.equal(stack(val)[0], stack(ImageDataModule(**kwargs).dataset("val"))[0])
+
+
+def test_binarize_applies_to_the_official_test_split(monkeypatch):
+    fake = FakeTorchvision(np.full((20, 28, 28), 128, np.uint8), [3] * 20, "targets")
+    monkeypatch.setattr(ImageDataModule, "torchvision_split", lambda self, split, download: fake)
+    dm = ImageDataModule(source="mnist", batch_size=2, binarize=True)
+    x, y = stack(dm.dataset("test"))
+    assert set(x.unique().tolist()) == {-1.0, 1.0} and y.tolist() == [3] * 20
+    assert 0.3 < (x == 1).float().mean() < 0.7  # grey 128 is on about half the time
+    assert torch.equal(x, stack(dm.dataset("test"))[0])

@@ -80,6 +80,28 @@ def pil_to_uint8(image: Image.Image, size: int, channels: int) -> Tensor:
     return fit_size(tensor, size)[0]
 
 
+class Binarized(Dataset):
+    """Stochastic binarisation: each pixel becomes 1 with probability (x + 1) / 2, else -1.
+
+    ``seed=None`` draws afresh on every access (dynamic binarisation for training, as in
+    Burda et al. 2016); a seed fixes one draw per item, so a validation bound is comparable
+    across epochs and runs.
+    """
+
+    def __init__(self, base: Dataset, seed: int | None = None):
+        self.base = base
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        image, label = self.base[i]
+        g = None if self.seed is None else torch.Generator().manual_seed(self.seed * 1_000_003 + i)
+        on = torch.rand(image.shape, generator=g) < (image + 1) / 2  # (C, H, W)
+        return on.float() * 2 - 1, label
+
+
 class TensorImages(Dataset):
     """Images held in memory as uint8 (N, C, H, W), already at the final size and channels."""
 
@@ -208,6 +230,11 @@ class ImageDataModule(pl.LightningDataModule):
         channels: 1 or 3; grayscale is repeated to RGB and RGB reduced to luminance as needed.
         download: let torchvision download into ``root`` (in ``prepare_data``, local rank 0).
         limit: use at most this many images of the training split, val included (quick runs).
+        num_classes: the class count the config expects (conditional models read it); checked
+            against the source. None skips the check.
+        binarize: stochastic binarisation to {-1, 1} (binarised-MNIST likelihood benchmarks):
+            redrawn at every access for training, drawn once (seeded by ``split_seed``) for
+            val and test.
         pin_memory: None means True when CUDA is available.
         drop_last: drop the last incomplete training batch.
     """
@@ -226,6 +253,8 @@ class ImageDataModule(pl.LightningDataModule):
         limit: int | None = None,
         synthetic_size: int = 2048,
         synthetic_classes: int = 4,
+        num_classes: int | None = None,
+        binarize: bool = False,
         pin_memory: bool | None = None,
         drop_last: bool = True,
     ):
@@ -260,12 +289,18 @@ class ImageDataModule(pl.LightningDataModule):
         self.limit = limit
         self.synthetic_size = synthetic_size
         self.synthetic_classes = synthetic_classes
+        self.binarize = binarize
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.drop_last = drop_last
         # models are built before setup(), so the class count cannot wait for the data
         self.num_classes: int = (
             synthetic_classes if source == "synthetic" else NUM_CLASSES.get(source, 0)
         )
+        if num_classes is not None and num_classes != self.num_classes:
+            raise GenlabError(
+                f"data.num_classes={num_classes} does not match data.source={source}, "
+                f"which has {self.num_classes} classes"
+            )
         self.splits: dict[str, Dataset] = {}
 
     def prepare_data(self) -> None:
@@ -330,8 +365,10 @@ class ImageDataModule(pl.LightningDataModule):
                 f"data.batch_size={self.batch_size} exceeds the {n_train} training images; "
                 "with data.drop_last=true no batch would remain"
             )
-        self.splits["val"] = Subset(full, order[:n_val].tolist())
-        self.splits["train"] = Subset(full, order[n_val:].tolist())
+        val, train = Subset(full, order[:n_val].tolist()), Subset(full, order[n_val:].tolist())
+        if self.binarize:
+            train, val = Binarized(train), Binarized(val, seed=self.split_seed)
+        self.splits["val"], self.splits["train"] = val, train
 
     def load(self, split: Literal["train", "test"]) -> Dataset:
         """The whole train (or official test) split of the source, before the val split."""
@@ -357,7 +394,8 @@ class ImageDataModule(pl.LightningDataModule):
     def load_test(self) -> Dataset:
         """The official test split, or the val split for sources without one."""
         if self.source in TORCHVISION_DIRS:
-            return self.load("test")
+            test = self.load("test")
+            return Binarized(test, seed=self.split_seed) if self.binarize else test
         return self.dataset("val")
 
     def in_memory(self, images: Tensor, labels: Tensor) -> TensorImages:
