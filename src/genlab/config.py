@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException, InstantiationException, MissingConfigException
+from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
@@ -88,6 +90,10 @@ def run_task(task: Callable[[DictConfig], T], cfg: DictConfig, prog: str) -> T:
     try:
         return task(cfg)
     except (GenlabError, OmegaConfBaseException) as e:
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            # fail this job only: Hydra records it and the sweep goes on to the next job
+            print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
+            raise
         fail(prog, e)
 
 

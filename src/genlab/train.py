@@ -9,7 +9,11 @@ from typing import Any
 
 import hydra
 import pytorch_lightning as pl
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
+from pytorch_lightning.loggers import WandbLogger
+from pytorch_lightning.plugins.environments import SLURMEnvironment
 
 from genlab.callbacks import RunConfig, SampleMetrics
 from genlab.config import CONFIG_DIR, instantiate, report_errors, run_task
@@ -58,12 +62,31 @@ def wandb_has_credentials() -> bool:
         return False
 
 
+def in_multirun() -> bool:
+    """True inside a Hydra sweep job (``-m``)."""
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def sweep_name() -> str | None:
+    """The experiment choice, or for a sweep its directory name (DATE/TIME): the W&B group."""
+    if not HydraConfig.initialized():
+        return None
+    hc = HydraConfig.get()
+    if hc.runtime.choices.get("experiment"):
+        return hc.runtime.choices["experiment"]
+    if hc.mode == RunMode.MULTIRUN:
+        return "/".join(Path(hc.sweep.dir).parts[-2:])
+    return None
+
+
 def prepare_wandb(cfg: DictConfig) -> None:
-    """Switch the W&B logger offline when no credentials exist, and say how to sync."""
+    """Offline when no credentials exist (saying how to sync); group runs of a sweep."""
     wandb_cfg = cfg.get("logger", {}).get("wandb") if cfg.get("logger") else None
     if wandb_cfg is None:
         return
     Path(wandb_cfg.save_dir).mkdir(parents=True, exist_ok=True)
+    if wandb_cfg.get("group") is None:
+        wandb_cfg.group = sweep_name()
     user_mode = os.environ.get("WANDB_MODE")
     if not wandb_cfg.offline and user_mode is None and not wandb_has_credentials():
         wandb_cfg.offline = True
@@ -71,6 +94,36 @@ def prepare_wandb(cfg: DictConfig) -> None:
             "W&B: no credentials found, logging offline; sync later with: "
             f"wandb sync {Path(wandb_cfg.save_dir).resolve()}/wandb/offline-run-*"
         )
+
+
+def spawn_ddp_in_sweeps(cfg: DictConfig) -> None:
+    """Inside ``-m``, make multi-process DDP spawn its workers instead of re-running the CLI.
+
+    Plain ``ddp`` relaunches ``sys.argv`` per rank, which under Hydra multirun re-runs the whole
+    sweep in each worker (the known hang); ``ddp_spawn`` forks from inside the job instead.
+    """
+    strategy = str(cfg.trainer.get("strategy", ""))
+    # under a SLURM allocation each task already is one rank: nothing to launch
+    slurm = SLURMEnvironment.detect()
+    if in_multirun() and strategy.startswith("ddp") and "spawn" not in strategy and not slurm:
+        spawned = strategy.replace("ddp", "ddp_spawn", 1)
+        log.info(f"multirun: trainer.strategy={strategy} becomes {spawned}")
+        cfg.trainer.strategy = spawned
+
+
+def flat_config(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as {"model.optimizer_g.lr": 2e-4, ...}: W&B filters and groups by key."""
+    out: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict) and node:
+            for k, v in node.items():
+                walk(v, f"{prefix}{k}.")
+        else:
+            out[prefix[:-1]] = node
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return out
 
 
 def build(cfg: DictConfig) -> dict[str, Any]:
@@ -90,7 +143,9 @@ def build(cfg: DictConfig) -> dict[str, Any]:
             if metric in SAMPLE_METRICS:
                 # the metric exists only on the epochs SampleMetrics runs
                 best.every_n_epochs = cfg.metrics.every_n_epochs
-    prepare_wandb(cfg)
+    with open_dict(cfg):
+        prepare_wandb(cfg)
+        spawn_ddp_in_sweeps(cfg)
     callbacks = [instantiate(c) for c in callbacks_cfg.values() if c]
     callbacks.append(RunConfig(OmegaConf.to_container(cfg, resolve=True)))
     if metrics is not None:
@@ -100,26 +155,48 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     return {"datamodule": datamodule, "model": model, "trainer": trainer, "monitor": metric}
 
 
-def train(cfg: DictConfig) -> float | None:
-    """Fit; return the final value of the monitored metric (what a sweeper minimises)."""
+def train(cfg: DictConfig) -> float:
+    """Fit; return the final value of the monitored metric (what a sweeper minimises).
+
+    NaN when the metric was never logged, so a sweeper records a failed trial, not a crash.
+    """
     objs = build(cfg)
     trainer: pl.Trainer = objs["trainer"]
+    failed = True
     try:
-        resolved = OmegaConf.to_container(cfg, resolve=True)
         for logger in trainer.loggers:
-            logger.log_hyperparams(resolved)
+            flat = isinstance(logger, WandbLogger)
+            logger.log_hyperparams(
+                flat_config(cfg) if flat else OmegaConf.to_container(cfg, resolve=True)
+            )
         trainer.fit(objs["model"], datamodule=objs["datamodule"], ckpt_path=cfg.get("ckpt_path"))
+        failed = False
+        record_best(trainer, objs["monitor"])
         value = trainer.callback_metrics.get(objs["monitor"])
-        return None if value is None else float(value)
+        return float("nan") if value is None else float(value)
     finally:
         if "wandb" in sys.modules:
             import wandb
 
-            wandb.finish()
+            # a crashed sweep job is marked failed and closed, so the next job starts clean
+            wandb.finish(exit_code=1 if failed else 0)
+
+
+def record_best(trainer: pl.Trainer, monitor: str) -> None:
+    """Put the best monitored value and its checkpoint into the W&B run summary."""
+    best = next((c for c in trainer.checkpoint_callbacks if c.monitor == monitor), None)
+    for logger in trainer.loggers:
+        if (
+            isinstance(logger, WandbLogger)
+            and best is not None
+            and best.best_model_score is not None
+        ):
+            logger.experiment.summary[f"best/{monitor}"] = float(best.best_model_score)
+            logger.experiment.summary["best/checkpoint"] = best.best_model_path
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
-def _main(cfg: DictConfig) -> float | None:
+def _main(cfg: DictConfig) -> float:
     return run_task(train, cfg, "genlab-train")
 
 
