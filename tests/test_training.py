@@ -92,3 +92,25 @@ def test_train_returns_optimized_metric_and_writes_checkpoints(cfg_tiny, tmp_pat
     )
     callback_state = next(v for k, v in best["callbacks"].items() if "ModelCheckpoint" in k)
     assert callback_state["monitor"] == "val/elbo"
+
+
+def test_gan_schedules_step_with_generator_steps(cfg_tiny):
+    linear = {"_target_": "torch.optim.lr_scheduler.LinearLR", "_partial_": True,
+              "start_factor": 1.0, "end_factor": 0.0, "total_iters": 4}  # fmt: skip
+    cfg = cfg_tiny("data=synthetic", "callbacks=none", "model.n_critic=2")
+    cfg.model.scheduler_g = linear
+    cfg.model.scheduler_d = linear
+    cfg.trainer.max_epochs, cfg.trainer.limit_train_batches = 1, 4
+    objs = build(cfg)
+    objs["trainer"].fit(objs["model"], datamodule=objs["datamodule"])
+    # 4 batches with n_critic=2: 2 generator steps of 4 -> half the initial rate, for both
+    for opt in objs["trainer"].optimizers:
+        assert opt.param_groups[0]["lr"] == pytest.approx(2e-4 * 0.5)
+
+
+def test_conditional_networks_must_agree(cfg_tiny):
+    from genlab.errors import GenlabError
+
+    cfg = cfg_tiny("data=synthetic", "+model.generator.num_classes=4")
+    with pytest.raises(GenlabError, match="model.discriminator.num_classes=0"):
+        build(cfg)

@@ -7,3 +7,26 @@ class GenlabError(Exception):
     Entry points print it as one line and exit non-zero, without a traceback. The message
     names the config key (``data.root``) or the file it is about.
     """
+
+
+def finite_or_skip(module, loss, name: str, policy: str) -> bool:
+    """True when ``loss`` is finite on every rank; else False ("skip") or GenlabError ("stop").
+
+    One host sync per step: the price of stopping at the step a loss diverges, before NaNs
+    spread into every weight and the next checkpoint. Ranks decide together, so under DDP all
+    of them skip or stop at the same step instead of hanging in the next all-reduce.
+    """
+    import torch
+
+    finite = bool(torch.isfinite(loss.detach()).all())
+    trainer = module.trainer
+    finite = trainer.strategy.reduce_boolean_decision(finite, all=True)
+    if finite:
+        return True
+    if policy == "skip":
+        return False
+    value = float(loss.detach())
+    raise GenlabError(
+        f"non-finite {name}={value} at step {trainer.global_step}; training stopped with the "
+        "last checkpoint untouched (lower the learning rate, or set model.nonfinite=skip)"
+    )

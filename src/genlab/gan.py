@@ -11,10 +11,11 @@ from torch import Tensor, nn
 from genlab import losses
 from genlab.augment import diff_augment
 from genlab.config import check_optimizer
-from genlab.errors import GenlabError
+from genlab.errors import GenlabError, finite_or_skip
 from genlab.swd import sliced_wasserstein
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
+SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 GANLoss = Literal["ns", "minimax", "hinge", "wgan", "ls"]
 
 # Real validation images kept for val/swd; enough for a stable estimate, cheap on CPU.
@@ -38,12 +39,15 @@ class GAN(pl.LightningModule):
         discriminator: nn.Module,
         optimizer_g: OptimizerFactory,
         optimizer_d: OptimizerFactory,
+        scheduler_g: SchedulerFactory | None = None,
+        scheduler_d: SchedulerFactory | None = None,
         loss: GANLoss = "ns",
         n_critic: int = 1,
         gp_weight: float = 0.0,
         r1_gamma: float = 0.0,
         diffaugment: str = "",
         ema_decay: float = 0.0,
+        nonfinite: Literal["stop", "skip"] = "stop",
         num_grid: int = 64,
     ) -> None:
         super().__init__()
@@ -53,10 +57,14 @@ class GAN(pl.LightningModule):
             raise GenlabError(f"model.n_critic={n_critic} must be >= 1")
         if gp_weight < 0 or r1_gamma < 0:
             raise GenlabError("model.gp_weight and model.r1_gamma must be >= 0")
+        if nonfinite not in ("stop", "skip"):
+            raise GenlabError(f"model.nonfinite={nonfinite!r}: use stop or skip")
         if not 0.0 <= ema_decay < 1.0:
             raise GenlabError(f"model.ema_decay={ema_decay} must be in [0, 1)")
         self.save_hyperparameters(
-            ignore=["generator", "discriminator", "optimizer_g", "optimizer_d"], logger=False
+            ignore=["generator", "discriminator", "optimizer_g", "optimizer_d"]
+            + ["scheduler_g", "scheduler_d"],
+            logger=False,
         )
         self.automatic_optimization = False
         self.generator = generator
@@ -65,12 +73,19 @@ class GAN(pl.LightningModule):
         check_optimizer(optimizer_g, "model.optimizer_g")
         check_optimizer(optimizer_d, "model.optimizer_d")
         self.optimizer_g, self.optimizer_d = optimizer_g, optimizer_d
+        self.scheduler_g, self.scheduler_d = scheduler_g, scheduler_d
+        if generator.num_classes != discriminator.num_classes:
+            raise GenlabError(
+                f"model.generator.num_classes={generator.num_classes} but "
+                f"model.discriminator.num_classes={discriminator.num_classes}"
+            )
         self.latent_dim: int = generator.latent_dim
         self.num_classes: int = getattr(generator, "num_classes", 0)
         g = torch.Generator().manual_seed(0)
         self.register_buffer("fixed_z", torch.randn(num_grid, self.latent_dim, generator=g))
         self.register_buffer("fixed_labels", self._grid_labels(num_grid))
         self.batches_seen = 0
+        self.skipped_steps = 0
         self._val_real: list[Tensor] = []
 
     def _grid_labels(self, n: int) -> Tensor:
@@ -79,7 +94,12 @@ class GAN(pl.LightningModule):
     def configure_optimizers(self):
         opt_g = self.optimizer_g(self.generator.parameters())
         opt_d = self.optimizer_d(self.discriminator.parameters())
-        return opt_g, opt_d
+        schedulers = [
+            make(opt)
+            for make, opt in ((self.scheduler_g, opt_g), (self.scheduler_d, opt_d))
+            if make
+        ]
+        return [opt_g, opt_d], schedulers
 
     @property
     def sampling_generator(self) -> nn.Module:
@@ -127,9 +147,12 @@ class GAN(pl.LightningModule):
                 r1 = losses.r1_penalty(d_real, real)
                 d_loss = d_loss + 0.5 * hp.r1_gamma * r1
                 self.log("train/r1", r1)
-            opt_d.zero_grad(set_to_none=True)
-            self.manual_backward(d_loss)
-            opt_d.step()
+            if finite_or_skip(self, d_loss, "train/d_loss", hp.nonfinite):
+                opt_d.zero_grad(set_to_none=True)
+                self.manual_backward(d_loss)
+                opt_d.step()
+            else:
+                self.skipped_steps += 1
         self.log("train/d_loss", d_loss, prog_bar=True)
         self.log("train/d_real", d_real.mean())
         self.log("train/d_fake", d_fake.mean())
@@ -143,12 +166,29 @@ class GAN(pl.LightningModule):
                     hp.loss,
                     self.discriminator(self._augment(self.generator(z, g_labels)), g_labels),
                 )
-                opt_g.zero_grad(set_to_none=True)
-                self.manual_backward(g_loss)
-                opt_g.step()
+                if finite_or_skip(self, g_loss, "train/g_loss", hp.nonfinite):
+                    opt_g.zero_grad(set_to_none=True)
+                    self.manual_backward(g_loss)
+                    opt_g.step()
+                else:
+                    self.skipped_steps += 1
             self._update_ema()
+            # schedules count generator steps (mimicry's linear decay over G iterations)
+            for scheduler in self._schedulers():
+                scheduler.step()
             self.log("train/g_loss", g_loss, prog_bar=True)
+        update_scaler = getattr(self.trainer.precision_plugin, "update_scaler", None)
+        if update_scaler is not None:
+            update_scaler()  # 16-mixed: once per iteration, after D and G stepped
         self.log("train/g_steps", float(self.batches_seen // hp.n_critic))
+        if self.skipped_steps:
+            self.log("train/skipped_steps", float(self.skipped_steps))
+
+    def _schedulers(self) -> list:
+        schedulers = self.lr_schedulers()
+        if schedulers is None:
+            return []
+        return schedulers if isinstance(schedulers, list) else [schedulers]
 
     @torch.no_grad()
     def _update_ema(self) -> None:

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from genlab import losses
 from genlab.config import check_optimizer
-from genlab.errors import GenlabError
+from genlab.errors import GenlabError, finite_or_skip
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 Likelihood = Literal["bernoulli", "gaussian"]
@@ -31,17 +31,21 @@ class VAE(pl.LightningModule):
         encoder: nn.Module,
         decoder: nn.Module,
         optimizer: OptimizerFactory,
+        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
         likelihood: Likelihood = "bernoulli",
         gaussian_std: float | None = None,
         beta: float = 1.0,
         kl_warmup_steps: int = 0,
         iwae_k: int = 1,
         nll_k: int = 32,
+        nonfinite: Literal["stop", "skip"] = "stop",
         num_grid: int = 64,
     ) -> None:
         super().__init__()
         if likelihood not in Likelihood.__args__:
             raise GenlabError(f"model.likelihood={likelihood!r} is not one of bernoulli, gaussian")
+        if nonfinite not in ("stop", "skip"):
+            raise GenlabError(f"model.nonfinite={nonfinite!r}: use stop or skip")
         if beta < 0:
             raise GenlabError(f"model.beta={beta} must be >= 0")
         if gaussian_std is not None and gaussian_std <= 0:
@@ -50,10 +54,14 @@ class VAE(pl.LightningModule):
             raise GenlabError(
                 "model.iwae_k must be >= 1, model.kl_warmup_steps >= 0 and model.nll_k >= 0"
             )
-        self.save_hyperparameters(ignore=["encoder", "decoder", "optimizer"], logger=False)
+        self.save_hyperparameters(
+            ignore=["encoder", "decoder", "optimizer", "scheduler"], logger=False
+        )
         self.encoder, self.decoder = encoder, decoder
         check_optimizer(optimizer, "model.optimizer")
-        self.optimizer = optimizer
+        self.optimizer, self.scheduler = optimizer, scheduler
+        if getattr(encoder, "num_classes", 0) != getattr(decoder, "num_classes", 0):
+            raise GenlabError("model.encoder.num_classes and model.decoder.num_classes differ")
         self.latent_dim: int = encoder.latent_dim
         self.num_classes: int = getattr(decoder, "num_classes", 0)
         learned = likelihood == "gaussian" and gaussian_std is None
@@ -64,7 +72,11 @@ class VAE(pl.LightningModule):
         self._grid_batch: tuple[Tensor, Tensor] | None = None
 
     def configure_optimizers(self):
-        return self.optimizer(self.parameters())
+        optimizer = self.optimizer(self.parameters())
+        if self.scheduler is None:
+            return optimizer
+        # stepped once per epoch (the IWAE paper's schedule is in epochs)
+        return {"optimizer": optimizer, "lr_scheduler": self.scheduler(optimizer)}
 
     def _y(self, labels: Tensor | None) -> Tensor | None:
         return labels if self.num_classes else None
@@ -128,7 +140,7 @@ class VAE(pl.LightningModule):
             return self.hparams.beta
         return self.hparams.beta * min(1.0, self.global_step / warmup)
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor | None:
         x, labels = batch
         if self.hparams.iwae_k > 1:
             lw = self.log_weights(x, self.hparams.iwae_k, labels)  # (k, B)
@@ -142,7 +154,8 @@ class VAE(pl.LightningModule):
             self.log("train/kl", terms["kl"].mean())
             self.log("train/elbo", -(terms["recon"] + terms["kl"]).mean())
         self.log("train/loss", loss, prog_bar=True)
-        return loss
+        # returning None makes Lightning skip backward and the optimizer step
+        return loss if finite_or_skip(self, loss, "train/loss", self.hparams.nonfinite) else None
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, labels = batch
