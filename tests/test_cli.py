@@ -89,6 +89,7 @@ def test_ddp_cpu_two_processes_one_set_of_checkpoints(model, run_cli, tmp_path):
         "genlab-train", f"model={model}", *TINY, "trainer=ddp_cpu", f"hydra.run.dir={run}"
     )
     _ok(proc)
+    assert "MEMBER: 2/2" in proc.stdout + proc.stderr  # really two processes
     names = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert names.count("last.ckpt") == 1 and len(names) == 2, names
     ckpt = _ckpt(run / "checkpoints" / "last.ckpt")

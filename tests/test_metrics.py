@@ -324,7 +324,7 @@ def test_cache_failed_write_leaves_no_temp_file(tmp_path, monkeypatch):
     def fail(*args):
         raise OSError("disk full")
 
-    monkeypatch.setattr("genlab.metrics.os.replace", fail)
+    monkeypatch.setattr("genlab.atomic.os.replace", fail)
     with pytest.raises(OSError, match="disk full"):
         reference_features(KEY, tmp_path, Counter())
     assert list(tmp_path.iterdir()) == []

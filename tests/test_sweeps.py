@@ -107,6 +107,7 @@ def test_multirun_with_ddp_cpu_spawns_instead_of_relaunching(run_cli, tmp_path):
     )  # fmt: skip
     _ok(proc)
     assert "ddp_spawn" in proc.stdout + proc.stderr
+    assert "MEMBER: 2/2" in proc.stdout + proc.stderr  # really two processes
     for job in ("0", "1"):
         assert (sweep / job / "checkpoints" / "last.ckpt").is_file()
 

@@ -1,17 +1,24 @@
 """Callbacks Lightning lacks: image grids, FID/IS/KID of samples, the run config in checkpoints."""
 
+import logging
+import random
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.plugins import TorchCheckpointIO
 from PIL import Image
 from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
+from pytorch_lightning.plugins.precision import MixedPrecision
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 from rich.progress import track
 from torch import Tensor
 from torchvision.utils import make_grid
 
+from genlab.atomic import atomic_torch_save
 from genlab.errors import GenlabError
 from genlab.metrics import (
     LOGITS,
@@ -21,6 +28,8 @@ from genlab.metrics import (
     store_reference,
     to_uint8,
 )
+
+log = logging.getLogger("genlab")
 
 
 def grid_uint8(images: Tensor, nrow: int = 8) -> np.ndarray:
@@ -253,3 +262,130 @@ class SampleMetrics(pl.Callback):
                 )
             out[name] = local[:n]
         return out
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoint writes that a kill cannot truncate: temp file beside the target, fsync, rename.
+
+    Lightning's own write goes through a temp file in the system temp dir and a move, which
+    across filesystems is a copy: a kill during it leaves a truncated ``last.ckpt``.
+    """
+
+    def save_checkpoint(self, checkpoint: dict, path: str, storage_options: Any = None) -> None:
+        atomic_torch_save(checkpoint, path)
+
+
+class ResumeState(pl.Callback):
+    """RNG states in every checkpoint, restored on resume, so a resumed run repeats exactly.
+
+    Lightning saves no RNG state: without this the data order and the noise after a resume
+    differ from the uninterrupted run. Stored as tensors so checkpoints load with
+    ``weights_only=True``. Restored at ``on_train_start``, just before the first batch is drawn.
+    """
+
+    def __init__(self) -> None:
+        self._loaded: dict | None = None
+
+    def state_dict(self) -> dict:
+        np_state = np.random.get_state()
+        py_version, py_state, py_gauss = random.getstate()
+        state = {
+            "torch": torch.get_rng_state(),
+            "numpy": torch.from_numpy(np_state[1].astype(np.int64)),
+            "numpy_pos": np_state[2],
+            "numpy_gauss": [np_state[3], np_state[4]],
+            "python": torch.tensor(py_state, dtype=torch.int64),
+            "python_version": py_version,
+            "python_gauss": py_gauss,
+        }
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._loaded = state_dict
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        s, self._loaded = self._loaded, None
+        if s is None:
+            return
+        torch.set_rng_state(s["torch"])
+        keys = s["numpy"].numpy().astype(np.uint32)
+        np.random.set_state(("MT19937", keys, s["numpy_pos"], *s["numpy_gauss"]))
+        random.setstate((s["python_version"], tuple(s["python"].tolist()), s["python_gauss"]))
+        if "cuda" in s and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(s["cuda"])
+
+
+class SaveOnSigterm(pl.Callback):
+    """On SIGTERM (what SLURM sends before preemption) write ``last.ckpt`` before exiting.
+
+    Lightning stops at the end of the current batch and raises SIGTERMException; this saves
+    through the trainer (atomic IO), so the job can be resumed or requeued from there.
+    """
+
+    def __init__(self, dirpath: str) -> None:
+        self.dirpath = Path(dirpath)
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        if isinstance(exception, SIGTERMException):
+            path = self.dirpath / "last.ckpt"
+            trainer.save_checkpoint(path)
+            log.info(f"SIGTERM: saved {path} at step {trainer.global_step}; resume with ckpt_path=")
+
+
+class LastCheckpoint(pl.Callback):
+    """``last.ckpt`` at the end of every epoch (after its validation): what a resume starts from.
+
+    Lightning's ModelCheckpoint writes ``last`` only alongside a top-k save, so a best-only
+    checkpoint on a metric that runs every few epochs would leave ``last`` stale.
+    """
+
+    def __init__(self, dirpath: str) -> None:
+        self.path = Path(dirpath) / "last.ckpt"
+        self._saved_step = -1
+
+    def _save(self, trainer: pl.Trainer) -> None:
+        if trainer.sanity_checking or trainer.fast_dev_run or trainer.state.fn != "fit":
+            return
+        if trainer.global_step != self._saved_step:
+            self._saved_step = trainer.global_step  # first: the checkpoint carries it
+            trainer.save_checkpoint(self.path)
+
+    def state_dict(self) -> dict:
+        return {"saved_step": self._saved_step}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        # a resumed run finishes the restored epoch first: do not write the same step again
+        self._saved_step = state_dict["saved_step"]
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._save(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._save(trainer)  # epochs without validation
+
+
+class GANMixedPrecision(MixedPrecision):
+    """16-mixed for the GAN's two optimizers: one GradScaler update per iteration, not per step.
+
+    Lightning's plugin calls ``scaler.update()`` after every optimizer step, so a D step that
+    overflows lowers the scale before G has stepped with it. PyTorch's recipe for several
+    optimizers is ``step`` each, then ``update`` once; ``GAN.training_step`` calls
+    ``update_scaler`` after its last step.
+    """
+
+    def optimizer_step(self, optimizer, model, closure, **kwargs):
+        if self.scaler is None:  # bf16: no scaler
+            return super().optimizer_step(optimizer, model=model, closure=closure, **kwargs)
+        closure()
+        self.scaler.unscale_(optimizer)  # here, so gradient clipping sees true gradients
+        self._after_closure(model, optimizer)
+        return self.scaler.step(optimizer, **kwargs)  # skips the step on inf/NaN gradients
+
+    def update_scaler(self) -> None:
+        """Adjust the loss scale once, after all of this iteration's optimizer steps."""
+        if self.scaler is not None:
+            self.scaler.update()

@@ -74,6 +74,10 @@ def report_errors(hydra_main: Callable[[], Any], prog: str) -> None:
         if isinstance(e, InstantiationException):
             raise  # a bug in a constructor, not bad input: keep the traceback
         fail(prog, e)
+    except OSError as e:  # e.g. an output directory that cannot be created
+        if e.filename is None:
+            raise
+        fail(prog, GenlabError(f"cannot write {e.filename}: {e.strerror} (hydra.run.dir?)"))
 
 
 def fail(prog: str, error: BaseException) -> NoReturn:
@@ -134,3 +138,25 @@ def load_model(ckpt_path: str, key: str = "ckpt_path") -> tuple[DictConfig, Any]
         msg = f"{key}={ckpt_path}: weights do not fit the saved model config ({first})"
         raise GenlabError(msg) from None
     return cfg, model.eval()
+
+
+def check_checkpoint(ckpt_path: str, model: Any, key: str = "ckpt_path") -> None:
+    """Fail in one line when ``ckpt_path`` is unreadable or was saved by another model."""
+    import torch
+
+    try:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated file, not a torch file, foreign pickle
+        reason = type(e).__name__
+        raise GenlabError(f"{key}={ckpt_path}: not a readable checkpoint ({reason})") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise GenlabError(f"{key}={ckpt_path}: not a Lightning checkpoint (no state_dict)")
+    saved = ckpt.get("genlab_config", {}).get("model", {}).get("_target_", "another model")
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    got = {k: v.shape for k, v in ckpt["state_dict"].items()}
+    if expected != got:
+        diff = sorted(set(expected) ^ set(got)) or [k for k in expected if expected[k] != got[k]]
+        raise GenlabError(
+            f"{key}={ckpt_path}: saved by {saved} with different weights than this "
+            f"{type(model).__name__} config (first mismatch: {diff[0]})"
+        )

@@ -3,8 +3,6 @@
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +11,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
 import genlab
+from genlab.atomic import atomic_json
 from genlab.callbacks import data_key
 from genlab.config import CONFIG_DIR, instantiate, load_model, report_errors, run_task
 from genlab.vae import VAE
@@ -34,14 +33,6 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def write_json(obj: Any, path: Path) -> None:
-    """Write JSON atomically: a reader never sees half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -82,7 +73,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         },
     }
     if trainer.is_global_zero:
-        write_json(result, out_dir / "metrics.json")
+        atomic_json(result, out_dir / "metrics.json")
         log.info(f"wrote {out_dir / 'metrics.json'}: {json.dumps(metrics.results)}")
     return result
 

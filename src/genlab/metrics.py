@@ -7,8 +7,6 @@ order (numpy RandomState with torch-fidelity's seed), same estimators.
 import hashlib
 import json
 import math
-import os
-import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,6 +20,7 @@ from torch import Tensor
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 from torchmetrics.image.fid import NoTrainInceptionV3
 
+from genlab.atomic import atomic_torch_save
 from genlab.errors import GenlabError
 
 FID = "fid"
@@ -335,21 +334,6 @@ class ImageMetrics:
         }
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temp file beside `path`, fsync, then rename over `path`."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a shared cache must be readable
-        os.replace(tmp, path)  # atomic: readers and racing writers see old or new, never half
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _reference_path(key: dict[str, Any], cache_dir: str | Path) -> tuple[Path, str]:
     text = json.dumps({**key, "genlab_cache_version": CACHE_VERSION}, sort_keys=True)
     return Path(cache_dir) / f"ref-{hashlib.sha256(text.encode()).hexdigest()[:32]}.pt", text
@@ -375,7 +359,7 @@ def store_reference(key: dict[str, Any], cache_dir: str | Path, pool: Tensor) ->
     """Write real pool features for `key` atomically; returns the file."""
     path, text = _reference_path(key, cache_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_save({"key": text, "pool": pool.detach().double().cpu()}, path)
+    atomic_torch_save({"key": text, "pool": pool.detach().double().cpu()}, path)
     return path
 
 

@@ -9,15 +9,25 @@ from typing import Any
 
 import hydra
 import pytorch_lightning as pl
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.plugins.environments import SLURMEnvironment
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from genlab.callbacks import RunConfig, SampleMetrics
-from genlab.config import CONFIG_DIR, instantiate, report_errors, run_task
+from genlab.callbacks import (
+    AtomicCheckpointIO,
+    GANMixedPrecision,
+    ResumeState,
+    RunConfig,
+    SampleMetrics,
+    SaveOnSigterm,
+)
+from genlab.config import CONFIG_DIR, check_checkpoint, instantiate, report_errors, run_task
 from genlab.errors import GenlabError
+from genlab.gan import GAN
 from genlab.metrics import MetricsUnavailable
 
 log = logging.getLogger("genlab")
@@ -126,13 +136,50 @@ def flat_config(cfg: DictConfig) -> dict[str, Any]:
     return out
 
 
+def resume_path(cfg: DictConfig) -> str | None:
+    """``ckpt_path``, checked; or with auto-resume, this run dir's own last.ckpt if it exists.
+
+    ``auto_resume: null`` means on under the SLURM launcher, whose requeued jobs (preemption,
+    time limit) start again in the same directory.
+    """
+    if cfg.get("ckpt_path"):
+        if not Path(cfg.ckpt_path).is_file():
+            raise GenlabError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
+        return str(cfg.ckpt_path)
+    auto = cfg.get("auto_resume")
+    if auto is None and HydraConfig.initialized():
+        auto = "Slurm" in str(HydraConfig.get().launcher.get("_target_", ""))
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    if auto and last.is_file():
+        log.info(f"auto_resume: continuing from {last}")
+        return str(last)
+    return None
+
+
+def check_shapes(model: pl.LightningModule, datamodule: pl.LightningDataModule) -> None:
+    """The model's images must have the data's channels and size (a mixed-up override)."""
+    was_training = model.training
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        shape = tuple(model.eval().sample(2).shape[1:])  # eval: BatchNorm takes any batch
+    model.train(was_training)
+    data = (datamodule.channels, datamodule.image_size, datamodule.image_size)
+    if shape != data:
+        raise GenlabError(
+            f"model makes {shape} images but data.channels/data.image_size give {data}; "
+            "set the model's channels and image_size from ${data.*}"
+        )
+
+
 def build(cfg: DictConfig) -> dict[str, Any]:
     """Instantiate datamodule, model, callbacks, loggers and trainer from a composed config."""
-    if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
-        raise GenlabError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
+    with open_dict(cfg):
+        cfg.ckpt_path = resume_path(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model, _convert_="object")
+    check_shapes(model, datamodule)
+    if cfg.ckpt_path:
+        check_checkpoint(cfg.ckpt_path, model)
     metrics = build_metrics(cfg)
     metric, mode = monitor_of(cfg, model, metrics)
     callbacks_cfg = cfg.get("callbacks") or {}
@@ -148,10 +195,21 @@ def build(cfg: DictConfig) -> dict[str, Any]:
         spawn_ddp_in_sweeps(cfg)
     callbacks = [instantiate(c) for c in callbacks_cfg.values() if c]
     callbacks.append(RunConfig(OmegaConf.to_container(cfg, resolve=True)))
+    callbacks.append(ResumeState())
+    callbacks.append(SaveOnSigterm(f"{cfg.paths.output_dir}/checkpoints"))
     if metrics is not None:
         callbacks.append(metrics)
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    plugins: list = [AtomicCheckpointIO()]
+    if str(cfg.trainer.get("precision")) in ("16-mixed", "16") and isinstance(model, GAN):
+        accelerator = str(cfg.trainer.get("accelerator", "auto"))
+        device = "cpu" if accelerator == "cpu" or not torch.cuda.is_available() else "cuda"
+        plugins.append(GANMixedPrecision("16-mixed", device=device))
+        with open_dict(cfg):
+            cfg.trainer.precision = None  # the plugin carries it
+    trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins
+    )
     return {"datamodule": datamodule, "model": model, "trainer": trainer, "monitor": metric}
 
 
@@ -169,7 +227,10 @@ def train(cfg: DictConfig) -> float:
             logger.log_hyperparams(
                 flat_config(cfg) if flat else OmegaConf.to_container(cfg, resolve=True)
             )
-        trainer.fit(objs["model"], datamodule=objs["datamodule"], ckpt_path=cfg.get("ckpt_path"))
+        try:
+            trainer.fit(objs["model"], datamodule=objs["datamodule"], ckpt_path=cfg.ckpt_path)
+        except SIGTERMException:
+            raise SystemExit(143) from None  # 128 + SIGTERM: interrupted, last.ckpt saved
         failed = False
         record_best(trainer, objs["monitor"])
         value = trainer.callback_metrics.get(objs["monitor"])

@@ -1,0 +1,263 @@
+"""Faults and scale: exact resume after SIGKILL, atomic checkpoints, SIGTERM, NaN losses,
+DDP for GAN variants, bf16 on CPU, and bad input."""
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from genlab import losses
+from genlab.callbacks import AtomicCheckpointIO
+from genlab.errors import GenlabError
+from genlab.train import build
+from tests.conftest import BIN, REPO, TINY, cli_env
+
+# deterministic CPU runs long enough to be killed inside an epoch
+EXACT = [
+    *TINY, "data=synthetic", "data.limit=null", "trainer.deterministic=true", "seed=7",
+    "trainer.limit_train_batches=40", "trainer.max_epochs=3",
+]  # fmt: skip
+VARIANTS = {
+    "gan": ["model=gan", "model.ema_decay=0.9", "model.n_critic=2"],
+    "vae": ["model=vae", "model.nll_k=2"],
+}
+
+
+def _ok(proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def _state(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _same_training_state(a: dict, b: dict) -> None:
+    assert a["global_step"] == b["global_step"] and a["epoch"] == b["epoch"]
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for k in a["state_dict"]:
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+    for oa, ob in zip(a["optimizer_states"], b["optimizer_states"], strict=True):
+        for pa, pb in zip(oa["state"].values(), ob["state"].values(), strict=True):
+            for name in pa:
+                assert torch.equal(torch.as_tensor(pa[name]), torch.as_tensor(pb[name])), name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["gan", "vae"])
+def test_sigkill_mid_epoch_then_resume_is_bit_exact(model, tmp_path):
+    env = cli_env(tmp_path)
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    args = [str(BIN / "genlab-train"), *EXACT, *VARIANTS[model]]
+    _ok(subprocess.run([*args, f"hydra.run.dir={full}"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=600))  # fmt: skip
+    proc = subprocess.Popen([*args, f"hydra.run.dir={killed}"], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    last = killed / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    while not last.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.3)  # into the second epoch
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert _state(last)["epoch"] == 0  # killed inside epoch 1, after epoch 0's checkpoint
+    _ok(subprocess.run([*args, f"hydra.run.dir={killed}", f"ckpt_path={last}"], cwd=tmp_path,
+                       env=env, capture_output=True, text=True, timeout=600))  # fmt: skip
+    _same_training_state(_state(full / "checkpoints" / "last.ckpt"), _state(last))
+
+
+def test_checkpoint_write_interrupted_keeps_the_old_file(tmp_path, monkeypatch):
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"step": 1, "w": torch.ones(3)}, str(path))
+
+    def dies_halfway(obj, f, *a, **kw):
+        f.write(b"half a checkpoint")
+        raise KeyboardInterrupt  # the process is interrupted during the write
+
+    monkeypatch.setattr(torch, "save", dies_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"step": 2, "w": torch.zeros(3)}, str(path))
+    monkeypatch.undo()
+    assert _state(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temp file left
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_exits_nonzero(tmp_path):
+    run = tmp_path / "run"
+    args = [*TINY, "data=synthetic", "data.limit=null", "trainer.limit_train_batches=2000",
+            "trainer.max_epochs=1", "trainer.limit_val_batches=1",
+            f"hydra.run.dir={run}"]  # fmt: skip
+    proc = subprocess.Popen([str(BIN / "genlab-train"), *args], cwd=tmp_path,
+                            env=cli_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)  # fmt: skip
+    metrics = run / "csv" / "metrics.csv"
+    deadline = time.time() + 300
+    while time.time() < deadline and (not metrics.exists() or metrics.stat().st_size < 200):
+        time.sleep(0.1)  # the CSV logger flushes after a few logged steps: training is on
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 143, out[-3000:]
+    ckpt = _state(run / "checkpoints" / "last.ckpt")
+    assert 0 < ckpt["global_step"] < 2 * 2000  # saved mid-epoch, where it was stopped
+
+
+def test_nonfinite_loss_stops_with_step_and_keeps_checkpoint(cfg_tiny, tmp_path, monkeypatch):
+    cfg = cfg_tiny("data=synthetic", "callbacks=default", "callbacks.progress_bar=null")
+    cfg.trainer.max_epochs = 2
+    objs = build(cfg)
+    objs["trainer"].fit(objs["model"], datamodule=objs["datamodule"])
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    before = last.read_bytes()
+    d_loss = losses.d_loss
+    monkeypatch.setattr(losses, "d_loss", lambda *a: d_loss(*a) * float("nan"))
+    cfg.trainer.max_epochs = 3
+    objs = build(cfg)
+    with pytest.raises(GenlabError, match=r"non-finite train/d_loss=nan at step 16"):
+        objs["trainer"].fit(objs["model"], datamodule=objs["datamodule"], ckpt_path=str(last))
+    assert last.read_bytes() == before
+
+
+def test_nonfinite_skip_skips_the_step(cfg_tiny):
+    cfg = cfg_tiny(
+        "data=synthetic", "callbacks=none", "model.gp_weight=inf", "model.nonfinite=skip"
+    )
+    objs = build(cfg)
+    d_before = {k: v.clone() for k, v in objs["model"].discriminator.state_dict().items()}
+    objs["trainer"].fit(objs["model"], datamodule=objs["datamodule"])
+    # every D step was skipped (gp * inf), every G step taken
+    for k, v in objs["model"].discriminator.state_dict().items():
+        assert torch.equal(v, d_before[k]), k
+    assert objs["model"].skipped_steps == 8
+    assert objs["trainer"].global_step == 8
+
+
+def test_nonfinite_cli_stops_in_one_line(run_cli, tmp_path):
+    run = tmp_path / "run"
+    proc = run_cli("genlab-train", *TINY, "model.gp_weight=inf", f"hydra.run.dir={run}")
+    assert proc.returncode == 2
+    last = [ln for ln in proc.stderr.splitlines() if ln.strip()][-1]
+    assert last.startswith("genlab-train: error: non-finite train/d_loss=inf at step 0")
+
+
+class SaveRankWeights(pl.Callback):
+    """Each DDP rank writes its final weights to ``dirpath/rank{R}.pt``."""
+
+    def __init__(self, dirpath: str) -> None:
+        self.dirpath = dirpath
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        torch.save(pl_module.state_dict(), f"{self.dirpath}/rank{trainer.global_rank}.pt")
+
+
+DDP_VARIANTS = {
+    "wgan_gp_ncritic_ema": [
+        "model.loss=wgan",
+        "model.gp_weight=10",
+        "model.n_critic=2",
+        "model.ema_decay=0.9",
+    ],  # fmt: skip
+    "hinge_r1_diffaugment_sn": [
+        "model.loss=hinge",
+        "model.r1_gamma=1",
+        "model.diffaugment='color,translation,cutout'",
+        "model.discriminator.spectral_norm=true",
+    ],  # fmt: skip
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", list(DDP_VARIANTS))
+def test_ddp_gan_variants_keep_ranks_identical(variant, tmp_path):
+    """Two gloo ranks, the CLI as users run it; each rank dumps its weights at the end."""
+    run = tmp_path / "run"
+    env = {**cli_env(tmp_path), "PYTHONPATH": str(REPO)}  # the ranks import SaveRankWeights
+    proc = subprocess.run(
+        [str(BIN / "genlab-train"), *TINY, "data=synthetic", "trainer=ddp_cpu",
+         "trainer.max_epochs=1", *DDP_VARIANTS[variant], f"hydra.run.dir={run}",
+         "+callbacks.rank_weights._target_=tests.test_reliability.SaveRankWeights",
+         f"+callbacks.rank_weights.dirpath={tmp_path}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    _ok(proc)
+    assert "MEMBER: 2/2" in proc.stdout + proc.stderr
+    r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    for k in r0:
+        if "running_" in k or "num_batches_tracked" in k:
+            continue  # BatchNorm statistics are per-rank (not synchronised) by design
+        assert torch.equal(r0[k], r1[k]), k
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "best-epoch000.ckpt",
+        "last.ckpt",
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "extra",
+    [["model.loss=ns"], ["model.loss=minimax"], ["model.loss=hinge", "model.r1_gamma=1"],
+     ["model.loss=wgan", "model.gp_weight=10"], ["model.loss=ls"], ["model=vae"],
+     ["model=vae", "model.likelihood=gaussian"]],
+    ids=["ns", "minimax", "hinge-r1", "wgan-gp", "ls", "vae", "vae-gaussian"],
+)  # fmt: skip
+def test_bf16_mixed_on_cpu_stays_finite(extra, cfg_tiny):
+    cfg = cfg_tiny("data=synthetic", "callbacks=none", "trainer.precision=bf16-mixed", *extra)
+    cfg.trainer.max_epochs = 1
+    objs = build(cfg)
+    # nonfinite=stop (the default) would raise on the first NaN/inf loss
+    objs["trainer"].fit(objs["model"], datamodule=objs["datamodule"])
+    assert all(torch.isfinite(p).all() for p in objs["model"].parameters())
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["data.batch_size=abc"], "data"),
+        (["model.optimizer_g.lr=-1"], "model.optimizer_g"),
+        (["data.batch_size=0"], "data.batch_size"),
+        (["model.generator.channels=3"], "data.channels"),
+        (["hydra.run.dir=/etc/hostname/run"], "/etc/hostname/run"),
+    ],
+    ids=["wrong-type", "negative-lr", "batch-0", "channels-mismatch", "unwritable-output"],
+)
+def test_more_bad_input_one_line(args, named, run_cli, tmp_path):
+    proc = run_cli("genlab-train", *TINY, f"hydra.run.dir={tmp_path / 'run'}", *args)
+    assert proc.returncode == 2
+    last = [ln for ln in proc.stderr.splitlines() if ln.strip()][-1]
+    assert last.startswith("genlab-train: error:") and named in last, proc.stderr[-2000:]
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_checkpoint_of_another_model_or_corrupt_is_refused(run_cli, cfg_tiny, tmp_path):
+    cfg = cfg_tiny("data=synthetic", "callbacks=default", "callbacks.progress_bar=null")
+    cfg.trainer.max_epochs = 1
+    objs = build(cfg)
+    objs["trainer"].fit(objs["model"], datamodule=objs["datamodule"])
+    gan_ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    corrupt = tmp_path / "corrupt.ckpt"
+    corrupt.write_bytes(gan_ckpt.read_bytes()[:1000])
+    for ckpt, expected in [(gan_ckpt, "saved by genlab.gan.GAN"), (corrupt, "not a readable")]:
+        proc = run_cli("genlab-train", *TINY, "model=vae", "data=synthetic", f"ckpt_path={ckpt}",
+                       f"hydra.run.dir={tmp_path / 'r2'}")  # fmt: skip
+        assert proc.returncode == 2
+        assert expected in proc.stderr.splitlines()[-1]
+    assert gan_ckpt.stat().st_size > 1000  # the good checkpoint is untouched
+
+
+def test_16_mixed_updates_the_gan_scaler_once_per_iteration(cfg_tiny, monkeypatch):
+    """Two optimizer steps per batch, one GradScaler update (fp16 autocast runs on CPU too)."""
+    cfg = cfg_tiny("data=synthetic", "callbacks=none", "trainer.precision=16-mixed")
+    cfg.trainer.max_epochs, cfg.trainer.limit_train_batches = 1, 3
+    objs = build(cfg)
+    scaler = objs["trainer"].precision_plugin.scaler
+    updates, steps = [], []
+    update, step = scaler.update, scaler.step
+    monkeypatch.setattr(scaler, "update", lambda *a, **k: updates.append(1) or update(*a, **k))
+    monkeypatch.setattr(scaler, "step", lambda *a, **k: steps.append(1) or step(*a, **k))
+    objs["trainer"].fit(objs["model"], datamodule=objs["datamodule"])
+    assert len(steps) == 6 and len(updates) == 3
