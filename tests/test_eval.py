@@ -167,3 +167,20 @@ def test_training_without_weights_warns_and_goes_on(cfg_tiny, tmp_path, caplog):
     assert not any(isinstance(c, cb.SampleMetrics) for c in objs["trainer"].callbacks)
     text = caplog.text
     assert "FID/IS/KID are off" in text and "metrics.inception_weights" in text
+
+
+@pytest.mark.slow
+def test_eval_can_log_to_wandb_as_an_eval_job(run_cli, tiny_ckpt, weights, tmp_path):
+    from tests.test_sweeps import wandb_records
+
+    proc = _eval(run_cli, tiny_ckpt, weights, tmp_path / "cache", "logger=wandb")
+    _ok(proc)
+    out_dir = sorted((tiny_ckpt.parent.parent / "eval").glob("*/wandb"))[-1].parent
+    records = wandb_records(out_dir)
+    run = next(r["run"] for r in records if r["type"] == "run")
+    assert run["job_type"] == "eval"
+    summary = {}
+    for r in records:
+        if r["type"] == "summary":
+            summary.update(r["summary"].get("update", {}))
+    assert summary["eval/fid"] > 0 and summary["eval/n_fake"] == 24

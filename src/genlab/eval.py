@@ -3,17 +3,20 @@
 import hashlib
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
 import hydra
 import pytorch_lightning as pl
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
+from pytorch_lightning.loggers import WandbLogger
 
 import genlab
 from genlab.atomic import atomic_json
 from genlab.callbacks import data_key
 from genlab.config import CONFIG_DIR, instantiate, load_model, report_errors, run_task
+from genlab.train import flat_config, prepare_wandb
 from genlab.vae import VAE
 
 log = logging.getLogger("genlab")
@@ -46,9 +49,22 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     out_dir = Path(cfg.paths.output_dir)
     save_dir = str(out_dir / "samples") if cfg.save_samples else None
     metrics = instantiate(cfg.metrics, save_dir=save_dir)  # no weights: a one-line error
-    trainer = instantiate(cfg.trainer, callbacks=[metrics], logger=False)
+    with open_dict(cfg):
+        prepare_wandb(cfg)
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    trainer = instantiate(cfg.trainer, callbacks=[metrics], logger=loggers or False)
     pl.seed_everything(cfg.seed, workers=True)
-    trainer.validate(model, datamodule=datamodule, verbose=False)
+    try:
+        for logger in loggers:
+            logger.log_hyperparams(flat_config(cfg) if isinstance(logger, WandbLogger) else {})
+        trainer.validate(model, datamodule=datamodule, verbose=False)
+    finally:
+        if loggers and "wandb" in sys.modules:
+            import wandb
+
+            if wandb.run is not None:
+                wandb.run.summary.update({"eval/" + k: v for k, v in metrics.results.items()})
+            wandb.finish()
     # the sample metrics come from the callback at full precision; the rest from the val loop
     values = {
         k: float(v) for k, v in trainer.callback_metrics.items() if k not in metrics.logged_keys()
