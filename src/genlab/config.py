@@ -111,23 +111,31 @@ def check_optimizer(factory: Callable[..., Any], key: str) -> None:
         raise GenlabError(f"{key}: {e}") from None
 
 
+def read_checkpoint(ckpt_path: str, key: str = "ckpt_path") -> dict:
+    """A Lightning checkpoint as a dict (weights only, no pickled code), or a one-line error."""
+    import torch
+
+    if not Path(ckpt_path).is_file():
+        raise GenlabError(f"{key}={ckpt_path}: no such checkpoint file")
+    try:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated file, not a torch file, foreign pickle
+        reason = type(e).__name__
+        raise GenlabError(f"{key}={ckpt_path}: not a readable checkpoint ({reason})") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise GenlabError(f"{key}={ckpt_path}: not a Lightning checkpoint (no state_dict)")
+    return ckpt
+
+
 def load_model(ckpt_path: str, key: str = "ckpt_path") -> tuple[DictConfig, Any]:
     """Rebuild a trained module from a genlab checkpoint: its saved config, then its weights.
 
     Returns the run's resolved config and the module (on CPU, eval mode).
     """
-    import torch
     from omegaconf import OmegaConf
 
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise GenlabError(f"{key}={ckpt_path}: no such checkpoint file")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated file, not a torch file, foreign pickle
-        reason = type(e).__name__
-        raise GenlabError(f"{key}={ckpt_path}: not a readable checkpoint ({reason})") from None
-    if not isinstance(ckpt, dict) or "genlab_config" not in ckpt:
+    ckpt = read_checkpoint(ckpt_path, key)
+    if "genlab_config" not in ckpt:
         raise GenlabError(f"{key}={ckpt_path}: not a genlab checkpoint (no saved run config)")
     cfg = OmegaConf.create(ckpt["genlab_config"])
     model = instantiate(cfg.model, _convert_="object")
@@ -142,15 +150,7 @@ def load_model(ckpt_path: str, key: str = "ckpt_path") -> tuple[DictConfig, Any]
 
 def check_checkpoint(ckpt_path: str, model: Any, key: str = "ckpt_path") -> None:
     """Fail in one line when ``ckpt_path`` is unreadable or was saved by another model."""
-    import torch
-
-    try:
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated file, not a torch file, foreign pickle
-        reason = type(e).__name__
-        raise GenlabError(f"{key}={ckpt_path}: not a readable checkpoint ({reason})") from None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise GenlabError(f"{key}={ckpt_path}: not a Lightning checkpoint (no state_dict)")
+    ckpt = read_checkpoint(ckpt_path, key)
     saved = ckpt.get("genlab_config", {}).get("model", {}).get("_target_", "another model")
     expected = {k: v.shape for k, v in model.state_dict().items()}
     got = {k: v.shape for k, v in ckpt["state_dict"].items()}
