@@ -173,3 +173,18 @@ def test_wheel_ships_configs_and_runs_outside_checkout(tmp_path):
     )
     _ok(proc)
     assert proc.stdout.strip() == str(target / "genlab" / "conf")
+
+
+def test_user_configs_through_hydra_searchpath(run_cli, tmp_path):
+    """The README's way to add an experiment without forking genlab."""
+    mine = tmp_path / "my_conf" / "experiment"
+    mine.mkdir(parents=True)
+    (mine / "mine.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - override /model: vae\nseed: 123\n"
+    )
+    proc = run_cli(
+        "genlab-train", f"hydra.searchpath=[file://{tmp_path / 'my_conf'}]", "experiment=mine",
+        "debug=fdr", "logger=csv", "metrics=none", "--cfg", "job",
+    )  # fmt: skip
+    _ok(proc)
+    assert "_target_: genlab.vae.VAE" in proc.stdout and "seed: 123" in proc.stdout
