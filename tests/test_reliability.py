@@ -261,3 +261,17 @@ def test_16_mixed_updates_the_gan_scaler_once_per_iteration(cfg_tiny, monkeypatc
     monkeypatch.setattr(scaler, "step", lambda *a, **k: steps.append(1) or step(*a, **k))
     objs["trainer"].fit(objs["model"], datamodule=objs["datamodule"])
     assert len(steps) == 6 and len(updates) == 3
+
+
+@pytest.mark.slow
+def test_auto_resume_continues_a_requeued_run_in_its_directory(run_cli, tmp_path):
+    """What a requeued SLURM job does: start again in the same directory and carry on."""
+    run = tmp_path / "run"
+    _ok(run_cli("genlab-train", *TINY, "trainer.max_epochs=1", f"hydra.run.dir={run}"))
+    first = _state(run / "checkpoints" / "last.ckpt")["global_step"]
+    proc = run_cli(
+        "genlab-train", *TINY, "trainer.max_epochs=2", "auto_resume=true", f"hydra.run.dir={run}"
+    )
+    _ok(proc)
+    assert "auto_resume: continuing from" in proc.stdout + proc.stderr
+    assert _state(run / "checkpoints" / "last.ckpt")["global_step"] == 2 * first
