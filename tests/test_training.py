@@ -114,3 +114,19 @@ def test_conditional_networks_must_agree(cfg_tiny):
     cfg = cfg_tiny("data=synthetic", "+model.generator.num_classes=4")
     with pytest.raises(GenlabError, match="model.discriminator.num_classes=0"):
         build(cfg)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["gan", "vae"])
+def test_speed_options_train_and_keep_checkpoint_keys(model, cfg_tiny, tmp_path):
+    cfg = cfg_tiny(f"model={model}", "data=synthetic", "speed.channels_last=true",
+                   "speed.compile=true", "speed.matmul_precision=high")  # fmt: skip
+    cfg.trainer.max_epochs, cfg.trainer.limit_train_batches = 1, 2
+    objs = build(cfg)
+    keys = set(objs["model"].state_dict())
+    objs["trainer"].fit(objs["model"], datamodule=objs["datamodule"])
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert set(ckpt["state_dict"]) == keys  # compiling in place keeps the keys
+    conv = next(m for m in objs["model"].modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    torch.set_float32_matmul_precision("highest")

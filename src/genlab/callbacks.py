@@ -389,3 +389,21 @@ class GANMixedPrecision(MixedPrecision):
         """Adjust the loss scale once, after all of this iteration's optimizer steps."""
         if self.scaler is not None:
             self.scaler.update()
+
+
+class FastPath(pl.Callback):
+    """Opt-in speed-ups that may change numerics: channels-last memory, torch.compile.
+
+    Compiles the networks (``module.networks()``), never the LightningModule, so checkpoints
+    keep their keys and the manual GAN step stays ordinary Python.
+    """
+
+    def __init__(self, channels_last: bool = False, compile: bool = False) -> None:
+        self.channels_last, self.compile = channels_last, compile
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.channels_last:
+            pl_module.to(memory_format=torch.channels_last)
+        if self.compile:
+            for net in pl_module.networks():
+                net.compile()  # in place: state_dict keys are unchanged

@@ -101,6 +101,11 @@ class GAN(pl.LightningModule):
         ]
         return [opt_g, opt_d], schedulers
 
+    def networks(self) -> list[nn.Module]:
+        """The networks a speed-up (compile, channels-last) applies to."""
+        nets = [self.generator, self.discriminator]
+        return nets + ([self.generator_ema] if self.generator_ema is not None else [])
+
     @property
     def sampling_generator(self) -> nn.Module:
         """The generator that samples and metrics use: the EMA copy when enabled."""

@@ -19,6 +19,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from genlab.callbacks import (
     AtomicCheckpointIO,
+    FastPath,
     GANMixedPrecision,
     ResumeState,
     RunConfig,
@@ -196,6 +197,10 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     callbacks = [instantiate(c) for c in callbacks_cfg.values() if c]
     callbacks.append(RunConfig(OmegaConf.to_container(cfg, resolve=True)))
     callbacks.append(ResumeState())
+    speed = cfg.get("speed") or {}
+    torch.set_float32_matmul_precision(speed.get("matmul_precision", "highest"))
+    if speed.get("channels_last") or speed.get("compile"):
+        callbacks.append(FastPath(speed.get("channels_last", False), speed.get("compile", False)))
     callbacks.append(SaveOnSigterm(f"{cfg.paths.output_dir}/checkpoints"))
     if metrics is not None:
         callbacks.append(metrics)

@@ -78,6 +78,10 @@ class VAE(pl.LightningModule):
         # stepped once per epoch (the IWAE paper's schedule is in epochs)
         return {"optimizer": optimizer, "lr_scheduler": self.scheduler(optimizer)}
 
+    def networks(self) -> list[nn.Module]:
+        """The networks a speed-up (compile, channels-last) applies to."""
+        return [self.encoder, self.decoder]
+
     def _y(self, labels: Tensor | None) -> Tensor | None:
         return labels if self.num_classes else None
 
