@@ -275,3 +275,13 @@ def test_auto_resume_continues_a_requeued_run_in_its_directory(run_cli, tmp_path
     _ok(proc)
     assert "auto_resume: continuing from" in proc.stdout + proc.stderr
     assert _state(run / "checkpoints" / "last.ckpt")["global_step"] == 2 * first
+
+
+def test_nonfinite_off_does_not_check(cfg_tiny):
+    cfg = cfg_tiny("data=synthetic", "callbacks=none", "model.gp_weight=inf", "model.nonfinite=off")
+    cfg.trainer.max_epochs, cfg.trainer.limit_train_batches = 1, 2
+    objs = build(cfg)
+    objs["trainer"].fit(objs["model"], datamodule=objs["datamodule"])  # no error raised
+    d = torch.cat([p.flatten() for p in objs["model"].discriminator.parameters()])
+    assert not torch.isfinite(d).all()  # the inf penalty went through, unchecked
+    assert objs["model"].skipped_steps == 0

@@ -47,7 +47,7 @@ class GAN(pl.LightningModule):
         r1_gamma: float = 0.0,
         diffaugment: str = "",
         ema_decay: float = 0.0,
-        nonfinite: Literal["stop", "skip"] = "stop",
+        nonfinite: Literal["stop", "skip", "off"] = "stop",
         num_grid: int = 64,
     ) -> None:
         super().__init__()
@@ -57,8 +57,8 @@ class GAN(pl.LightningModule):
             raise GenlabError(f"model.n_critic={n_critic} must be >= 1")
         if gp_weight < 0 or r1_gamma < 0:
             raise GenlabError("model.gp_weight and model.r1_gamma must be >= 0")
-        if nonfinite not in ("stop", "skip"):
-            raise GenlabError(f"model.nonfinite={nonfinite!r}: use stop or skip")
+        if nonfinite not in ("stop", "skip", "off"):
+            raise GenlabError(f"model.nonfinite={nonfinite!r}: use stop, skip or off")
         if not 0.0 <= ema_decay < 1.0:
             raise GenlabError(f"model.ema_decay={ema_decay} must be in [0, 1)")
         self.save_hyperparameters(

@@ -38,14 +38,14 @@ class VAE(pl.LightningModule):
         kl_warmup_steps: int = 0,
         iwae_k: int = 1,
         nll_k: int = 32,
-        nonfinite: Literal["stop", "skip"] = "stop",
+        nonfinite: Literal["stop", "skip", "off"] = "stop",
         num_grid: int = 64,
     ) -> None:
         super().__init__()
         if likelihood not in Likelihood.__args__:
             raise GenlabError(f"model.likelihood={likelihood!r} is not one of bernoulli, gaussian")
-        if nonfinite not in ("stop", "skip"):
-            raise GenlabError(f"model.nonfinite={nonfinite!r}: use stop or skip")
+        if nonfinite not in ("stop", "skip", "off"):
+            raise GenlabError(f"model.nonfinite={nonfinite!r}: use stop, skip or off")
         if beta < 0:
             raise GenlabError(f"model.beta={beta} must be >= 0")
         if gaussian_std is not None and gaussian_std <= 0:
