@@ -166,10 +166,8 @@ class GAN(pl.LightningModule):
         if self.batches_seen % hp.n_critic == 0:
             with self.toggled_optimizer(opt_g):
                 z = torch.randn(real.shape[0], self.latent_dim, device=self.device)
-                g_labels = labels if self.num_classes else None
                 g_loss = losses.g_loss(
-                    hp.loss,
-                    self.discriminator(self._augment(self.generator(z, g_labels)), g_labels),
+                    hp.loss, self.discriminator(self._augment(self.generator(z, y)), y)
                 )
                 if finite_or_skip(self, g_loss, "train/g_loss", hp.nonfinite):
                     opt_g.zero_grad(set_to_none=True)
@@ -226,6 +224,8 @@ class GAN(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["genlab_batches_seen"] = self.batches_seen
+        checkpoint["genlab_skipped_steps"] = self.skipped_steps
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.batches_seen = checkpoint.get("genlab_batches_seen", 0)
+        self.skipped_steps = checkpoint.get("genlab_skipped_steps", 0)
