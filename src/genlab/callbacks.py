@@ -32,6 +32,15 @@ from genlab.metrics import (
 log = logging.getLogger("genlab")
 
 
+def logs_written(trainer: pl.Trainer) -> bool:
+    """True on steps whose logged values reach the loggers (every ``log_every_n_steps``).
+
+    Each ``self.log`` costs ~0.5 ms on a small CPU, so modules log secondary values only then.
+    Lightning's own test for it is private; without it, every step counts.
+    """
+    return getattr(trainer._logger_connector, "should_update_logs", True)
+
+
 def grid_uint8(images: Tensor, nrow: int = 8) -> np.ndarray:
     """(B, C, H, W) in [-1, 1] -> one (H', W', 3) uint8 grid, rounded as the metrics round."""
     grid = make_grid(
@@ -199,12 +208,12 @@ class SampleMetrics(pl.Callback):
 
     def _samples(self, pl_module: pl.LightningModule, chunk: int) -> Tensor:
         devices = [pl_module.device] if pl_module.device.type == "cuda" else []
+        start = chunk * self.batch_size
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.seed * 1_000_003 + chunk)
-            images = pl_module.sample(self.batch_size)
-        start = chunk * self.batch_size
-        if self.save_dir is not None and start < self.num_samples:
-            save_images(images[: self.num_samples - start], self.save_dir, start)
+            images = pl_module.sample(min(self.batch_size, self.num_samples - start))
+        if self.save_dir is not None:
+            save_images(images, self.save_dir, start)
         return images
 
     def reference_features(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Tensor:
@@ -237,7 +246,8 @@ class SampleMetrics(pl.Callback):
         """Features of chunks 0..ceil(n / batch) - 1, rank r doing r, r + W, ...; all ranks get all.
 
         Every rank runs the same number of chunk slots (padding ranks repeat the last chunk), and
-        short chunks are padded, so the gathered rows in chunk order start with the n wanted ones.
+        under DDP a short chunk's features are padded, so the gathered rows in chunk order start
+        with the n wanted ones. Only the images asked for go through Inception.
         """
         bs, world, rank = self.batch_size, trainer.world_size, trainer.global_rank
         chunks = -(-n // bs)
@@ -247,10 +257,10 @@ class SampleMetrics(pl.Callback):
         if self.progress and trainer.is_global_zero:
             steps = track(steps, description=f"features of {n} images", transient=True)
         for s in steps:
-            images = chunk_fn(min(s * world + rank, chunks - 1))
-            if len(images) < bs:  # the last chunk: pad to a full one, dropped below
-                images = torch.cat([images, images[:1].expand(bs - len(images), *images.shape[1:])])
-            for name, f in self.image_metrics.features(images).items():
+            features = self.image_metrics.features(chunk_fn(min(s * world + rank, chunks - 1)))
+            for name, f in features.items():
+                if world > 1 and len(f) < bs:  # the last chunk: equal shapes for all_gather
+                    f = torch.cat([f, f[:1].expand(bs - len(f), -1)])
                 parts.setdefault(name, []).append(f)
         out = {}
         for name, fs in parts.items():

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from genlab import losses
 from genlab.augment import diff_augment
+from genlab.callbacks import logs_written
 from genlab.config import check_optimizer
 from genlab.errors import GenlabError, finite_or_skip
 from genlab.swd import sliced_wasserstein
@@ -159,8 +160,10 @@ class GAN(pl.LightningModule):
             else:
                 self.skipped_steps += 1
         self.log("train/d_loss", d_loss, prog_bar=True)
-        self.log("train/d_real", d_real.mean())
-        self.log("train/d_fake", d_fake.mean())
+        log_now = logs_written(self.trainer)
+        if log_now:
+            self.log("train/d_real", d_real.mean())
+            self.log("train/d_fake", d_fake.mean())
 
         self.batches_seen += 1
         if self.batches_seen % hp.n_critic == 0:
@@ -183,7 +186,8 @@ class GAN(pl.LightningModule):
         update_scaler = getattr(self.trainer.precision_plugin, "update_scaler", None)
         if update_scaler is not None:
             update_scaler()  # 16-mixed: once per iteration, after D and G stepped
-        self.log("train/g_steps", float(self.batches_seen // hp.n_critic))
+        if log_now:
+            self.log("train/g_steps", float(self.batches_seen // hp.n_critic))
         if self.skipped_steps:
             self.log("train/skipped_steps", float(self.skipped_steps))
 

@@ -198,6 +198,8 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     callbacks.append(RunConfig(OmegaConf.to_container(cfg, resolve=True)))
     callbacks.append(ResumeState())
     speed = cfg.get("speed") or {}
+    if speed.get("num_threads"):
+        torch.set_num_threads(speed.num_threads)
     torch.set_float32_matmul_precision(speed.get("matmul_precision", "highest"))
     if speed.get("channels_last") or speed.get("compile"):
         callbacks.append(FastPath(speed.get("channels_last", False), speed.get("compile", False)))

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from genlab import losses
+from genlab.callbacks import logs_written
 from genlab.config import check_optimizer
 from genlab.errors import GenlabError, finite_or_skip
 
@@ -37,7 +38,7 @@ class VAE(pl.LightningModule):
         beta: float = 1.0,
         kl_warmup_steps: int = 0,
         iwae_k: int = 1,
-        nll_k: int = 32,
+        nll_k: int = 8,
         nonfinite: Literal["stop", "skip", "off"] = "stop",
         num_grid: int = 64,
     ) -> None:
@@ -154,9 +155,10 @@ class VAE(pl.LightningModule):
         else:
             terms = self.elbo_terms(x, labels)
             loss = (terms["recon"] + self.kl_weight() * terms["kl"]).mean()
-            self.log("train/recon", terms["recon"].mean())
-            self.log("train/kl", terms["kl"].mean())
-            self.log("train/elbo", -(terms["recon"] + terms["kl"]).mean())
+            if logs_written(self.trainer):
+                self.log("train/recon", terms["recon"].mean())
+                self.log("train/kl", terms["kl"].mean())
+                self.log("train/elbo", -(terms["recon"] + terms["kl"]).mean())
         self.log("train/loss", loss, prog_bar=True)
         # returning None makes Lightning skip backward and the optimizer step
         return loss if finite_or_skip(self, loss, "train/loss", self.hparams.nonfinite) else None
