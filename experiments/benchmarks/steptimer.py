@@ -1,0 +1,94 @@
+"""Timestamps of every training batch, added to genlab-train by the benchmark as a callback.
+
+    PYTHONPATH=experiments/benchmarks genlab-train \
+        +callbacks.step_timer._target_=steptimer.StepTimer +callbacks.step_timer.path=t.json
+
+It only reads the clock (and, on a thread, the process RSS), so the run it times is otherwise the
+user's run: same CLI, progress bar, loggers and callbacks.
+"""
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process, from /proc (cheap enough to poll every 50 ms)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * PAGE
+
+
+class PeakRSS:
+    """Polls this process's RSS on a daemon thread; ``peak`` is the largest value seen."""
+
+    def __init__(self, interval: float = 0.05) -> None:
+        self.interval, self.peak = interval, rss_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, rss_bytes())
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_bytes())
+        return self.peak
+
+
+class StepTimer(pl.Callback):
+    """Write ``path`` (JSON): wall-clock times of every train batch end, epoch and validation."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+        self.created = time.time()
+        self.epochs: list[dict] = []
+        self.validation: list[list[float]] = []
+        self.fit_start = self.fit_end = None
+        self.rss: PeakRSS | None = None
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.fit_start = time.time()
+        self.rss = PeakRSS()
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.epochs.append({"start": time.time(), "batch_end": []})
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.epochs[-1]["batch_end"].append(time.time())
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.validation.append([time.time()])
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.validation[-1].append(time.time())
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.fit_end = time.time()
+        cuda = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        record = {
+            "created": self.created,
+            "fit_start": self.fit_start,
+            "fit_end": self.fit_end,
+            "epochs": self.epochs,
+            "validation": self.validation,
+            "batch_size": trainer.datamodule.batch_size,
+            "image_size": trainer.datamodule.image_size,
+            "torch_threads": torch.get_num_threads(),
+            "peak_rss_fit": self.rss.stop() if self.rss else None,
+            "cuda_peak_allocated": cuda,
+            "device": str(pl_module.device),
+        }
+        self.path.write_text(json.dumps(record))

@@ -1,0 +1,72 @@
+"""The benchmark suite (experiments/benchmarks/run.py) runs end to end in quick mode."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, cli_env
+
+RUN = REPO / "experiments" / "benchmarks" / "run.py"
+
+
+def positive(x) -> bool:
+    return isinstance(x, (int, float)) and x > 0
+
+
+@pytest.mark.slow
+def test_quick_benchmark_writes_every_section(tmp_path: Path) -> None:
+    env = cli_env(tmp_path)
+    env.pop("OMP_NUM_THREADS", None)  # the script sets threads per measurement itself
+    done = subprocess.run(
+        [sys.executable, str(RUN), "--quick", "--out", str(tmp_path / "out")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    r = json.loads((tmp_path / "out" / "results.json").read_text())
+    md = (tmp_path / "out" / "results.md").read_text()
+
+    assert r["mode"] == "quick" and r["machine"]["cpu"] and r["machine"]["torch"]
+    # 1. training overhead: both models, genlab and hand-written, with their ratio
+    for model in ("gan", "vae"):
+        row = r["training"][f"{model}_t1"]
+        assert positive(row["genlab_images_per_s"]) and positive(row["hand_images_per_s"])
+        assert positive(row["ratio"]) and positive(row["ratio_median_step"])
+        assert all(positive(v) for v in row["attribution"]["ms_per_step"].values())
+    # 2. evaluation: genlab-eval (cold, cached), fidelity, and time vs N
+    ev = r["eval"]
+    for key in ("genlab_cold_images_per_s", "fidelity_images_per_s", "ratio_wall"):
+        assert positive(ev[key]), key
+    assert positive(ev["genlab_cached"]["job_s"]) and positive(ev["genlab_cold"]["job_s"])
+    assert len(ev["sweep"]) == len(r["sizes"]["eval_sweep"])
+    assert all(positive(j["job_s"]) for j in ev["sweep"])
+    # genlab and torch-fidelity score the same images alike
+    assert ev["genlab_cold"]["metrics"]["fid"] == pytest.approx(
+        ev["fidelity"]["metrics"]["frechet_inception_distance"], rel=1e-4
+    )
+    # 3. data: loaders vs the model's rate
+    for name in ("mnist5k", "folder", "folder_workers0"):
+        row = r["data"][name]
+        assert positive(row["images_per_s"]) and positive(row["model_images_per_s"])
+        assert positive(row["loader_over_model"])
+    # 4. memory of every process
+    procs = [r["eval"]["genlab_cold"], r["eval"]["fidelity"], r["data"]["process"]]
+    procs += [
+        x[side]["process"]
+        for row in r["training"].values()
+        for x in row["reps"]
+        for side in ("genlab", "hand")
+    ]
+    assert all(positive(p["peak_rss_mb"]) and positive(p["peak_rss_tree_mb"]) for p in procs)
+    # 5. scaling: one row per batch size x image size
+    rows = r["scaling"]["rows"]
+    assert len(rows) == len(r["sizes"]["scale_batch"]) * len(r["sizes"]["scale_size"])
+    assert all(positive(x["images_per_s"]) for x in rows)
+    for heading in ("## 1.", "## 2.", "## 3.", "## 4.", "## 5."):
+        assert heading in md
