@@ -1,6 +1,7 @@
 """Shared fixtures: composed configs with tmp outputs, and the CLI as a user runs it."""
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -73,3 +74,24 @@ def run_cli(tmp_path: Path):
         )
 
     return run
+
+
+def ok(proc: subprocess.CompletedProcess) -> None:
+    """Assert a CLI run succeeded, showing the end of its output if not."""
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def load_ckpt(path: Path) -> dict:
+    """A checkpoint as saved, weights only (genlab's checkpoints hold no pickled code)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Fail any attempt to open a connection."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("network access attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)

@@ -6,22 +6,13 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
-from tests.conftest import BIN, REPO, TINY
-
-
-def _ckpt(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=False)
-
-
-def _ok(proc: subprocess.CompletedProcess) -> None:
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+from tests.conftest import BIN, REPO, TINY, load_ckpt, ok
 
 
 def test_help_lists_groups_and_options(run_cli):
     proc = run_cli("genlab-train", "--help")
-    _ok(proc)
+    ok(proc)
     groups = dict(
         line.split(": ", 1) for line in proc.stdout.splitlines() if ": " in line and "," in line
     )
@@ -38,7 +29,7 @@ def test_train_end_to_end_leaves_run_files(model, run_cli, tmp_path):
     proc = run_cli(
         "genlab-train", f"model={model}", "debug=tiny", "logger=default", f"hydra.run.dir={run}"
     )
-    _ok(proc)
+    ok(proc)
     assert (run / ".hydra" / "config.yaml").is_file()
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert list((run / "checkpoints").glob("best-*.ckpt"))
@@ -57,10 +48,10 @@ def test_train_end_to_end_leaves_run_files(model, run_cli, tmp_path):
 @pytest.mark.slow
 def test_resume_continues_step_count_and_optimizer_state(run_cli, tmp_path):
     full, part = tmp_path / "full", tmp_path / "part"
-    _ok(run_cli("genlab-train", *TINY, "trainer.max_epochs=2", f"hydra.run.dir={full}"))
-    _ok(run_cli("genlab-train", *TINY, "trainer.max_epochs=1", f"hydra.run.dir={part}"))
-    first = _ckpt(part / "checkpoints" / "last.ckpt")
-    _ok(
+    ok(run_cli("genlab-train", *TINY, "trainer.max_epochs=2", f"hydra.run.dir={full}"))
+    ok(run_cli("genlab-train", *TINY, "trainer.max_epochs=1", f"hydra.run.dir={part}"))
+    first = load_ckpt(part / "checkpoints" / "last.ckpt")
+    ok(
         run_cli(
             "genlab-train",
             *TINY,
@@ -70,8 +61,8 @@ def test_resume_continues_step_count_and_optimizer_state(run_cli, tmp_path):
         )
     )
     resumed, uninterrupted = (
-        _ckpt(part / "checkpoints" / "last.ckpt"),
-        _ckpt(full / "checkpoints" / "last.ckpt"),
+        load_ckpt(part / "checkpoints" / "last.ckpt"),
+        load_ckpt(full / "checkpoints" / "last.ckpt"),
     )
     assert first["global_step"] == uninterrupted["global_step"] // 2 > 0
     assert resumed["global_step"] == uninterrupted["global_step"]
@@ -88,11 +79,11 @@ def test_ddp_cpu_two_processes_one_set_of_checkpoints(model, run_cli, tmp_path):
     proc = run_cli(
         "genlab-train", f"model={model}", *TINY, "trainer=ddp_cpu", f"hydra.run.dir={run}"
     )
-    _ok(proc)
+    ok(proc)
     assert "MEMBER: 2/2" in proc.stdout + proc.stderr  # really two processes
     names = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert names.count("last.ckpt") == 1 and len(names) == 2, names
-    ckpt = _ckpt(run / "checkpoints" / "last.ckpt")
+    ckpt = load_ckpt(run / "checkpoints" / "last.ckpt")
     # debug=tiny: 4 batches per epoch per process, 2 epochs; the GAN makes 2 optimizer steps a batch
     assert ckpt["global_step"] == (16 if model == "gan" else 8)
 
@@ -171,7 +162,7 @@ def test_wheel_ships_configs_and_runs_outside_checkout(tmp_path):
         capture_output=True,
         text=True,
     )
-    _ok(proc)
+    ok(proc)
     assert proc.stdout.strip() == str(target / "genlab" / "conf")
 
 
@@ -186,5 +177,5 @@ def test_user_configs_through_hydra_searchpath(run_cli, tmp_path):
         "genlab-train", f"hydra.searchpath=[file://{tmp_path / 'my_conf'}]", "experiment=mine",
         "debug=fdr", "logger=csv", "metrics=none", "--cfg", "job",
     )  # fmt: skip
-    _ok(proc)
+    ok(proc)
     assert "_target_: genlab.vae.VAE" in proc.stdout and "seed: 123" in proc.stdout

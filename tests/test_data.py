@@ -1,6 +1,5 @@
 """ImageDataModule: sources, shapes, ranges, splits, loaders and one-line errors."""
 
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -18,17 +17,6 @@ def stack(dataset) -> tuple[torch.Tensor, torch.Tensor]:
     """All items of a dataset as (N, C, H, W) images and (N,) labels."""
     images, labels = zip(*(dataset[i] for i in range(len(dataset))), strict=True)
     return torch.stack(images), torch.stack(labels)
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    """Fail any attempt to open a connection."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("network access attempted")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
 
 
 def test_mnist5k_shapes_range_labels():

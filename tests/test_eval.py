@@ -10,7 +10,7 @@ import torch
 from genlab import callbacks as cb
 from genlab.metrics import ImageMetrics
 from genlab.train import build
-from tests.conftest import TINY
+from tests.conftest import TINY, ok
 
 # few images: InceptionV3 runs at a handful of images per second on this CPU
 METRICS = [
@@ -26,10 +26,6 @@ PROTOCOL = {
 }  # fmt: skip
 
 
-def _ok(proc: subprocess.CompletedProcess) -> None:
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-
-
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory) -> Path:
     """A GAN trained for 2 tiny epochs without sample metrics."""
@@ -40,7 +36,7 @@ def tiny_ckpt(tmp_path_factory) -> Path:
         [str(BIN / "genlab-train"), *TINY, "data.limit=64", f"hydra.run.dir={run}"],
         cwd=run, env=cli_env(run), capture_output=True, text=True, timeout=600,
     )  # fmt: skip
-    _ok(proc)
+    ok(proc)
     return run / "checkpoints" / "last.ckpt"
 
 
@@ -62,7 +58,7 @@ def _metrics_json(proc, ckpt: Path) -> dict:
 @pytest.mark.slow
 def test_eval_writes_metrics_and_protocol_and_samples(run_cli, tiny_ckpt, weights, tmp_path):
     proc = _eval(run_cli, tiny_ckpt, weights, tmp_path / "cache", "save_samples=true")
-    _ok(proc)
+    ok(proc)
     out = _metrics_json(proc, tiny_ckpt)
     assert set(out["protocol"]) >= PROTOCOL, PROTOCOL - set(out["protocol"])
     assert out["protocol"]["n_fake"] == 24 and out["protocol"]["n_real"] == 20
@@ -81,10 +77,10 @@ def test_eval_under_ddp_equals_one_process(run_cli, tiny_ckpt, weights, tmp_path
     """Samples split over 2 gloo ranks and gathered give the single-process numbers."""
     cache = tmp_path / "cache"
     one = _eval(run_cli, tiny_ckpt, weights, cache)
-    _ok(one)
+    ok(one)
     single = _metrics_json(one, tiny_ckpt)["metrics"]
     two = _eval(run_cli, tiny_ckpt, weights, cache, "trainer=ddp_cpu")
-    _ok(two)
+    ok(two)
     ddp = _metrics_json(two, tiny_ckpt)["metrics"]
     for key in ("fid", "kid_mean", "is_mean"):
         assert ddp[key] == pytest.approx(single[key], rel=1e-6), key
@@ -174,7 +170,7 @@ def test_eval_can_log_to_wandb_as_an_eval_job(run_cli, tiny_ckpt, weights, tmp_p
     from tests.test_sweeps import wandb_records
 
     proc = _eval(run_cli, tiny_ckpt, weights, tmp_path / "cache", "logger=wandb")
-    _ok(proc)
+    ok(proc)
     out_dir = sorted((tiny_ckpt.parent.parent / "eval").glob("*/wandb"))[-1].parent
     records = wandb_records(out_dir)
     run = next(r["run"] for r in records if r["type"] == "run")

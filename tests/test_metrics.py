@@ -3,7 +3,6 @@
 import copy
 import hashlib
 import pickle
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -232,15 +231,6 @@ def test_protocol_records_weights_and_settings(metric, weights):
     assert protocol["is_splits"] == IS_SPLITS and protocol["torch_fidelity"]
     key = metric.reference_key(dataset="mnist", image_size=28)
     assert key["weights_sha256"] == metric.weights_sha256 and key["image_size"] == 28
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("network access attempted")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
 
 
 def test_missing_default_weights_names_the_key(tmp_path, monkeypatch, no_network):

@@ -4,7 +4,6 @@ DDP for GAN variants, bf16 on CPU, and bad input."""
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
@@ -14,7 +13,7 @@ from genlab import losses
 from genlab.callbacks import AtomicCheckpointIO
 from genlab.errors import GenlabError
 from genlab.train import build
-from tests.conftest import BIN, REPO, TINY, cli_env
+from tests.conftest import BIN, REPO, TINY, cli_env, load_ckpt, ok
 
 # deterministic CPU runs long enough to be killed inside an epoch
 EXACT = [
@@ -25,14 +24,6 @@ VARIANTS = {
     "gan": ["model=gan", "model.ema_decay=0.9", "model.n_critic=2"],
     "vae": ["model=vae", "model.nll_k=2"],
 }
-
-
-def _ok(proc: subprocess.CompletedProcess) -> None:
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-
-
-def _state(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _same_training_state(a: dict, b: dict) -> None:
@@ -52,7 +43,7 @@ def test_sigkill_mid_epoch_then_resume_is_bit_exact(model, tmp_path):
     env = cli_env(tmp_path)
     full, killed = tmp_path / "full", tmp_path / "killed"
     args = [str(BIN / "genlab-train"), *EXACT, *VARIANTS[model]]
-    _ok(subprocess.run([*args, f"hydra.run.dir={full}"], cwd=tmp_path, env=env,
+    ok(subprocess.run([*args, f"hydra.run.dir={full}"], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=600))  # fmt: skip
     proc = subprocess.Popen([*args, f"hydra.run.dir={killed}"], cwd=tmp_path, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
@@ -64,10 +55,10 @@ def test_sigkill_mid_epoch_then_resume_is_bit_exact(model, tmp_path):
     assert proc.poll() is None, "the run ended before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert _state(last)["epoch"] == 0  # killed inside epoch 1, after epoch 0's checkpoint
-    _ok(subprocess.run([*args, f"hydra.run.dir={killed}", f"ckpt_path={last}"], cwd=tmp_path,
+    assert load_ckpt(last)["epoch"] == 0  # killed inside epoch 1, after epoch 0's checkpoint
+    ok(subprocess.run([*args, f"hydra.run.dir={killed}", f"ckpt_path={last}"], cwd=tmp_path,
                        env=env, capture_output=True, text=True, timeout=600))  # fmt: skip
-    _same_training_state(_state(full / "checkpoints" / "last.ckpt"), _state(last))
+    _same_training_state(load_ckpt(full / "checkpoints" / "last.ckpt"), load_ckpt(last))
 
 
 def test_checkpoint_write_interrupted_keeps_the_old_file(tmp_path, monkeypatch):
@@ -83,7 +74,7 @@ def test_checkpoint_write_interrupted_keeps_the_old_file(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         io.save_checkpoint({"step": 2, "w": torch.zeros(3)}, str(path))
     monkeypatch.undo()
-    assert _state(path)["step"] == 1
+    assert load_ckpt(path)["step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temp file left
 
 
@@ -103,7 +94,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_nonzero(tmp_path):
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 143, out[-3000:]
-    ckpt = _state(run / "checkpoints" / "last.ckpt")
+    ckpt = load_ckpt(run / "checkpoints" / "last.ckpt")
     assert 0 < ckpt["global_step"] < 2 * 2000  # saved mid-epoch, where it was stopped
 
 
@@ -184,7 +175,7 @@ def test_ddp_gan_variants_keep_ranks_identical(variant, tmp_path):
          f"+callbacks.rank_weights.dirpath={tmp_path}"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
-    _ok(proc)
+    ok(proc)
     assert "MEMBER: 2/2" in proc.stdout + proc.stderr
     r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     for k in r0:
@@ -267,14 +258,14 @@ def test_16_mixed_updates_the_gan_scaler_once_per_iteration(cfg_tiny, monkeypatc
 def test_auto_resume_continues_a_requeued_run_in_its_directory(run_cli, tmp_path):
     """What a requeued SLURM job does: start again in the same directory and carry on."""
     run = tmp_path / "run"
-    _ok(run_cli("genlab-train", *TINY, "trainer.max_epochs=1", f"hydra.run.dir={run}"))
-    first = _state(run / "checkpoints" / "last.ckpt")["global_step"]
+    ok(run_cli("genlab-train", *TINY, "trainer.max_epochs=1", f"hydra.run.dir={run}"))
+    first = load_ckpt(run / "checkpoints" / "last.ckpt")["global_step"]
     proc = run_cli(
         "genlab-train", *TINY, "trainer.max_epochs=2", "auto_resume=true", f"hydra.run.dir={run}"
     )
-    _ok(proc)
+    ok(proc)
     assert "auto_resume: continuing from" in proc.stdout + proc.stderr
-    assert _state(run / "checkpoints" / "last.ckpt")["global_step"] == 2 * first
+    assert load_ckpt(run / "checkpoints" / "last.ckpt")["global_step"] == 2 * first
 
 
 def test_nonfinite_off_does_not_check(cfg_tiny):

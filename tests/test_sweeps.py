@@ -10,11 +10,7 @@ from hydra import compose, initialize_config_dir
 
 from genlab.config import CONFIG_DIR
 from genlab.train import flat_config
-from tests.conftest import BIN, REPO, TINY, compose_train
-
-
-def _ok(proc: subprocess.CompletedProcess) -> None:
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+from tests.conftest import BIN, REPO, TINY, compose_train, ok
 
 
 def _final(run: Path, key: str) -> float:
@@ -39,7 +35,7 @@ def wandb_records(run: Path) -> list[dict]:
 def test_grid_sweep_gives_each_job_its_own_dir(run_cli, tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_cli("genlab-train", "-m", *TINY, "seed=1,2", f"hydra.sweep.dir={sweep}")
-    _ok(proc)
+    ok(proc)
     for job in ("0", "1"):
         assert (sweep / job / "checkpoints" / "last.ckpt").is_file()
         assert (sweep / job / "csv" / "metrics.csv").is_file()
@@ -56,7 +52,7 @@ def test_optuna_sweep_receives_the_returned_metric(run_cli, tmp_path):
         "genlab-train", "hparams_search=gan_optuna", *TINY, "hydra.sweeper.n_trials=2",
         "hydra.sweeper.sampler.n_startup_trials=2", f"hydra.sweep.dir={sweep}",
     )  # fmt: skip
-    _ok(proc)
+    ok(proc)
     results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     # without Inception weights the GAN optimises val/swd; train returned its final value
     finals = [_final(sweep / j, "val/swd") for j in ("0", "1")]
@@ -105,7 +101,7 @@ def test_multirun_with_ddp_cpu_spawns_instead_of_relaunching(run_cli, tmp_path):
         "genlab-train", "-m", *TINY, "trainer=ddp_cpu", "seed=1,2", f"hydra.sweep.dir={sweep}",
         timeout=900,
     )  # fmt: skip
-    _ok(proc)
+    ok(proc)
     assert "ddp_spawn" in proc.stdout + proc.stderr
     assert "MEMBER: 2/2" in proc.stdout + proc.stderr  # really two processes
     for job in ("0", "1"):
@@ -132,7 +128,7 @@ def test_submitit_local_executor_runs_a_tiny_job(run_cli, tmp_path):
         "genlab-train", "-m", "hydra/launcher=submitit_local", *TINY, f"hydra.sweep.dir={sweep}",
         timeout=900,
     )  # fmt: skip
-    _ok(proc)
+    ok(proc)
     assert (sweep / "0" / "checkpoints" / "last.ckpt").is_file()
 
 

@@ -1,6 +1,5 @@
 """genlab-eval: score a checkpoint's samples with FID/IS/KID (VAE: also NLL); write metrics.json."""
 
-import hashlib
 import json
 import logging
 import sys
@@ -16,6 +15,7 @@ import genlab
 from genlab.atomic import atomic_json
 from genlab.callbacks import data_key
 from genlab.config import CONFIG_DIR, instantiate, load_model, report_errors, run_task
+from genlab.metrics import file_sha256
 from genlab.train import flat_config, prepare_wandb
 from genlab.vae import VAE
 
@@ -27,15 +27,6 @@ OmegaConf.register_new_resolver(
     lambda ckpt: str(Path(ckpt).expanduser().resolve().parent.parent),
     replace=True,
 )
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:

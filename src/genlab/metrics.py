@@ -183,7 +183,7 @@ def _resolve_weights(inception_weights: str | None, download: bool) -> Path:
     return path
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: str | Path) -> str:
     """Hex sha256 of a file, read in chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -246,7 +246,7 @@ class ImageMetrics:
         self.batch_size = batch_size
         self.device = torch.device(device)
         self.weights_path = _resolve_weights(inception_weights, download)
-        self.weights_sha256 = _sha256(self.weights_path)
+        self.weights_sha256 = file_sha256(self.weights_path)
         self._net: NoTrainInceptionV3 | None = _build_inception(self.weights_path).to(self.device)
 
     def __getstate__(self) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from genlab.callbacks import grid_uint8, save_png
 from genlab.config import CONFIG_DIR, instantiate, load_model, report_errors, run_task
 from genlab.errors import GenlabError
+from genlab.vae import reconstruction_rows
 
 log = logging.getLogger("genlab")
 
@@ -66,15 +67,6 @@ def class_rows(model: nn.Module, per_class: int) -> Tensor:
     """``per_class`` samples of every class, class after class: (K * per_class, C, H, W)."""
     labels = torch.arange(model.num_classes, device=model.device).repeat_interleave(per_class)
     return model.sample(len(labels), labels)
-
-
-def reconstruction_rows(model: nn.Module, x: Tensor, labels: Tensor, nrow: int) -> Tensor:
-    """Rows of ``nrow`` inputs, each followed by a row of their reconstructions."""
-    n = len(x) // nrow * nrow
-    x, labels = x[:n], labels[:n]
-    pairs = torch.stack([x, model.reconstruct(x, labels)])  # (2, N, C, H, W)
-    rows = pairs.view(2, n // nrow, nrow, *x.shape[1:]).transpose(0, 1)  # (R, 2, nrow, C, H, W)
-    return rows.reshape(-1, *x.shape[1:])
 
 
 def real_images(run_cfg: DictConfig, n: int) -> tuple[Tensor, Tensor]:

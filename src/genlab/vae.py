@@ -17,6 +17,15 @@ OptimizerFactory = Callable[..., torch.optim.Optimizer]
 Likelihood = Literal["bernoulli", "gaussian"]
 
 
+def reconstruction_rows(model: nn.Module, x: Tensor, labels: Tensor, nrow: int) -> Tensor:
+    """Rows of ``nrow`` inputs, each followed by a row of their reconstructions."""
+    n = len(x) // nrow * nrow
+    x, labels = x[:n], labels[:n]
+    pairs = torch.stack([x, model.reconstruct(x, labels)])  # (2, N, C, H, W)
+    rows = pairs.view(2, n // nrow, nrow, *x.shape[1:]).transpose(0, 1)  # (R, 2, nrow, C, H, W)
+    return rows.reshape(-1, *x.shape[1:])
+
+
 class VAE(pl.LightningModule):
     """Variational autoencoder; ``encoder(x) -> (mu, logvar)``, ``decoder(z) -> logits or means``.
 
@@ -184,11 +193,6 @@ class VAE(pl.LightningModule):
         labels = self.fixed_labels if self.num_classes else None
         images = {"samples": self.decode_mean(self.fixed_z, labels)}
         if self._grid_batch is not None and len(self._grid_batch[0]) >= 8:
-            x, y = (t.to(self.device) for t in self._grid_batch)
-            n = min(32, len(x)) // 8 * 8
-            x, y = x[:n], y[:n]
-            pairs = torch.stack([x, self.reconstruct(x, y)], dim=1)  # (B, 2, C, H, W)
-            # rows of 8: inputs, then their reconstructions underneath
-            rows = pairs.reshape(-1, 8, 2, *x.shape[1:]).transpose(1, 2)
-            images["reconstructions"] = rows.reshape(-1, *x.shape[1:])
+            x, y = (t[:32].to(self.device) for t in self._grid_batch)
+            images["reconstructions"] = reconstruction_rows(self, x, y, nrow=8)
         return images
