@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from genlab.data import ImageDataModule, fit_size, synthetic_images
+from genlab.data import Batch, ImageDataModule, fetch, fit_size, synthetic_images
 from genlab.errors import GenlabError
 
 TORCHVISION_SOURCES = ["mnist", "fashion_mnist", "cifar10", "svhn", "celeba"]
@@ -324,6 +324,47 @@ def test_dataloaders():
     first = [next(iter(val))[1] for _ in range(2)]
     assert torch.equal(first[0], first[1])  # not shuffled
     assert sum(len(b[0]) for b in val) == 500  # nothing dropped
+
+
+def test_in_memory_batches_come_in_one_gather_and_equal_the_items():
+    dm = ImageDataModule(batch_size=64, pin_memory=None)
+    dm.setup("fit")
+    val = dm.dataset("val")
+    batch = next(iter(dm.val_dataloader()))
+    assert isinstance(batch, Batch)  # TensorImages.__getitems__, passed through by collate
+    items = stack(torch.utils.data.Subset(val, range(64)))
+    assert torch.equal(batch.images, items[0]) and torch.equal(batch.labels, items[1])
+    picked = fetch(val, [5, 0, 5])
+    assert torch.equal(picked.images, torch.stack([val[i][0] for i in (5, 0, 5)]))
+
+
+def test_per_item_datasets_still_collate(tmp_path):
+    for i in range(5):
+        Image.new("L", (8, 8), color=40 * i).save(tmp_path / f"{i}.png")
+    dm = ImageDataModule(source="folder", root=tmp_path, image_size=8, batch_size=2)
+    dm.setup("fit")
+    x, y = next(iter(dm.train_dataloader()))  # FileImages: decoded per item, default_collate
+    assert x.shape == (2, 1, 8, 8) and y.tolist() == [0, 0]
+    got = fetch(dm.dataset("val"), [0])
+    assert isinstance(got, Batch) and torch.equal(got.images[0], dm.dataset("val")[0][0])
+
+
+def test_binarized_batches():
+    kwargs = dict(source="synthetic", image_size=16, synthetic_size=64, batch_size=8)
+    dm = ImageDataModule(**kwargs, binarize=True)
+    dm.setup("fit")
+    val = dm.dataset("val")
+    # seeded (val): a batch is exactly its items' fixed draws
+    got = fetch(val, list(range(len(val))))
+    assert torch.equal(got.images, stack(val)[0]) and torch.equal(got.labels, stack(val)[1])
+    # dynamic (train): a fresh draw per batch, each pixel on with probability (x + 1) / 2
+    grey = stack(ImageDataModule(**kwargs).dataset("train"))[0]
+    train = dm.dataset("train")
+    everything = list(range(len(train)))
+    draws = torch.stack([fetch(train, everything).images for _ in range(200)])
+    assert set(draws.unique().tolist()) == {-1.0, 1.0}
+    assert ((draws + 1).mean(0) / 2 - (grey + 1) / 2).abs().max() < 0.15
+    assert fetch(train, everything).labels.tolist() == stack(train)[1].tolist()
 
 
 def test_dataloader_with_worker():

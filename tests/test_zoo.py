@@ -107,6 +107,29 @@ def test_every_loss_with_every_regulariser(loss, cfg_tiny):
     assert parametrize.is_parametrized(objs["model"].discriminator.head.linear, "weight")
 
 
+@pytest.mark.parametrize("model", ["gan_mlp", "vae"])
+def test_training_values_reach_the_logger_only_on_written_steps(model, cfg_tiny):
+    """self.log runs only every log_every_n_steps (batches 2, 4, 6 of 7 here); with n_critic=3
+    a written step between G steps logs the last G step's loss."""
+    import pandas as pd
+
+    gan = model == "gan_mlp"
+    cfg = cfg_tiny(
+        f"model={model}", "data=synthetic", f"data.image_size={16 if gan else 28}",
+        "metrics=none", "callbacks=none", "trainer.log_every_n_steps=2",
+        *(["model.n_critic=3"] if gan else []),
+    )  # fmt: skip
+    objs = fit(cfg, batches=7)
+    rows = pd.read_csv(Path(objs["trainer"].logger.log_dir) / "metrics.csv")
+    train = rows.dropna(subset=["train/d_loss" if gan else "train/loss"])
+    assert len(train) == 3, rows
+    if gan:  # G steps come after batches 3 and 6: none yet at batch 2
+        assert train["train/g_steps"].tolist() == [0, 1, 2]
+        g_loss = train["train/g_loss"]
+        # batch 4 is no G step: its value is batch 3's G loss
+        assert g_loss.isna().tolist() == [True, False, False], rows
+
+
 def test_kl_warmup_and_gaussian_likelihood(cfg_tiny):
     cfg = cfg_tiny(
         "model=vae", "data=synthetic", *QUIET, "model.kl_warmup_steps=8", "model.beta=2",

@@ -19,6 +19,7 @@ from torch import Tensor
 from torchvision.utils import make_grid
 
 from genlab.atomic import atomic_torch_save
+from genlab.data import fetch
 from genlab.errors import GenlabError
 from genlab.metrics import (
     LOGITS,
@@ -234,8 +235,8 @@ class SampleMetrics(pl.Callback):
             return cached if cached is not None else load_reference(key, self.cache_dir)
 
         def real_chunk(j: int) -> Tensor:
-            idx = range(j * self.batch_size, min(n, (j + 1) * self.batch_size))
-            return torch.stack([dataset[i][0] for i in idx]).to(pl_module.device)
+            idx = list(range(j * self.batch_size, min(n, (j + 1) * self.batch_size)))
+            return fetch(dataset, idx).images.to(pl_module.device)
 
         pool = self._gather(trainer, n, real_chunk)[POOL].cpu()
         if trainer.is_global_zero:

@@ -8,7 +8,7 @@ import math
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Literal, NamedTuple, get_args
 
 import numpy as np
 import pytorch_lightning as pl
@@ -16,7 +16,7 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image, ImageOps
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
 from genlab.errors import GenlabError
 
@@ -80,6 +80,25 @@ def pil_to_uint8(image: Image.Image, size: int, channels: int) -> Tensor:
     return fit_size(tensor, size)[0]
 
 
+class Batch(NamedTuple):
+    """A whole batch from one ``__getitems__`` call: images (B, C, H, W) and labels (B,)."""
+
+    images: Tensor
+    labels: Tensor
+
+
+def collate(items: Batch | list[tuple[Tensor, Tensor]]) -> Batch | list[Tensor]:
+    """The loaders' collate_fn: a batch a dataset built in one call passes through unchanged."""
+    return items if isinstance(items, Batch) else default_collate(items)
+
+
+def fetch(dataset: Dataset, indices: list[int]) -> Batch:
+    """Items ``indices`` of ``dataset`` as one Batch; in one indexing call where it can."""
+    getitems = getattr(dataset, "__getitems__", None)
+    items = getitems(indices) if callable(getitems) else [dataset[i] for i in indices]
+    return items if isinstance(items, Batch) else Batch(*default_collate(items))
+
+
 class Binarized(Dataset):
     """Stochastic binarisation: each pixel becomes 1 with probability (x + 1) / 2, else -1.
 
@@ -101,6 +120,13 @@ class Binarized(Dataset):
         on = torch.rand(image.shape, generator=g) < (image + 1) / 2  # (C, H, W)
         return on.float() * 2 - 1, label
 
+    def __getitems__(self, indices: list[int]) -> Batch:
+        if self.seed is not None:  # one generator per item: keep the per-item draw
+            return Batch(*default_collate([self[i] for i in indices]))
+        images, labels = fetch(self.base, indices)
+        on = torch.rand(images.shape) < (images + 1) / 2  # (B, C, H, W)
+        return Batch(on.float() * 2 - 1, labels)
+
 
 class TensorImages(Dataset):
     """Images held in memory as uint8 (N, C, H, W), already at the final size and channels."""
@@ -114,6 +140,11 @@ class TensorImages(Dataset):
 
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
         return to_float(self.images[i]), self.labels[i]
+
+    def __getitems__(self, indices: list[int]) -> Batch:
+        """A batch in one gather (the DataLoader calls this instead of B ``__getitem__``)."""
+        idx = torch.as_tensor(indices)
+        return Batch(to_float(self.images[idx]), self.labels[idx])
 
 
 class FileImages(Dataset):
@@ -346,6 +377,7 @@ class ImageDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
+            collate_fn=collate,
         )
 
     def make_splits(self, full: Dataset) -> None:

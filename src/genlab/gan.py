@@ -87,6 +87,7 @@ class GAN(pl.LightningModule):
         self.register_buffer("fixed_labels", self._grid_labels(num_grid))
         self.batches_seen = 0
         self.skipped_steps = 0
+        self._last_g_loss: Tensor | None = None
         self._val_real: list[Tensor] = []
 
     def _grid_labels(self, n: int) -> Tensor:
@@ -135,6 +136,8 @@ class GAN(pl.LightningModule):
         y = self._labels(labels)
         opt_g, opt_d = self.optimizers()
         hp = self.hparams
+        log_now = logs_written(self.trainer)  # each self.log costs ~0.5 ms on a small CPU
+        logged: dict[str, Tensor] = {}
 
         with self.toggled_optimizer(opt_d):
             z = torch.randn(real.shape[0], self.latent_dim, device=self.device)
@@ -148,22 +151,17 @@ class GAN(pl.LightningModule):
             if hp.gp_weight:
                 gp = losses.gradient_penalty(self.discriminator, real, fake, y)
                 d_loss = d_loss + hp.gp_weight * gp
-                self.log("train/gp", gp)
+                logged["train/gp"] = gp
             if hp.r1_gamma:
                 r1 = losses.r1_penalty(d_real, real)
                 d_loss = d_loss + 0.5 * hp.r1_gamma * r1
-                self.log("train/r1", r1)
+                logged["train/r1"] = r1
             if finite_or_skip(self, d_loss, "train/d_loss", hp.nonfinite):
                 opt_d.zero_grad(set_to_none=True)
                 self.manual_backward(d_loss)
                 opt_d.step()
             else:
                 self.skipped_steps += 1
-        self.log("train/d_loss", d_loss, prog_bar=True)
-        log_now = logs_written(self.trainer)
-        if log_now:
-            self.log("train/d_real", d_real.mean())
-            self.log("train/d_fake", d_fake.mean())
 
         self.batches_seen += 1
         if self.batches_seen % hp.n_critic == 0:
@@ -182,14 +180,22 @@ class GAN(pl.LightningModule):
             # schedules count generator steps (mimicry's linear decay over G iterations)
             for scheduler in self._schedulers():
                 scheduler.step()
-            self.log("train/g_loss", g_loss, prog_bar=True)
+            # kept for the next written step, which may fall between G steps (n_critic > 1)
+            self._last_g_loss = g_loss.detach()
         update_scaler = getattr(self.trainer.precision_plugin, "update_scaler", None)
         if update_scaler is not None:
             update_scaler()  # 16-mixed: once per iteration, after D and G stepped
-        if log_now:
+        if log_now:  # the progress bar's values refresh at the same steps
+            self.log("train/d_loss", d_loss, prog_bar=True)
+            if self._last_g_loss is not None:
+                self.log("train/g_loss", self._last_g_loss, prog_bar=True)
+            self.log("train/d_real", d_real.mean())
+            self.log("train/d_fake", d_fake.mean())
+            for name, value in logged.items():
+                self.log(name, value)
             self.log("train/g_steps", float(self.batches_seen // hp.n_critic))
-        if self.skipped_steps:
-            self.log("train/skipped_steps", float(self.skipped_steps))
+            if self.skipped_steps:
+                self.log("train/skipped_steps", float(self.skipped_steps))
 
     def _schedulers(self) -> list:
         schedulers = self.lr_schedulers()

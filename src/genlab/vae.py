@@ -156,19 +156,22 @@ class VAE(pl.LightningModule):
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor | None:
         x, labels = batch
+        written = logs_written(self.trainer)  # each self.log costs about as much as a tiny conv
         if self.hparams.iwae_k > 1:
             lw = self.log_weights(x, self.hparams.iwae_k, labels)  # (k, B)
             bound = torch.logsumexp(lw, 0) - math.log(self.hparams.iwae_k)
             loss = -bound.mean()
-            self.log("train/iwae_bound", bound.mean())
+            if written:
+                self.log("train/iwae_bound", bound.mean())
         else:
             terms = self.elbo_terms(x, labels)
             loss = (terms["recon"] + self.kl_weight() * terms["kl"]).mean()
-            if logs_written(self.trainer):
+            if written:
                 self.log("train/recon", terms["recon"].mean())
                 self.log("train/kl", terms["kl"].mean())
                 self.log("train/elbo", -(terms["recon"] + terms["kl"]).mean())
-        self.log("train/loss", loss, prog_bar=True)
+        if written:  # the progress bar's value refreshes at the same steps
+            self.log("train/loss", loss, prog_bar=True)
         # returning None makes Lightning skip backward and the optimizer step
         return loss if finite_or_skip(self, loss, "train/loss", self.hparams.nonfinite) else None
 

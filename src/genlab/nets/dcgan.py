@@ -1,6 +1,5 @@
 """DCGAN generator and discriminator (Radford et al. 2016) for 28, 32 and 64 pixel images."""
 
-import torch
 from torch import Tensor, nn
 
 from genlab.nets.layers import (
@@ -8,8 +7,8 @@ from genlab.nets.layers import (
     ProjectionHead,
     apply_spectral_norm,
     check_args,
-    one_hot,
     require_labels,
+    with_labels,
 )
 
 SIZES = tuple(CONV_PLAN)
@@ -78,7 +77,7 @@ class DCGANGenerator(nn.Module):
 
     def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
         require_labels(type(self).__name__, self.num_classes, labels)
-        h = torch.cat([z, one_hot(labels, self.num_classes, z)], 1)  # (B, Z + K)
+        h = with_labels(z, labels, self.num_classes)  # (B, Z + K)
         return self.net(h[:, :, None, None])  # (B, C, H, W)
 
 

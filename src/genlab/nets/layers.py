@@ -1,5 +1,6 @@
 """Pieces shared by the networks: argument checks, spectral norm, class conditioning."""
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
@@ -54,6 +55,11 @@ def one_hot(labels: Tensor | None, num_classes: int, like: Tensor) -> Tensor:
     if not num_classes:
         return like.new_zeros(like.shape[0], 0)
     return F.one_hot(labels, num_classes).to(like.dtype)
+
+
+def with_labels(h: Tensor, labels: Tensor | None, num_classes: int) -> Tensor:
+    """``h`` (B, F) with one-hot labels appended (B, F + K); ``h`` itself when unconditional."""
+    return torch.cat([h, one_hot(labels, num_classes, h)], 1) if num_classes else h
 
 
 def apply_spectral_norm(net: nn.Module) -> nn.Module:

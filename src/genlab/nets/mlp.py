@@ -1,14 +1,13 @@
 """Fully connected generator and discriminator for any image size (small data, quick tests)."""
 
-import torch
 from torch import Tensor, nn
 
 from genlab.nets.layers import (
     ProjectionHead,
     apply_spectral_norm,
     check_args,
-    one_hot,
     require_labels,
+    with_labels,
 )
 
 
@@ -50,7 +49,7 @@ class MLPGenerator(nn.Module):
 
     def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
         require_labels(type(self).__name__, self.num_classes, labels)
-        h = torch.cat([z, one_hot(labels, self.num_classes, z)], 1)  # (B, Z + K)
+        h = with_labels(z, labels, self.num_classes)  # (B, Z + K)
         return self.net(h).view(z.shape[0], *self.shape)  # (B, C, H, W)
 
 

@@ -5,10 +5,9 @@ other images in the batch. Class-conditional nets read one-hot labels, concatena
 flattened conv features (encoder) or to z (decoder).
 """
 
-import torch
 from torch import Tensor, nn
 
-from genlab.nets.layers import CONV_PLAN, check_args, one_hot, require_labels
+from genlab.nets.layers import CONV_PLAN, check_args, require_labels, with_labels
 
 SIZES = tuple(CONV_PLAN)
 
@@ -52,7 +51,7 @@ class ConvEncoder(nn.Module):
     def forward(self, x: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
         require_labels(type(self).__name__, self.num_classes, labels)
         h = self.features(x)  # (B, F)
-        h = torch.cat([h, one_hot(labels, self.num_classes, h)], 1)  # (B, F + K)
+        h = with_labels(h, labels, self.num_classes)  # (B, F + K)
         mu, logvar = self.posterior(h).chunk(2, dim=1)  # (B, Z) each
         return mu, logvar
 
@@ -98,6 +97,6 @@ class ConvDecoder(nn.Module):
 
     def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
         require_labels(type(self).__name__, self.num_classes, labels)
-        h = torch.cat([z, one_hot(labels, self.num_classes, z)], 1)  # (B, Z + K)
+        h = with_labels(z, labels, self.num_classes)  # (B, Z + K)
         h = self.linear(h).view(z.shape[0], *self.start)  # (B, width, start, start)
         return self.net(h)  # (B, C, H, W)
