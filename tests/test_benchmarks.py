@@ -39,6 +39,15 @@ def test_quick_benchmark_writes_every_section(tmp_path: Path) -> None:
         assert positive(row["genlab_images_per_s"]) and positive(row["hand_images_per_s"])
         assert positive(row["ratio"]) and positive(row["ratio_median_step"])
         assert all(positive(v) for v in row["attribution"]["ms_per_step"].values())
+    # ... and paired in one process, with Lightning's own per-step cost beside it
+    for model in ("gan", "vae"):
+        row = r["paired"]["models"][model]
+        assert row["pairs"] >= 2 and positive(row["genlab_step_ms"]) and positive(row["ratio"])
+        assert row["ratio_q1"] <= row["ratio"] <= row["ratio_q3"]
+    for loop in ("automatic", "manual"):
+        floor = r["paired"]["lightning_floor"][loop]
+        assert positive(floor["lightning_step_ms"]) and positive(floor["hand_step_ms"])
+    assert "### Paired in one process" in md
     # 2. evaluation: genlab-eval (cold, cached), fidelity, and time vs N
     ev = r["eval"]
     for key in ("genlab_cold_images_per_s", "fidelity_images_per_s", "ratio_wall"):

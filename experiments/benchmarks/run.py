@@ -53,6 +53,7 @@ SIZES = {
         "data_files": 1000,
         "data_epochs": 3,
         "model_steps": 5,
+        "floor_batches": 600,
     },
     "quick": {
         "train": [("gan", "1", 1, 6, 1), ("vae", "1", 1, 10, 1)],
@@ -68,6 +69,7 @@ SIZES = {
         "data_files": 160,
         "data_epochs": 2,
         "model_steps": 1,
+        "floor_batches": 60,
     },
 }
 MB = 1 << 20
@@ -202,6 +204,60 @@ def timer_overrides(path: str) -> list[str]:
 # ---------------------------------------------------------------- 1. training overhead
 
 
+def train_command(size: dict, model: str, epochs: int, limit, out: Path, timing: Path) -> list:
+    """genlab-train at its defaults (but metrics=none), timed by StepTimer into ``timing``."""
+    cmd = [
+        BIN / "genlab-train",
+        f"model={model}",
+        "metrics=none",  # no FID during training: same work whatever weights exist
+        f"trainer.max_epochs={epochs}",
+        f"hydra.run.dir={out}",
+        *timer_overrides(str(timing)),
+    ]
+    if limit:
+        cmd.append(f"++trainer.limit_train_batches={limit}")
+    if size["val_batches"]:
+        cmd.append(f"++trainer.limit_val_batches={size['val_batches']}")
+    return cmd
+
+
+def pair_stats(pairs: list[tuple[float, float]]) -> dict:
+    """Paired step times (genlab s, hand-written s) -> medians, ratios and their spread."""
+    ratios = sorted(h / g for g, h in pairs)
+    q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+    return {
+        "pairs": len(pairs),
+        "genlab_step_ms": 1000 * statistics.median(g for g, _ in pairs),
+        "hand_step_ms": 1000 * statistics.median(h for _, h in pairs),
+        "extra_ms": 1000 * statistics.median(g - h for g, h in pairs),
+        "ratio": statistics.median(ratios),  # hand time / genlab time = genlab's relative speed
+        "ratio_q1": q[0],
+        "ratio_q3": q[2],
+        "ratio_of_sums": sum(h for _, h in pairs) / sum(g for g, _ in pairs),
+    }
+
+
+def bench_paired(size: dict, work: Path) -> dict:
+    """genlab-train with the hand-written step after each of its steps (StepTimer pair=true),
+    one thread; and Lightning's own per-step cost on a one-weight model (workloads.py floor)."""
+    rows: dict[str, dict] = {}
+    for model, threads, max_epochs, limit, _ in size["train"]:
+        if threads != "1":
+            continue
+        out = work / "paired" / model
+        timing = out / "timing.json"
+        cmd = [*train_command(size, model, max_epochs, limit, out, timing)]
+        cmd.append("+callbacks.step_timer.pair=true")
+        run(cmd, out / "stdout.log", thread_env("1"), work)
+        pairs = json.loads(timing.read_text())["pairs"][size["warmup"] :]
+        rows[model] = {"model": model, **pair_stats(pairs)}
+        print(f"  {model} paired: genlab/hand speed {rows[model]['ratio']:.3f}", flush=True)
+    floor_json = work / "paired" / "floor.json"
+    cmd = [sys.executable, HERE / "workloads.py", "floor", str(size["floor_batches"]), floor_json]
+    run(cmd, floor_json.with_suffix(".log"), thread_env("1"), work)
+    return {"models": rows, "lightning_floor": json.loads(floor_json.read_text())}
+
+
 def bench_training(size: dict, work: Path) -> dict:
     """genlab-train vs the hand-written loop, GAN and VAE, per thread setting, alternating."""
     rows: dict[str, dict] = {}
@@ -214,18 +270,7 @@ def bench_training(size: dict, work: Path) -> dict:
             name = f"{model}_t{threads}"
             out = work / "train" / f"{name}_r{rep}"
             timing = out / "timing.json"
-            cmd = [
-                BIN / "genlab-train",
-                f"model={model}",
-                "metrics=none",  # no FID during training: same work whatever weights exist
-                f"trainer.max_epochs={max_epochs}",
-                f"hydra.run.dir={out}",
-                *timer_overrides(str(timing)),
-            ]
-            if limit:
-                cmd.append(f"++trainer.limit_train_batches={limit}")
-            if size["val_batches"]:
-                cmd.append(f"++trainer.limit_val_batches={size['val_batches']}")
+            cmd = train_command(size, model, max_epochs, limit, out, timing)
             proc = run(cmd, out / "stdout.log", env, work)
             t = json.loads(timing.read_text())
             g = {**steady(t, size["warmup"]), "process": proc}
@@ -502,6 +547,7 @@ def main() -> None:
     try:
         print("1. training overhead", flush=True)
         results["training"] = bench_training(size, work)
+        results["paired"] = bench_paired(size, work)
         gan_run = results["training"]["gan_t1"]["reps"][0]["run_dir"]
         print("2. evaluation", flush=True)
         results["eval"] = bench_eval(size, work, Path(gan_run) / "checkpoints" / "last.ckpt")

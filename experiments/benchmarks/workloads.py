@@ -3,15 +3,19 @@
     python workloads.py hand MODEL BATCHES OUT.json   # minimal PyTorch loop, MODEL = gan | vae
     python workloads.py data ROOT N_FILES OUT.json     # ImageDataModule batches/s vs model
     python workloads.py attribute MODEL BATCHES OUT.json  # where genlab's step time goes
+    python workloads.py floor BATCHES OUT.json         # Lightning's own cost per step
 
 The hand-written loops use genlab's networks, losses, batch size, optimisers and the same
 training images as ``genlab-train model=gan|vae`` at its defaults, held in memory as one tensor
 and sliced per batch: what a careful user would write without Lightning, Hydra or loggers.
 """
 
+import copy
 import json
+import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -71,13 +75,8 @@ def build_gan(cfg, device: torch.device):
     return lambda real: gan_step(g, d, opt_g, opt_d, real, m.generator.latent_dim)
 
 
-def build_vae(cfg, device: torch.device):
-    """Conv encoder/decoder, Adam, Bernoulli ELBO with the config's settings."""
-    torch.manual_seed(cfg.seed)
-    m, data = cfg.model, cfg.data
-    enc = ConvEncoder(data.image_size, data.channels, m.encoder.latent_dim).to(device)
-    dec = ConvDecoder(m.encoder.latent_dim, data.image_size, data.channels).to(device)
-    opt = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=m.optimizer.lr)
+def vae_step(enc: nn.Module, dec: nn.Module, opt) -> Callable[[Tensor], None]:
+    """One Bernoulli-ELBO step (genlab's VAE at its defaults), as a function of the batch."""
 
     def step(x: Tensor) -> None:
         mu, logvar = enc(x)  # (B, Z) each
@@ -88,6 +87,27 @@ def build_vae(cfg, device: torch.device):
         opt.step()
 
     return step
+
+
+def build_vae(cfg, device: torch.device):
+    """Conv encoder/decoder, Adam, Bernoulli ELBO with the config's settings."""
+    torch.manual_seed(cfg.seed)
+    m, data = cfg.model, cfg.data
+    enc = ConvEncoder(data.image_size, data.channels, m.encoder.latent_dim).to(device)
+    dec = ConvDecoder(m.encoder.latent_dim, data.image_size, data.channels).to(device)
+    opt = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=m.optimizer.lr)
+    return vae_step(enc, dec, opt)
+
+
+def twin_step(module) -> Callable[[Tensor], None]:
+    """The hand-written step on copies of a genlab module's own networks and optimiser settings
+    (``StepTimer(pair=True)`` runs it after each genlab step, in the same process)."""
+    if hasattr(module, "generator"):
+        g, d = copy.deepcopy(module.generator), copy.deepcopy(module.discriminator)
+        opt_g, opt_d = module.optimizer_g(g.parameters()), module.optimizer_d(d.parameters())
+        return lambda real: gan_step(g, d, opt_g, opt_d, real, module.latent_dim)
+    enc, dec = copy.deepcopy(module.encoder), copy.deepcopy(module.decoder)
+    return vae_step(enc, dec, module.optimizer([*enc.parameters(), *dec.parameters()]))
 
 
 def hand(model: str, batches: int, out: Path) -> None:
@@ -272,6 +292,70 @@ def attribute(model: str, batches: int, out: Path) -> None:
     out.write_text(json.dumps({"ms_per_step": per_step, "us_per_call": per_call, "calls": calls}))
 
 
+def floor(batches: int, out: Path) -> None:
+    """Lightning's own cost per training step, whatever the model: a one-weight model in a bare
+    Trainer (no logger, callbacks or progress bar), each step paired with the same step written
+    by hand, as StepTimer(pair=True) pairs genlab's steps. Automatic and manual optimisation."""
+    import pytorch_lightning as pl
+    from steptimer import StepTimer
+
+    class Tiny(pl.LightningModule):
+        def __init__(self, automatic: bool) -> None:
+            super().__init__()
+            self.net = nn.Linear(4, 1)
+            self.automatic_optimization = automatic
+
+        def training_step(self, batch, batch_idx):
+            loss = self.net(batch[0]).mean()
+            if self.automatic_optimization:
+                return loss
+            opt = self.optimizers()
+            opt.zero_grad()
+            self.manual_backward(loss)
+            opt.step()
+            return None
+
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.parameters())
+
+    def hand_step(net: nn.Module, opt) -> Callable[[Tensor], None]:
+        def step(x: Tensor) -> None:
+            loss = net(x).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        return step
+
+    x = torch.randn(64 * batches, 4)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(x), batch_size=64, shuffle=True
+    )
+    results = {}
+    for automatic in (True, False):
+        net = nn.Linear(4, 1)
+        timer = StepTimer(None)
+        timer.twin = hand_step(net, torch.optim.Adam(net.parameters()))
+        trainer = pl.Trainer(
+            accelerator="cpu",
+            max_steps=batches,
+            logger=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            enable_progress_bar=False,
+            callbacks=[timer],
+        )
+        trainer.fit(Tiny(automatic), loader)
+        pairs = timer.pairs[len(timer.pairs) // 10 :]  # the first tenth is warm-up
+        results["automatic" if automatic else "manual"] = {
+            "lightning_step_ms": 1000 * statistics.median(g for g, _ in pairs),
+            "hand_step_ms": 1000 * statistics.median(h for _, h in pairs),
+            "extra_ms": 1000 * statistics.median(g - h for g, h in pairs),
+            "pairs": len(pairs),
+        }
+    out.write_text(json.dumps(results))
+
+
 if __name__ == "__main__":
     kind, *args = sys.argv[1:]
     if kind == "hand":
@@ -280,5 +364,7 @@ if __name__ == "__main__":
         data(Path(args[0]), int(args[1]), Path(args[2]), int(args[3]), int(args[4]))
     elif kind == "attribute":
         attribute(args[0], int(args[1]), Path(args[2]))
+    elif kind == "floor":
+        floor(int(args[0]), Path(args[1]))
     else:
-        sys.exit(f"unknown workload {kind!r}: use hand, data or attribute")
+        sys.exit(f"unknown workload {kind!r}: use hand, data, attribute or floor")
