@@ -42,11 +42,11 @@ def test_quick_benchmark_writes_every_section(tmp_path: Path) -> None:
     # ... and paired in one process, with Lightning's own per-step cost beside it
     for model in ("gan", "vae"):
         row = r["paired"]["models"][model]
-        assert row["pairs"] >= 2 and positive(row["genlab_step_ms"]) and positive(row["ratio"])
+        assert row["pairs"] >= 2 and positive(row["step_ms"]) and positive(row["ratio"])
         assert row["ratio_q1"] <= row["ratio"] <= row["ratio_q3"]
-    for loop in ("automatic", "manual"):
-        floor = r["paired"]["lightning_floor"][loop]
-        assert positive(floor["lightning_step_ms"]) and positive(floor["hand_step_ms"])
+        floor = row["lightning_floor"]  # a minimal LightningModule, the same networks
+        assert floor["pairs"] >= 2 and positive(floor["step_ms"])
+        assert positive(floor["hand_step_ms"]) and positive(floor["ratio"])
     assert "### Paired in one process" in md
     # 2. evaluation: genlab-eval (cold, cached), fidelity, and time vs N
     ev = r["eval"]

@@ -50,10 +50,10 @@ SIZES = {
         "eval_n": 128,  # generated and real images; a multiple of the metrics batch size (64)
         "eval_sweep": [64, 128],
         "eval_batch": 64,
+        "eval_reps": 2,  # genlab-eval and fidelity alternate; the faster run of each counts
         "data_files": 1000,
         "data_epochs": 3,
         "model_steps": 5,
-        "floor_batches": 600,
     },
     "quick": {
         "train": [("gan", "1", 1, 6, 1), ("vae", "1", 1, 10, 1)],
@@ -66,10 +66,10 @@ SIZES = {
         "eval_n": 8,
         "eval_sweep": [4, 8],
         "eval_batch": 4,
+        "eval_reps": 1,
         "data_files": 160,
         "data_epochs": 2,
         "model_steps": 1,
-        "floor_batches": 60,
     },
 }
 MB = 1 << 20
@@ -222,12 +222,12 @@ def train_command(size: dict, model: str, epochs: int, limit, out: Path, timing:
 
 
 def pair_stats(pairs: list[tuple[float, float]]) -> dict:
-    """Paired step times (genlab s, hand-written s) -> medians, ratios and their spread."""
+    """Paired step times (Lightning-run s, hand-written s) -> medians, ratios and spread."""
     ratios = sorted(h / g for g, h in pairs)
     q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
     return {
         "pairs": len(pairs),
-        "genlab_step_ms": 1000 * statistics.median(g for g, _ in pairs),
+        "step_ms": 1000 * statistics.median(g for g, _ in pairs),
         "hand_step_ms": 1000 * statistics.median(h for _, h in pairs),
         "extra_ms": 1000 * statistics.median(g - h for g, h in pairs),
         "ratio": statistics.median(ratios),  # hand time / genlab time = genlab's relative speed
@@ -239,7 +239,8 @@ def pair_stats(pairs: list[tuple[float, float]]) -> dict:
 
 def bench_paired(size: dict, work: Path) -> dict:
     """genlab-train with the hand-written step after each of its steps (StepTimer pair=true),
-    one thread; and Lightning's own per-step cost on a one-weight model (workloads.py floor)."""
+    one thread; and the same for a minimal LightningModule in a bare Trainer (workloads.py
+    floor): what Lightning's loop alone costs with these networks."""
     rows: dict[str, dict] = {}
     for model, threads, max_epochs, limit, _ in size["train"]:
         if threads != "1":
@@ -250,12 +251,18 @@ def bench_paired(size: dict, work: Path) -> dict:
         cmd.append("+callbacks.step_timer.pair=true")
         run(cmd, out / "stdout.log", thread_env("1"), work)
         pairs = json.loads(timing.read_text())["pairs"][size["warmup"] :]
-        rows[model] = {"model": model, **pair_stats(pairs)}
-        print(f"  {model} paired: genlab/hand speed {rows[model]['ratio']:.3f}", flush=True)
-    floor_json = work / "paired" / "floor.json"
-    cmd = [sys.executable, HERE / "workloads.py", "floor", str(size["floor_batches"]), floor_json]
-    run(cmd, floor_json.with_suffix(".log"), thread_env("1"), work)
-    return {"models": rows, "lightning_floor": json.loads(floor_json.read_text())}
+        batches = len(pairs) + size["warmup"] + 1
+        floor_json = work / "paired" / f"floor_{model}.json"
+        cmd = [sys.executable, HERE / "workloads.py", "floor", model, str(batches), floor_json]
+        run(cmd, floor_json.with_suffix(".log"), thread_env("1"), work)
+        floor = pair_stats(json.loads(floor_json.read_text())["pairs"])
+        rows[model] = {"model": model, **pair_stats(pairs), "lightning_floor": floor}
+        print(
+            f"  {model} paired: genlab/hand speed {rows[model]['ratio']:.3f}, "
+            f"minimal LightningModule {floor['ratio']:.3f}",
+            flush=True,
+        )
+    return {"models": rows}
 
 
 def bench_training(size: dict, work: Path) -> dict:
@@ -346,57 +353,63 @@ def bench_eval(size: dict, work: Path, ckpt: Path) -> dict:
         f"ckpt_path={ckpt}",
         f"metrics.inception_weights={weights}",
         f"metrics.num_real={n}",
-        f"metrics.cache_dir={ev / 'cache'}",
         f"metrics.is_splits={min(10, n)}",
         f"metrics.batch_size={size['eval_batch']}",
     ]
-    cold_dir = ev / "genlab_cold"
-    cold = run(
-        [
-            BIN / "genlab-eval",
-            *common,
-            f"metrics.num_samples={n}",
-            f"metrics.kid_subset_size={min(1000, n)}",
-            "save_samples=true",
-            f"hydra.run.dir={cold_dir}",
-        ],
-        ev / "genlab_cold.log",
-        env,
-        work,
-    )
-    cold["job_s"] = job_seconds(cold_dir)
-    cold["metrics"] = json.loads((cold_dir / "metrics.json").read_text())["metrics"]
-
     device = ["--gpu", "0"] if torch.cuda.is_available() else ["--cpu"]
-    fid_log = ev / "fidelity.log"
-    fidelity = run(
-        [
-            BIN / "fidelity",
-            *device,
-            "--isc",
-            "--fid",
-            "--kid",
-            "--input1",
-            cold_dir / "samples",
-            "--input2",
-            real_dir,
-            "--feature-extractor-weights-path",
-            weights,
-            "--kid-subset-size",
-            str(min(1000, n)),
-            "--isc-splits",
-            str(min(10, n)),
-            "--batch-size",
-            str(size["eval_batch"]),
-            "--no-cache",
-            "--json",
-        ],
-        fid_log,
-        env,
-        work,
-    )
-    text = fid_log.read_text()
-    fidelity["metrics"] = json.loads(text[text.index("{") : text.rindex("}") + 1])
+    colds, fidelities = [], []
+    for rep in range(size["eval_reps"]):  # alternating, each with an empty reference cache
+        cold_dir = ev / f"genlab_cold_r{rep}"
+        cold = run(
+            [
+                BIN / "genlab-eval",
+                *common,
+                f"metrics.cache_dir={ev / f'cache_r{rep}'}",
+                f"metrics.num_samples={n}",
+                f"metrics.kid_subset_size={min(1000, n)}",
+                "save_samples=true",
+                f"hydra.run.dir={cold_dir}",
+            ],
+            ev / f"genlab_cold_r{rep}.log",
+            env,
+            work,
+        )
+        cold["job_s"] = job_seconds(cold_dir)
+        cold["metrics"] = json.loads((cold_dir / "metrics.json").read_text())["metrics"]
+        colds.append(cold)
+        fid_log = ev / f"fidelity_r{rep}.log"
+        fidelity = run(
+            [
+                BIN / "fidelity",
+                *device,
+                "--isc",
+                "--fid",
+                "--kid",
+                "--input1",
+                ev / "genlab_cold_r0" / "samples",  # the same images every time
+                "--input2",
+                real_dir,
+                "--feature-extractor-weights-path",
+                weights,
+                "--kid-subset-size",
+                str(min(1000, n)),
+                "--isc-splits",
+                str(min(10, n)),
+                "--batch-size",
+                str(size["eval_batch"]),
+                "--no-cache",
+                "--json",
+            ],
+            fid_log,
+            env,
+            work,
+        )
+        text = fid_log.read_text()
+        fidelity["metrics"] = json.loads(text[text.index("{") : text.rindex("}") + 1])
+        fidelities.append(fidelity)
+    cold = min(colds, key=lambda x: x["wall_s"])
+    fidelity = min(fidelities, key=lambda x: x["wall_s"])
+    common.append(f"metrics.cache_dir={ev / 'cache_r0'}")
 
     # the same checkpoint at several sample counts, all against the now cached reference
     sweep_dir = ev / "genlab_cached"
@@ -425,6 +438,10 @@ def bench_eval(size: dict, work: Path, ckpt: Path) -> dict:
         "weights": "random InceptionV3 in torch-fidelity's format (tests/inception.py)",
         "genlab_cold": cold,
         "fidelity": fidelity,
+        "reps": {
+            "genlab_cold_wall_s": [c["wall_s"] for c in colds],
+            "fidelity_wall_s": [f["wall_s"] for f in fidelities],
+        },
         "genlab_cached": {**cached, "process": sweep},
         "sweep": jobs,
         "sweep_fit": fit,

@@ -3,7 +3,7 @@
     python workloads.py hand MODEL BATCHES OUT.json   # minimal PyTorch loop, MODEL = gan | vae
     python workloads.py data ROOT N_FILES OUT.json     # ImageDataModule batches/s vs model
     python workloads.py attribute MODEL BATCHES OUT.json  # where genlab's step time goes
-    python workloads.py floor BATCHES OUT.json         # Lightning's own cost per step
+    python workloads.py floor MODEL BATCHES OUT.json   # a minimal LightningModule, paired
 
 The hand-written loops use genlab's networks, losses, batch size, optimisers and the same
 training images as ``genlab-train model=gan|vae`` at its defaults, held in memory as one tensor
@@ -12,7 +12,6 @@ and sliced per batch: what a careful user would write without Lightning, Hydra o
 
 import copy
 import json
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -45,21 +44,23 @@ def in_memory(dataset) -> Tensor:
     return torch.stack([dataset[i][0] for i in range(len(dataset))])
 
 
-def gan_step(g: nn.Module, d: nn.Module, opt_g, opt_d, real: Tensor, latent: int) -> None:
+def gan_step(
+    g: nn.Module, d: nn.Module, opt_g, opt_d, real: Tensor, latent: int, backward=Tensor.backward
+) -> None:
     """One D step then one G step, non-saturating loss (genlab's GAN at n_critic=1)."""
     z = torch.randn(len(real), latent, device=real.device)
     with torch.no_grad():
         fake = g(z)
     d_loss = losses.d_loss("ns", d(real), d(fake))
     opt_d.zero_grad(set_to_none=True)
-    d_loss.backward()
+    backward(d_loss)
     opt_d.step()
     # as Lightning's toggled_optimizer does: no discriminator weight gradients in the G step
     d.requires_grad_(False)
     z = torch.randn(len(real), latent, device=real.device)
     g_loss = losses.g_loss("ns", d(g(z)))
     opt_g.zero_grad(set_to_none=True)
-    g_loss.backward()
+    backward(g_loss)
     opt_g.step()
     d.requires_grad_(True)
 
@@ -292,68 +293,62 @@ def attribute(model: str, batches: int, out: Path) -> None:
     out.write_text(json.dumps({"ms_per_step": per_step, "us_per_call": per_call, "calls": calls}))
 
 
-def floor(batches: int, out: Path) -> None:
-    """Lightning's own cost per training step, whatever the model: a one-weight model in a bare
-    Trainer (no logger, callbacks or progress bar), each step paired with the same step written
-    by hand, as StepTimer(pair=True) pairs genlab's steps. Automatic and manual optimisation."""
+def floor(model: str, batches: int, out: Path) -> None:
+    """The least a Lightning loop costs with these networks: a minimal LightningModule holding
+    copies of the config's networks whose training_step is the hand-written step (VAE: returns
+    the loss, automatic optimisation; GAN: manual optimisation with Lightning's optimizers and
+    manual_backward, as Lightning's own GAN example), in a bare Trainer (no logger, callbacks,
+    progress bar or checkpoints) fed by genlab's ImageDataModule; each step paired with the
+    hand-written step, as StepTimer(pair=True) pairs genlab's steps."""
     import pytorch_lightning as pl
     from steptimer import StepTimer
 
-    class Tiny(pl.LightningModule):
-        def __init__(self, automatic: bool) -> None:
+    from genlab.config import instantiate
+
+    cfg = train_config(f"model={model}", "metrics=none")
+    genlab_module = instantiate(cfg.model, _convert_="object")
+
+    class Minimal(pl.LightningModule):
+        def __init__(self) -> None:
             super().__init__()
-            self.net = nn.Linear(4, 1)
-            self.automatic_optimization = automatic
+            self.nets = nn.ModuleList(copy.deepcopy(n) for n in genlab_module.networks())
+            self.automatic_optimization = model == "vae"
 
         def training_step(self, batch, batch_idx):
-            loss = self.net(batch[0]).mean()
-            if self.automatic_optimization:
-                return loss
-            opt = self.optimizers()
-            opt.zero_grad()
-            self.manual_backward(loss)
-            opt.step()
+            x = batch[0]
+            if model == "vae":
+                enc, dec = self.nets
+                mu, logvar = enc(x)
+                z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+                return (losses.bernoulli_nll(dec(z), x) + losses.kl_normal(mu, logvar)).mean()
+            g, d = self.nets
+            opt_g, opt_d = self.optimizers()
+            gan_step(g, d, opt_g, opt_d, x, genlab_module.latent_dim, self.manual_backward)
             return None
 
         def configure_optimizers(self):
-            return torch.optim.Adam(self.parameters())
+            if model == "vae":
+                return genlab_module.optimizer(self.parameters())
+            g, d = self.nets
+            return genlab_module.optimizer_g(g.parameters()), genlab_module.optimizer_d(
+                d.parameters()
+            )
 
-    def hand_step(net: nn.Module, opt) -> Callable[[Tensor], None]:
-        def step(x: Tensor) -> None:
-            loss = net(x).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
-        return step
-
-    x = torch.randn(64 * batches, 4)
-    loader = torch.utils.data.DataLoader(
-        torch.utils.data.TensorDataset(x), batch_size=64, shuffle=True
+    timer = StepTimer(None)
+    timer.twin = twin_step(genlab_module)
+    trainer = pl.Trainer(
+        accelerator="auto",
+        max_steps=batches * (2 if model == "gan" else 1),  # manual: D and G steps both count
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=False,
+        callbacks=[timer],
     )
-    results = {}
-    for automatic in (True, False):
-        net = nn.Linear(4, 1)
-        timer = StepTimer(None)
-        timer.twin = hand_step(net, torch.optim.Adam(net.parameters()))
-        trainer = pl.Trainer(
-            accelerator="cpu",
-            max_steps=batches,
-            logger=False,
-            enable_checkpointing=False,
-            enable_model_summary=False,
-            enable_progress_bar=False,
-            callbacks=[timer],
-        )
-        trainer.fit(Tiny(automatic), loader)
-        pairs = timer.pairs[len(timer.pairs) // 10 :]  # the first tenth is warm-up
-        results["automatic" if automatic else "manual"] = {
-            "lightning_step_ms": 1000 * statistics.median(g for g, _ in pairs),
-            "hand_step_ms": 1000 * statistics.median(h for _, h in pairs),
-            "extra_ms": 1000 * statistics.median(g - h for g, h in pairs),
-            "pairs": len(pairs),
-        }
-    out.write_text(json.dumps(results))
+    trainer.fit(Minimal(), datamodule=datamodule(f"model={model}"))
+    pairs = timer.pairs[max(1, len(timer.pairs) // 10) :]  # the first tenth is warm-up
+    out.write_text(json.dumps({"model": model, "pairs": pairs}))
 
 
 if __name__ == "__main__":
@@ -365,6 +360,6 @@ if __name__ == "__main__":
     elif kind == "attribute":
         attribute(args[0], int(args[1]), Path(args[2]))
     elif kind == "floor":
-        floor(int(args[0]), Path(args[1]))
+        floor(args[0], int(args[1]), Path(args[2]))
     else:
         sys.exit(f"unknown workload {kind!r}: use hand, data, attribute or floor")

@@ -199,7 +199,7 @@ class SampleMetrics(pl.Callback):
             # every rank holds the same gathered features, hence the same value: no reduction
             pl_module.log(LOGGED[name], float(value))
 
-    @torch.no_grad()
+    @torch.inference_mode()  # as Lightning runs validation: no autograd bookkeeping
     def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
         """Metric values of ``num_samples`` fresh samples against the reference features."""
         metrics = self.image_metrics.to(pl_module.device)

@@ -267,7 +267,7 @@ class ImageMetrics:
             self._net.to(self.device)
         return self
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def features(self, images: Tensor) -> dict[str, Tensor]:
         """Pool features {"pool": (B, 2048)} and logits {"logits": (B, 1008)}, float64, one pass."""
         pools, logits = [], []
