@@ -156,12 +156,7 @@ class GAN(pl.LightningModule):
                 r1 = losses.r1_penalty(d_real, real)
                 d_loss = d_loss + 0.5 * hp.r1_gamma * r1
                 logged["train/r1"] = r1
-            if finite_or_skip(self, d_loss, "train/d_loss", hp.nonfinite):
-                opt_d.zero_grad(set_to_none=True)
-                self.manual_backward(d_loss)
-                opt_d.step()
-            else:
-                self.skipped_steps += 1
+            self._step(opt_d, d_loss, "train/d_loss")
 
         self.batches_seen += 1
         if self.batches_seen % hp.n_critic == 0:
@@ -170,12 +165,7 @@ class GAN(pl.LightningModule):
                 g_loss = losses.g_loss(
                     hp.loss, self.discriminator(self._augment(self.generator(z, y)), y)
                 )
-                if finite_or_skip(self, g_loss, "train/g_loss", hp.nonfinite):
-                    opt_g.zero_grad(set_to_none=True)
-                    self.manual_backward(g_loss)
-                    opt_g.step()
-                else:
-                    self.skipped_steps += 1
+                self._step(opt_g, g_loss, "train/g_loss")
             self._update_ema()
             # schedules count generator steps (mimicry's linear decay over G iterations)
             for scheduler in self._schedulers():
@@ -196,6 +186,15 @@ class GAN(pl.LightningModule):
             self.log("train/g_steps", float(self.batches_seen // hp.n_critic))
             if self.skipped_steps:
                 self.log("train/skipped_steps", float(self.skipped_steps))
+
+    def _step(self, optimizer, loss: Tensor, name: str) -> None:
+        """Backward and step ``optimizer`` on ``loss``; a non-finite loss stops or is skipped."""
+        if finite_or_skip(self, loss, name, self.hparams.nonfinite):
+            optimizer.zero_grad(set_to_none=True)
+            self.manual_backward(loss)
+            optimizer.step()
+        else:
+            self.skipped_steps += 1
 
     def _schedulers(self) -> list:
         schedulers = self.lr_schedulers()
