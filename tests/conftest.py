@@ -81,6 +81,12 @@ def ok(proc: subprocess.CompletedProcess) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
+def fit_built(objs: dict) -> dict:
+    """Fit the model of ``genlab.train.build``'s objects on their datamodule; returns them."""
+    objs["trainer"].fit(objs["model"], datamodule=objs["datamodule"])
+    return objs
+
+
 def load_ckpt(path: Path) -> dict:
     """A checkpoint as saved, weights only (genlab's checkpoints hold no pickled code)."""
     return torch.load(path, map_location="cpu", weights_only=True)

@@ -10,7 +10,7 @@ import torch
 from genlab import callbacks as cb
 from genlab.metrics import ImageMetrics
 from genlab.train import build
-from tests.conftest import TINY, ok
+from tests.conftest import TINY, fit_built, ok
 
 # few images: InceptionV3 runs at a handful of images per second on this CPU
 METRICS = [
@@ -134,7 +134,7 @@ def test_training_with_metrics_logs_them_and_reuses_the_cache(
     )  # fmt: skip
     objs = build(cfg)
     assert objs["monitor"] == "val/fid"
-    objs["trainer"].fit(objs["model"], datamodule=objs["datamodule"])
+    fit_built(objs)
     logged = objs["trainer"].callback_metrics
     assert {"val/fid", "val/is", "val/kid", "val/n_real", "val/n_fake"} <= set(logged)
     # 2 epochs evaluated, one computation and one write of the 20 real images' features
@@ -151,7 +151,7 @@ def test_training_with_metrics_logs_them_and_reuses_the_cache(
         *METRICS, "data.limit=64", "data=synthetic", "data.image_size=28", "trainer.max_epochs=1",
     )  # fmt: skip
     objs = build(cfg2)
-    objs["trainer"].fit(objs["model"], datamodule=objs["datamodule"])
+    fit_built(objs)
     assert counts == {"real_images": 40, "stored": 2}
     assert len(list((tmp_path / "c").glob("ref-*.pt"))) == 2
 

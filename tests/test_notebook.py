@@ -5,7 +5,7 @@ import pytest
 from nbclient import NotebookClient
 
 from genlab.train import build
-from tests.conftest import REPO, compose_train
+from tests.conftest import REPO, compose_train, fit_built
 
 NOTEBOOK = REPO / "notebooks" / "explore_checkpoint.ipynb"
 
@@ -34,7 +34,7 @@ def test_explore_checkpoint_runs(model, images, tmp_path, monkeypatch):
     )  # fmt: skip
     cfg.trainer.max_epochs, cfg.trainer.limit_train_batches = 1, 2
     objs = build(cfg)
-    objs["trainer"].fit(objs["model"], datamodule=objs["datamodule"])
+    fit_built(objs)
     ckpt = tmp_path / "last.ckpt"
     objs["trainer"].save_checkpoint(ckpt)
 

@@ -13,7 +13,7 @@ from genlab import losses
 from genlab.callbacks import AtomicCheckpointIO
 from genlab.errors import GenlabError
 from genlab.train import build
-from tests.conftest import BIN, REPO, TINY, cli_env, load_ckpt, ok
+from tests.conftest import BIN, REPO, TINY, cli_env, fit_built, load_ckpt, ok
 
 # deterministic CPU runs long enough to be killed inside an epoch
 EXACT = [
@@ -102,7 +102,7 @@ def test_nonfinite_loss_stops_with_step_and_keeps_checkpoint(cfg_tiny, tmp_path,
     cfg = cfg_tiny("data=synthetic", "callbacks=default", "callbacks.progress_bar=null")
     cfg.trainer.max_epochs = 2
     objs = build(cfg)
-    objs["trainer"].fit(objs["model"], datamodule=objs["datamodule"])
+    fit_built(objs)
     last = tmp_path / "checkpoints" / "last.ckpt"
     before = last.read_bytes()
     d_loss = losses.d_loss
@@ -120,7 +120,7 @@ def test_nonfinite_skip_skips_the_step(cfg_tiny):
     )
     objs = build(cfg)
     d_before = {k: v.clone() for k, v in objs["model"].discriminator.state_dict().items()}
-    objs["trainer"].fit(objs["model"], datamodule=objs["datamodule"])
+    fit_built(objs)
     # every D step was skipped (gp * inf), every G step taken
     for k, v in objs["model"].discriminator.state_dict().items():
         assert torch.equal(v, d_before[k]), k
@@ -201,7 +201,7 @@ def test_bf16_mixed_on_cpu_stays_finite(extra, cfg_tiny):
     cfg.trainer.max_epochs = 1
     objs = build(cfg)
     # nonfinite=stop (the default) would raise on the first NaN/inf loss
-    objs["trainer"].fit(objs["model"], datamodule=objs["datamodule"])
+    fit_built(objs)
     assert all(torch.isfinite(p).all() for p in objs["model"].parameters())
 
 
@@ -228,7 +228,7 @@ def test_checkpoint_of_another_model_or_corrupt_is_refused(run_cli, cfg_tiny, tm
     cfg = cfg_tiny("data=synthetic", "callbacks=default", "callbacks.progress_bar=null")
     cfg.trainer.max_epochs = 1
     objs = build(cfg)
-    objs["trainer"].fit(objs["model"], datamodule=objs["datamodule"])
+    fit_built(objs)
     gan_ckpt = tmp_path / "checkpoints" / "last.ckpt"
     corrupt = tmp_path / "corrupt.ckpt"
     corrupt.write_bytes(gan_ckpt.read_bytes()[:1000])
@@ -250,7 +250,7 @@ def test_16_mixed_updates_the_gan_scaler_once_per_iteration(cfg_tiny, monkeypatc
     update, step = scaler.update, scaler.step
     monkeypatch.setattr(scaler, "update", lambda *a, **k: updates.append(1) or update(*a, **k))
     monkeypatch.setattr(scaler, "step", lambda *a, **k: steps.append(1) or step(*a, **k))
-    objs["trainer"].fit(objs["model"], datamodule=objs["datamodule"])
+    fit_built(objs)
     assert len(steps) == 6 and len(updates) == 3
 
 
@@ -272,7 +272,7 @@ def test_nonfinite_off_does_not_check(cfg_tiny):
     cfg = cfg_tiny("data=synthetic", "callbacks=none", "model.gp_weight=inf", "model.nonfinite=off")
     cfg.trainer.max_epochs, cfg.trainer.limit_train_batches = 1, 2
     objs = build(cfg)
-    objs["trainer"].fit(objs["model"], datamodule=objs["datamodule"])  # no error raised
+    fit_built(objs)  # no error raised
     d = torch.cat([p.flatten() for p in objs["model"].discriminator.parameters()])
     assert not torch.isfinite(d).all()  # the inf penalty went through, unchecked
     assert objs["model"].skipped_steps == 0

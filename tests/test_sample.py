@@ -12,7 +12,7 @@ from PIL import Image
 from genlab.config import CONFIG_DIR
 from genlab.sample import class_rows, interpolations, lerp, reconstruction_rows, sample, slerp
 from genlab.train import build
-from tests.conftest import compose_train
+from tests.conftest import compose_train, fit_built
 
 TINY_TRAIN = ["debug=tiny", "logger=csv", "callbacks=none", "metrics=none", "data=synthetic"]
 
@@ -94,7 +94,7 @@ def _checkpoint(tmp_path: Path, model: str, *extra: str) -> Path:
     cfg = compose_train([*TINY_TRAIN, f"model={model}", *extra], tmp_path / model)
     cfg.trainer.max_epochs, cfg.trainer.limit_train_batches = 1, 2
     objs = build(cfg)
-    objs["trainer"].fit(objs["model"], datamodule=objs["datamodule"])
+    fit_built(objs)
     path = tmp_path / f"{model}.ckpt"
     objs["trainer"].save_checkpoint(path)  # carries the run config (RunConfig callback)
     return path

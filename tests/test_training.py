@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from genlab.train import build, train
+from tests.conftest import fit_built
 
 
 def _params(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -30,7 +31,7 @@ def test_one_step_changes_every_network(model, nets, cfg_tiny):
     _one_batch(cfg)
     objs = build(cfg)
     before = {name: _params(getattr(objs["model"], name)) for name in nets}
-    objs["trainer"].fit(objs["model"], datamodule=objs["datamodule"])
+    fit_built(objs)
     for name in nets:
         assert _all_changed(before[name], getattr(objs["model"], name)), name
 
@@ -40,7 +41,7 @@ def test_gan_global_step_counts_both_optimizers(cfg_tiny):
     cfg.trainer.limit_train_batches = 4
     cfg.trainer.max_epochs = 1
     objs = build(cfg)
-    objs["trainer"].fit(objs["model"], datamodule=objs["datamodule"])
+    fit_built(objs)
     # 4 D steps + 2 G steps (n_critic=2)
     assert objs["trainer"].global_step == 6
     assert objs["trainer"].callback_metrics["train/g_steps"] == 2
@@ -60,7 +61,7 @@ def test_vae_short_run_improves_val_elbo(cfg_tiny):
     cfg.trainer.limit_val_batches = 4
     objs = build(cfg)
     start = _validate(objs)["val/elbo"]
-    objs["trainer"].fit(objs["model"], datamodule=objs["datamodule"])
+    fit_built(objs)
     end = _validate(objs)["val/elbo"]
     # ELBO in nats per image: a trained model beats its initialisation by a wide margin
     assert end > start + 50, (start, end)
@@ -76,7 +77,7 @@ def test_gan_short_run_moves_samples_toward_data(cfg_tiny):
     cfg.trainer.limit_val_batches = 4
     objs = build(cfg)
     start = _validate(objs)["val/swd"]
-    objs["trainer"].fit(objs["model"], datamodule=objs["datamodule"])
+    fit_built(objs)
     end = _validate(objs)["val/swd"]
     assert end < 0.67 * start, (start, end)
 
@@ -102,7 +103,7 @@ def test_gan_schedules_step_with_generator_steps(cfg_tiny):
     cfg.model.scheduler_d = linear
     cfg.trainer.max_epochs, cfg.trainer.limit_train_batches = 1, 4
     objs = build(cfg)
-    objs["trainer"].fit(objs["model"], datamodule=objs["datamodule"])
+    fit_built(objs)
     # 4 batches with n_critic=2: 2 generator steps of 4 -> half the initial rate, for both
     for opt in objs["trainer"].optimizers:
         assert opt.param_groups[0]["lr"] == pytest.approx(2e-4 * 0.5)
@@ -124,7 +125,7 @@ def test_speed_options_train_and_keep_checkpoint_keys(model, cfg_tiny, tmp_path)
     cfg.trainer.max_epochs, cfg.trainer.limit_train_batches = 1, 2
     objs = build(cfg)
     keys = set(objs["model"].state_dict())
-    objs["trainer"].fit(objs["model"], datamodule=objs["datamodule"])
+    fit_built(objs)
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert set(ckpt["state_dict"]) == keys  # compiling in place keeps the keys
     conv = next(m for m in objs["model"].modules() if isinstance(m, torch.nn.Conv2d))

@@ -12,7 +12,7 @@ from torch.nn.utils import parametrize
 
 from genlab.config import CONFIG_DIR, load_model
 from genlab.train import build
-from tests.conftest import REPO, compose_train
+from tests.conftest import REPO, compose_train, fit_built
 
 MODELS = sorted(p.stem for p in (Path(CONFIG_DIR) / "model").glob("*.yaml"))
 EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
@@ -37,7 +37,7 @@ def prepare(cfg, batches: int | float, epochs: int = 1) -> dict:
 
 def fit(cfg, batches: int | float, epochs: int = 1) -> dict:
     objs = prepare(cfg, batches, epochs)
-    objs["trainer"].fit(objs["model"], datamodule=objs["datamodule"])
+    fit_built(objs)
     return objs
 
 
@@ -300,5 +300,5 @@ def test_experiment_runs_one_batch_on_synthetic_data_of_its_shape(name, tmp_path
     # Only the data source changed: the model is built exactly as the recipe specifies.
     assert OmegaConf.to_container(cfg.model, resolve=True) == resolved["model"]
     objs = build(cfg)
-    objs["trainer"].fit(objs["model"], datamodule=objs["datamodule"])
+    fit_built(objs)
     assert objs["trainer"].state.finished and objs["trainer"].global_step >= 1
