@@ -138,14 +138,12 @@ def flat_config(cfg: DictConfig) -> dict[str, Any]:
 
 
 def resume_path(cfg: DictConfig) -> str | None:
-    """``ckpt_path``, checked; or with auto-resume, this run dir's own last.ckpt if it exists.
+    """``ckpt_path`` (``build`` checks it); or with auto-resume, this run dir's own last.ckpt.
 
     ``auto_resume: null`` means on under the SLURM launcher, whose requeued jobs (preemption,
     time limit) start again in the same directory.
     """
     if cfg.get("ckpt_path"):
-        if not Path(cfg.ckpt_path).is_file():
-            raise GenlabError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
         return str(cfg.ckpt_path)
     auto = cfg.get("auto_resume")
     if auto is None and HydraConfig.initialized():
