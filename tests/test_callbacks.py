@@ -4,7 +4,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from genlab.callbacks import grid_uint8, save_png
+from genlab.callbacks.images import grid_uint8, save_png
 
 
 def test_grid_rounds_to_nearest():

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from genlab import callbacks as cb
+from genlab.callbacks import sample_metrics as cb
 from genlab.metrics import ImageMetrics
 from genlab.train import build
 from tests.conftest import TINY, fit_built, ok

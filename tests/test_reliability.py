@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 import torch
 
 from genlab import losses
-from genlab.callbacks import AtomicCheckpointIO
+from genlab.callbacks.checkpointing import AtomicCheckpointIO
 from genlab.errors import GenlabError
 from genlab.train import build
 from tests.conftest import BIN, REPO, TINY, cli_env, fit_built, load_ckpt, ok

@@ -332,7 +332,7 @@ def bench_eval(size: dict, work: Path, ckpt: Path) -> dict:
     """genlab-eval (cold and cached reference) vs torch-fidelity's CLI on the same PNGs."""
     import torch
 
-    from genlab.callbacks import save_images
+    from genlab.callbacks.images import save_images
     from genlab.config import instantiate, load_model
     from genlab.metrics import WEIGHTS_FILE
 

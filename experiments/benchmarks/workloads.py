@@ -194,7 +194,7 @@ def model_rate(cfg, steps: int) -> float:
 
 def data(root: Path, n_files: int, out: Path, epochs: int = 3, model_steps: int = 5) -> None:
     """ImageDataModule at its shipped defaults (mnist5k; folder of PNGs) vs the model's rate."""
-    from genlab.callbacks import save_images
+    from genlab.callbacks.images import save_images
 
     rss = PeakRSS()
     results = {}

@@ -13,7 +13,7 @@ from pytorch_lightning.loggers import WandbLogger
 
 import genlab
 from genlab.atomic import atomic_json
-from genlab.callbacks import data_key
+from genlab.callbacks.sample_metrics import data_key
 from genlab.config import CONFIG_DIR, instantiate, load_model, report_errors, run_task
 from genlab.metrics import file_sha256
 from genlab.train import flat_config, prepare_wandb

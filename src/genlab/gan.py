@@ -10,9 +10,9 @@ from torch import Tensor, nn
 
 from genlab import losses
 from genlab.augment import diff_augment
-from genlab.callbacks import logs_written
 from genlab.config import check_optimizer
 from genlab.errors import GenlabError, finite_or_skip
+from genlab.loop import logs_written
 from genlab.swd import sliced_wasserstein
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]

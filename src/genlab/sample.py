@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from genlab.callbacks import grid_uint8, save_png
+from genlab.callbacks.images import grid_uint8, save_png
 from genlab.config import CONFIG_DIR, instantiate, load_model, report_errors, run_task
 from genlab.errors import GenlabError
 from genlab.vae import reconstruction_rows

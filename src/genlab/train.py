@@ -17,15 +17,15 @@ from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.plugins.environments import SLURMEnvironment
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from genlab.callbacks import (
+from genlab.callbacks.checkpointing import (
     AtomicCheckpointIO,
-    FastPath,
-    GANMixedPrecision,
+    LastCheckpoint,
     ResumeState,
     RunConfig,
-    SampleMetrics,
-    SaveOnSigterm,
 )
+from genlab.callbacks.precision import GANMixedPrecision
+from genlab.callbacks.sample_metrics import SampleMetrics
+from genlab.callbacks.speed import FastPath
 from genlab.config import CONFIG_DIR, check_checkpoint, instantiate, report_errors, run_task
 from genlab.errors import GenlabError
 from genlab.gan import GAN
@@ -137,8 +137,17 @@ def flat_config(cfg: DictConfig) -> dict[str, Any]:
     return out
 
 
-def resume_path(cfg: DictConfig) -> str | None:
-    """``ckpt_path`` (``build`` checks it); or with auto-resume, this run dir's own last.ckpt.
+def last_checkpoint(callbacks: list[pl.Callback], cfg: DictConfig) -> LastCheckpoint:
+    """The owner of ``last.ckpt``: the configured one, else (``callbacks=none``) SIGTERM-only."""
+    owner = next((c for c in callbacks if isinstance(c, LastCheckpoint)), None)
+    if owner is None:
+        owner = LastCheckpoint(f"{cfg.paths.output_dir}/checkpoints", every_epoch=False)
+        callbacks.append(owner)
+    return owner
+
+
+def resume_path(cfg: DictConfig, last: Path) -> str | None:
+    """``ckpt_path`` (``build`` checks it); or with auto-resume, this run's ``last`` checkpoint.
 
     ``auto_resume: null`` means on under the SLURM launcher, whose requeued jobs (preemption,
     time limit) start again in the same directory.
@@ -148,7 +157,6 @@ def resume_path(cfg: DictConfig) -> str | None:
     auto = cfg.get("auto_resume")
     if auto is None and HydraConfig.initialized():
         auto = "Slurm" in str(HydraConfig.get().launcher.get("_target_", ""))
-    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
     if auto and last.is_file():
         log.info(f"auto_resume: continuing from {last}")
         return str(last)
@@ -171,14 +179,10 @@ def check_shapes(model: pl.LightningModule, datamodule: pl.LightningDataModule) 
 
 def build(cfg: DictConfig) -> dict[str, Any]:
     """Instantiate datamodule, model, callbacks, loggers and trainer from a composed config."""
-    with open_dict(cfg):
-        cfg.ckpt_path = resume_path(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model, _convert_="object")
     check_shapes(model, datamodule)
-    if cfg.ckpt_path:
-        check_checkpoint(cfg.ckpt_path, model)
     metrics = build_metrics(cfg)
     metric, mode = monitor_of(cfg, model, metrics)
     callbacks_cfg = cfg.get("callbacks") or {}
@@ -189,10 +193,15 @@ def build(cfg: DictConfig) -> dict[str, Any]:
             if metric in SAMPLE_METRICS:
                 # the metric exists only on the epochs SampleMetrics runs
                 best.every_n_epochs = cfg.metrics.every_n_epochs
+    callbacks = [instantiate(c) for c in callbacks_cfg.values() if c]
+    last = last_checkpoint(callbacks, cfg)
+    with open_dict(cfg):
+        cfg.ckpt_path = resume_path(cfg, last.path)
+    if cfg.ckpt_path:
+        check_checkpoint(cfg.ckpt_path, model)
     with open_dict(cfg):
         prepare_wandb(cfg)
         spawn_ddp_in_sweeps(cfg)
-    callbacks = [instantiate(c) for c in callbacks_cfg.values() if c]
     callbacks.append(RunConfig(OmegaConf.to_container(cfg, resolve=True)))
     callbacks.append(ResumeState())
     speed = cfg.get("speed") or {}
@@ -201,7 +210,6 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     torch.set_float32_matmul_precision(speed.get("matmul_precision", "highest"))
     if speed.get("channels_last") or speed.get("compile"):
         callbacks.append(FastPath(speed.get("channels_last", False), speed.get("compile", False)))
-    callbacks.append(SaveOnSigterm(f"{cfg.paths.output_dir}/checkpoints"))
     if metrics is not None:
         callbacks.append(metrics)
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]

@@ -9,9 +9,9 @@ import torch
 from torch import Tensor, nn
 
 from genlab import losses
-from genlab.callbacks import logs_written
 from genlab.config import check_optimizer
 from genlab.errors import GenlabError, finite_or_skip
+from genlab.loop import logs_written
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 Likelihood = Literal["bernoulli", "gaussian"]

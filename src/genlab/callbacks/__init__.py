@@ -1,0 +1,11 @@
+"""Lightning callbacks and plugins, one module per concern.
+
+- ``images``: PNG grids of samples and reconstructions (``ImageGrid``), lossless image files.
+- ``sample_metrics``: FID/IS/KID of generated samples against cached real features.
+- ``checkpointing``: atomic checkpoint IO, the run config and RNG state in checkpoints, and
+  ``LastCheckpoint``, the one owner of ``last.ckpt`` (regular, SIGTERM and auto-resume).
+- ``precision``: the GAN's 16-mixed plugin (one GradScaler update per iteration).
+- ``speed``: opt-in channels-last and ``torch.compile`` of the networks.
+
+Nothing is imported here: each entry point and config names the module it needs.
+"""
