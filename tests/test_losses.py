@@ -107,16 +107,23 @@ def test_gradient_penalty_linear_by_hand():
     assert d.w.grad.flatten().tolist() == pytest.approx([4.8, 6.4, 0.0, 0.0])
 
 
-def test_gradient_penalty_interpolates_per_example():
-    real, fake = torch.ones(2, 1, 1, 2), torch.zeros(2, 1, 1, 2)
+def test_gradient_penalty_at_the_interpolate_by_hand():
+    """D(x) = 0.5 * sum(x^2) has grad x, so the penalty depends on where each x lies."""
+    real = torch.tensor([[3.0, 0.0], [0.0, 2.0], [2.0, 2.0]]).view(3, 1, 1, 2)
+    fake = torch.tensor([[0.0, 0.5], [0.5, 0.0], [0.0, -0.5]]).view(3, 1, 1, 2)
+    torch.manual_seed(0)  # eps = (0.50, 0.77, 0.09)
+    eps = torch.rand(3, 1, 1, 1)  # the penalty draws its (B, 1, 1, 1) eps first
     torch.manual_seed(0)
-    eps = torch.rand(2).tolist()  # the penalty draws its (B, 1, 1, 1) eps first
-    torch.manual_seed(0)
-    gp = losses.gradient_penalty(Quadratic(), real, fake)
-    # x_i = eps_i * (1, 1), grad = x_i, ||grad|| = eps_i * sqrt(2)
-    expected = sum((e * math.sqrt(2) - 1) ** 2 for e in eps) / 2
-    assert eps[0] != eps[1]
-    assert gp.item() == pytest.approx(expected, rel=1e-5)
+    gp = losses.gradient_penalty(Quadratic(), real, fake).item()
+
+    def by_hand(a: torch.Tensor, b: torch.Tensor, e: torch.Tensor) -> float:
+        x = e * a + (1 - e) * b  # grad D(x) = x
+        return ((x.flatten(1).norm(dim=1) - 1) ** 2).mean().item()
+
+    assert gp == pytest.approx(by_hand(real, fake, eps), rel=1e-6)
+    # what plausible mistakes would give: swapped weights, one eps for all, no mixing
+    for wrong in (by_hand(fake, real, eps), by_hand(real, fake, eps[:1]), by_hand(real, real, eps)):
+        assert abs(wrong - gp) > 0.1
 
 
 def test_r1_penalty_by_hand():

@@ -1,5 +1,6 @@
 """Model zoo: every option and recipe trains; losses, regularisers, EMA, conditional samples."""
 
+import copy
 import re
 from pathlib import Path
 
@@ -19,6 +20,7 @@ EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.y
 QUIET = ["callbacks=none", "metrics=none"]
 # Narrow ResNets: these tests are about wiring, not capacity.
 NARROW = ["model.generator.base_channels=16", "model.discriminator.base_channels=16"]
+DCGAN_NARROW = ["+model.generator.base_channels=16", "+model.discriminator.base_channels=16"]
 MODEL_ARGS = {"sngan": NARROW, "cgan_pd": NARROW}
 # What an option logs for the objective it trains on, where it differs from its family's.
 LOGGED = {"iwae": "train/iwae_bound"}
@@ -26,6 +28,10 @@ LOGGED = {"iwae": "train/iwae_bound"}
 
 def params(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.named_parameters()}
+
+
+def buffers(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.named_buffers()}
 
 
 def prepare(cfg, batches: int | float, epochs: int = 1) -> dict:
@@ -59,7 +65,7 @@ def test_model_option_trains_every_network(model, cfg_tiny):
     # The wgan loss (and a hinge whose margins are all active) gives the critic's output bias a
     # zero gradient by construction: it cancels between real and fake logits.
     if is_gan and cfg.model.loss in ("wgan", "hinge"):
-        del before["discriminator"]["head.linear.bias"]
+        before["discriminator"].pop("head.linear.bias", None)
     for name in nets:
         after = params(getattr(module, name))
         assert all(not torch.equal(v, after[k]) for k, v in before[name].items()), (model, name)
@@ -140,29 +146,70 @@ def test_kl_warmup_and_gaussian_likelihood(cfg_tiny):
     assert module.log_std is not None and module.log_std.item() != 0  # the learned scale moved
 
 
-def test_ema_averages_the_generator_only(cfg_tiny):
-    cfg = cfg_tiny("model=gan_mlp", "data=synthetic", "data.image_size=16", *QUIET)
+def with_own_bn_stats(generator: torch.nn.Module, latent_dim: int) -> torch.nn.Module:
+    """A copy of ``generator`` with the BatchNorm statistics of its own weights, in eval mode:
+    measured on one large batch of fresh noise in train mode."""
+    g = copy.deepcopy(generator).train()
+    for m in g.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None
+    with torch.no_grad():
+        g(torch.randn(4096, latent_dim, generator=torch.Generator().manual_seed(99)))
+    return g.eval()
+
+
+@pytest.mark.parametrize("stats", ["standing", "average"])
+def test_ema_averages_the_generator_only(stats, cfg_tiny):
+    """DCGAN, so the generator has BatchNorm: the EMA weights get statistics of their own."""
+    cfg = cfg_tiny("model=gan", "data=synthetic", *QUIET, *DCGAN_NARROW, f"model.ema_stats={stats}")
     cfg.model.ema_decay = 0.9
     objs = prepare(cfg, batches=1)  # one D step, one G step, one EMA update
     module = objs["model"]
-    g0 = params(module.generator)
+    g0, b0, eb0 = params(module.generator), buffers(module.generator), buffers(module.generator_ema)
     assert all(torch.equal(g0[k], v) for k, v in params(module.generator_ema).items())
     objs["trainer"].fit(module, datamodule=objs["datamodule"])
     g1, ema = params(module.generator), params(module.generator_ema)
     for k in g1:
         assert not torch.equal(g0[k], g1[k])
         assert torch.allclose(ema[k], 0.9 * g0[k] + 0.1 * g1[k], atol=1e-6), k
+    b1, ema_b = buffers(module.generator), buffers(module.generator_ema)
+    assert any("running_var" in k for k in b1)
+    for k in b1:
+        if b1[k].is_floating_point():  # running_mean / running_var: averaged like the weights
+            assert not torch.equal(b0[k], b1[k]), k
+            assert torch.allclose(ema_b[k], 0.9 * eb0[k] + 0.1 * b1[k], atol=1e-6), k
+        else:  # num_batches_tracked stays an integer count
+            assert ema_b[k].dtype == b1[k].dtype, k
     keys = module.state_dict().keys()
     ema_keys = {k.removeprefix("generator_ema.") for k in keys if k.startswith("generator_ema.")}
     assert ema_keys == set(module.generator.state_dict())  # a copy of G, nothing of D
     assert all(k.startswith("generator_ema.") for k in keys if "ema" in k)
     assert not any(p.requires_grad for p in module.generator_ema.parameters())
+    module.eval()
+    rng = torch.get_rng_state()
+    generator = module.sampling_generator  # standing: statistics recomputed here, RNG forked
+    assert torch.equal(rng, torch.get_rng_state())
+    if stats == "standing":
+        again = buffers(generator)
+        assert module.sampling_generator is generator  # no new EMA update: no recomputation
+        assert all(torch.equal(again[k], v) for k, v in buffers(generator).items())
     torch.manual_seed(0)
     samples = module.sample(4)
     torch.manual_seed(0)
     z = torch.randn(4, module.latent_dim)
     assert torch.equal(samples, module.generator_ema(z))  # sampling (and metrics) use the EMA
     assert not torch.equal(samples, module.generator(z))
+    # what copying G's statistics (the old behaviour) would sample instead
+    copied = copy.deepcopy(module.generator_ema)
+    for ema_buf, buf in zip(copied.buffers(), module.generator.buffers(), strict=True):
+        ema_buf.copy_(buf)
+    grey = (copied(z) - samples).abs().mean() * 127.5
+    assert grey > 0.01, grey  # in [0, 255] grey levels; ~10 under standing, 0.1 averaged
+    if stats == "standing":  # the EMA weights normalised by their own statistics
+        own = with_own_bn_stats(module.generator_ema, module.latent_dim)(z)
+        off, copied_off = ((x - own).abs().mean() * 127.5 for x in (samples, copied(z)))
+        assert off < 0.2 * copied_off, (off, copied_off)
 
 
 class EMAProbe(pl.Callback):

@@ -18,9 +18,21 @@ from genlab.swd import sliced_wasserstein
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 GANLoss = Literal["ns", "minimax", "hinge", "wgan", "ls"]
+EMAStats = Literal["standing", "average"]
 
 # Real validation images kept for val/swd; enough for a stable estimate, cheap on CPU.
 SWD_MAX_IMAGES = 1024
+# val/swd samples its fakes under this seed (plus the rank) in a forked RNG: the same noise each
+# epoch, and the training noise does not depend on the validation schedule.
+SWD_SEED = 0
+# Standing statistics of the EMA generator (BigGAN's accumulate_standing_stats): the BatchNorm
+# average over this many batches of fixed noise, recomputed whenever the EMA weights changed.
+STANDING_BATCHES, STANDING_BATCH_SIZE, STANDING_SEED = 8, 128, 0
+
+
+def _stale_standing(module: "GAN", incompatible_keys) -> None:
+    """After load_state_dict: the loaded EMA weights need standing statistics of their own."""
+    module._standing_at = -1  # a module-level function, so the module still pickles (DDP spawn)
 
 
 class GAN(pl.LightningModule):
@@ -48,6 +60,8 @@ class GAN(pl.LightningModule):
         r1_gamma: float = 0.0,
         diffaugment: str = "",
         ema_decay: float = 0.0,
+        ema_stats: EMAStats = "standing",
+        grad_clip: float = 0.0,
         nonfinite: Literal["stop", "skip", "off"] = "stop",
         num_grid: int = 64,
     ) -> None:
@@ -62,6 +76,10 @@ class GAN(pl.LightningModule):
             raise GenlabError(f"model.nonfinite={nonfinite!r}: use stop, skip or off")
         if not 0.0 <= ema_decay < 1.0:
             raise GenlabError(f"model.ema_decay={ema_decay} must be in [0, 1)")
+        if ema_stats not in EMAStats.__args__:
+            raise GenlabError(f"model.ema_stats={ema_stats!r}: use standing or average")
+        if not grad_clip >= 0:
+            raise GenlabError(f"model.grad_clip={grad_clip} must be >= 0 (0 = off)")
         self.save_hyperparameters(
             ignore=["generator", "discriminator", "optimizer_g", "optimizer_d"]
             + ["scheduler_g", "scheduler_d"],
@@ -71,6 +89,9 @@ class GAN(pl.LightningModule):
         self.generator = generator
         self.discriminator = discriminator
         self.generator_ema = copy.deepcopy(generator).requires_grad_(False) if ema_decay else None
+        self._ema_updates, self._standing_at = 0, -1  # standing stats are stale when they differ
+        # loaded EMA weights (resume, genlab-eval, genlab-sample) need their own statistics
+        self.register_load_state_dict_post_hook(_stale_standing)
         check_optimizer(optimizer_g, "model.optimizer_g")
         check_optimizer(optimizer_d, "model.optimizer_d")
         self.optimizer_g, self.optimizer_d = optimizer_g, optimizer_d
@@ -103,6 +124,28 @@ class GAN(pl.LightningModule):
         ]
         return [opt_g, opt_d], schedulers
 
+    def configure_callbacks(self) -> list:
+        """No callbacks; refuses Trainer clipping, which manual optimisation cannot apply."""
+        # the first module hook of a fit, before Lightning's own check raises with a traceback
+        if self.trainer.gradient_clip_val:
+            raise GenlabError(
+                f"trainer.gradient_clip_val={self.trainer.gradient_clip_val} does not apply to "
+                "the GAN's manual optimisation; set model.grad_clip (max gradient norm) instead"
+            )
+        return []
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Clip the stepping network's gradient norm to ``model.grad_clip``."""
+        # runs after GradScaler.unscale_ under 16-mixed (GANMixedPrecision): true gradients
+        if self.hparams.grad_clip:
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            nn.utils.clip_grad_norm_(params, self.hparams.grad_clip)
+
+    def double_backward_networks(self) -> dict[str, nn.Module]:
+        """Networks a penalty differentiates twice (torch.compile cannot), by the keys that do."""
+        keys = [f"model.{k}" for k in ("gp_weight", "r1_gamma") if self.hparams[k]]
+        return {f"model.discriminator ({', '.join(keys)})": self.discriminator} if keys else {}
+
     def networks(self) -> list[nn.Module]:
         """The networks a speed-up (compile, channels-last) applies to."""
         nets = [self.generator, self.discriminator]
@@ -110,8 +153,40 @@ class GAN(pl.LightningModule):
 
     @property
     def sampling_generator(self) -> nn.Module:
-        """The generator that samples and metrics use: the EMA copy when enabled."""
-        return self.generator_ema if self.generator_ema is not None else self.generator
+        """The generator that samples and metrics use: the EMA copy when enabled.
+
+        With ``ema_stats="standing"`` its BatchNorm statistics are first recomputed from the
+        EMA weights, if these changed since the last time.
+        """
+        if self.generator_ema is None:
+            return self.generator
+        if self.hparams.ema_stats == "standing" and self._standing_at != self._ema_updates:
+            self._standing_stats()
+        return self.generator_ema
+
+    @torch.no_grad()
+    def _standing_stats(self) -> None:
+        """Set the EMA generator's BatchNorm statistics to its own, on fixed noise."""
+        g = self.generator_ema
+        # _BatchNorm: the base of BatchNorm1d/2d/3d and SyncBatchNorm
+        norms = [m for m in g.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        norms = [m for m in norms if m.track_running_stats]
+        momenta, was_training = [m.momentum for m in norms], g.training
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # a plain average over the batches, not a running one
+        g.train()
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):  # deterministic; training noise untouched
+            torch.manual_seed(STANDING_SEED)
+            for _ in range(STANDING_BATCHES if norms else 0):
+                z = torch.randn(STANDING_BATCH_SIZE, self.latent_dim, device=self.device)
+                n = self.num_classes
+                g(z, torch.randint(n, (len(z),), device=self.device) if n else None)
+        for m, momentum in zip(norms, momenta, strict=True):
+            m.momentum = momentum
+        g.train(was_training)
+        self._standing_at = self._ema_updates
 
     def sample(self, n: int, labels: Tensor | None = None) -> Tensor:
         """Draw ``n`` images (B, C, H, W) in [-1, 1]; random labels for a conditional model."""
@@ -148,12 +223,13 @@ class GAN(pl.LightningModule):
             d_real = self.discriminator(self._augment(real), y)
             d_fake = self.discriminator(self._augment(fake), y)
             d_loss = losses.d_loss(hp.loss, d_real, d_fake)
+            scale = self._loss_scale() if hp.gp_weight or hp.r1_gamma else None
             if hp.gp_weight:
-                gp = losses.gradient_penalty(self.discriminator, real, fake, y)
+                gp = losses.gradient_penalty(self.discriminator, real, fake, y, scale=scale)
                 d_loss = d_loss + hp.gp_weight * gp
                 logged["train/gp"] = gp
             if hp.r1_gamma:
-                r1 = losses.r1_penalty(d_real, real)
+                r1 = losses.r1_penalty(d_real, real, scale=scale)
                 d_loss = d_loss + 0.5 * hp.r1_gamma * r1
                 logged["train/r1"] = r1
             self._step(opt_d, d_loss, "train/d_loss")
@@ -187,6 +263,11 @@ class GAN(pl.LightningModule):
             if self.skipped_steps:
                 self.log("train/skipped_steps", float(self.skipped_steps))
 
+    def _loss_scale(self) -> float | None:
+        """The fp16 GradScaler's current scale, which the penalties' autograd.grad must apply."""
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        return scaler.get_scale() if scaler is not None and scaler.is_enabled() else None
+
     def _step(self, optimizer, loss: Tensor, name: str) -> None:
         """Backward and step ``optimizer`` on ``loss``; a non-finite loss stops or is skipped."""
         if finite_or_skip(self, loss, name, self.hparams.nonfinite):
@@ -207,13 +288,19 @@ class GAN(pl.LightningModule):
         if self.generator_ema is None:
             return
         decay = self.hparams.ema_decay
+        self._ema_updates += 1
         for ema_p, p in zip(
             self.generator_ema.parameters(), self.generator.parameters(), strict=True
         ):
             ema_p.lerp_(p, 1.0 - decay)
-        # BatchNorm running statistics are copied, not averaged (as in BigGAN/StyleGAN).
+        # BatchNorm statistics averaged like the weights (BigGAN-PyTorch's ema): copied ones
+        # would normalise the averaged weights by statistics of the raw weights. Under
+        # ema_stats="standing" these are replaced before use.
         for ema_b, b in zip(self.generator_ema.buffers(), self.generator.buffers(), strict=True):
-            ema_b.copy_(b)
+            if ema_b.is_floating_point():
+                ema_b.lerp_(b, 1.0 - decay)
+            else:
+                ema_b.copy_(b)  # num_batches_tracked: a count, not a statistic
 
     def on_validation_epoch_start(self) -> None:
         self._val_real = []
@@ -227,7 +314,10 @@ class GAN(pl.LightningModule):
         if not self._val_real:
             return
         real = torch.cat(self._val_real)
-        fake = self.sample(len(real))
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(SWD_SEED + self.global_rank)
+            fake = self.sample(len(real))
         self.log("val/swd", sliced_wasserstein(real, fake), sync_dist=True)
         self._val_real = []
 

@@ -48,27 +48,48 @@ def g_loss(kind: GANLoss, fake: Tensor) -> Tensor:
     return 0.5 * ((fake - 1) ** 2).mean()
 
 
+def input_grad(out: Tensor, x: Tensor, scale: float | None = None) -> Tensor:
+    """grad_x of ``out.sum()`` (out (B,)), kept in the graph so a penalty on it trains D.
+
+    Args:
+        scale: the fp16 loss scale (GradScaler). PyTorch's AMP recipe for gradient penalties:
+            scale before ``autograd.grad`` so fp16 gradients do not underflow, unscale after.
+    """
+    if scale is None:
+        (grad,) = torch.autograd.grad(out.sum(), x, create_graph=True)
+        return grad
+    # mean, not sum: per-logit gradients are scale / B, as in the loss the GradScaler tunes for
+    (grad,) = torch.autograd.grad(out.float().mean() * scale, x, create_graph=True)
+    return grad * (out.numel() / scale)
+
+
 def gradient_penalty(
-    discriminator: nn.Module, real: Tensor, fake: Tensor, labels: Tensor | None = None
+    discriminator: nn.Module,
+    real: Tensor,
+    fake: Tensor,
+    labels: Tensor | None = None,
+    scale: float | None = None,
 ) -> Tensor:
     """WGAN-GP: E[(||grad_x D(x)||_2 - 1)^2] at x = eps * real + (1 - eps) * fake.
 
-    eps ~ U(0, 1) per example. The graph is kept so the penalty trains the discriminator.
+    eps ~ U(0, 1) per example. The graph is kept so the penalty trains the discriminator;
+    ``scale`` as in ``input_grad`` (fp16 mixed precision).
     """
     # (B, 1, 1, 1): one mixing weight per example
     eps = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), dtype=real.dtype, device=real.device)
     x = (eps * real.detach() + (1 - eps) * fake.detach()).requires_grad_(True)  # (B, C, H, W)
-    (grad,) = torch.autograd.grad(discriminator(x, labels).sum(), x, create_graph=True)
+    grad = input_grad(discriminator(x, labels), x, scale)
     return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
 
 
-def r1_penalty(real_logits: Tensor, real: Tensor) -> Tensor:
+def r1_penalty(real_logits: Tensor, real: Tensor, scale: float | None = None) -> Tensor:
     """R1 (Mescheder et al. 2018): E||grad_x D(x)||^2 over real images, without gamma / 2.
 
     ``real`` must have required grad before ``real_logits`` were computed from it. The caller
-    adds ``gamma / 2 * r1_penalty(...)`` to the discriminator loss (StyleGAN convention).
+    adds ``gamma / 2 * r1_penalty(...)`` to the discriminator loss (StyleGAN convention);
+    ``scale`` as in ``input_grad`` (fp16 mixed precision).
     """
-    (grad,) = torch.autograd.grad(real_logits.sum(), real, create_graph=True)
+    grad = input_grad(real_logits, real, scale)
     return grad.pow(2).flatten(1).sum(1).mean()
 
 
