@@ -33,6 +33,7 @@ from genlab.metrics import (
     feature_stats,
     fid_from_features,
     fid_from_stats,
+    inception_numerics,
     inception_score_from_logits,
     kid_from_features,
     reference_features,
@@ -231,6 +232,44 @@ def test_protocol_records_weights_and_settings(metric, weights):
     assert protocol["is_splits"] == IS_SPLITS and protocol["torch_fidelity"]
     key = metric.reference_key(dataset="mnist", image_size=28)
     assert key["weights_sha256"] == metric.weights_sha256 and key["image_size"] == 28
+
+
+def test_reference_key_changes_with_device_and_matmul_precision(weights, tmp_path):
+    metric = ImageMetrics(inception_weights=str(weights))
+    data = {"dataset": "mnist", "split": "train", "n_real": 5}
+    key = metric.reference_key(**data)
+    assert (key["device_type"], key["float32_matmul_precision"]) == ("cpu", "highest")
+    old = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("high")  # TF32 matmuls on Ampere+ GPUs
+        tf32 = metric.reference_key(**data)
+    finally:
+        torch.set_float32_matmul_precision(old)
+    moved = metric.to("meta").reference_key(**data)
+    assert (tf32["float32_matmul_precision"], moved["device_type"]) == ("high", "meta")
+    compute = Counter()
+    for k in (key, tf32, moved):
+        reference_features(k, tmp_path, compute)
+    assert compute.calls == 3 and len(list(tmp_path.iterdir())) == 3
+    cuda = inception_numerics(torch.device("cuda"))
+    assert cuda["device_type"] == "cuda" and "cudnn_allow_tf32" in cuda
+    assert metric.protocol()["device_type"] == "meta"
+
+
+@pytest.mark.filterwarnings("ignore:KID subset size", "ignore:IS with")
+def test_protocol_reports_effective_kid_subset_size_and_is_splits(weights):
+    metric = ImageMetrics(inception_weights=str(weights), kid_subsets=5)  # subsets of 1000
+    assert metric.protocol()["kid_subset_size"] == 1000
+    gen = torch.Generator().manual_seed(0)
+    real, fake = torch.randn(128, 16, generator=gen), torch.randn(128, 16, generator=gen)
+    logits = torch.randn(128, 1008, generator=gen)
+    metric.compute(real, fake, logits)
+    protocol = metric.protocol()
+    assert (protocol["kid_subset_size"], protocol["kid_subset_size_requested"]) == (128, 1000)
+    assert (protocol["is_splits"], protocol["is_splits_requested"]) == (10, 10)
+    metric.compute(real, fake[:6], logits[:6])
+    protocol = metric.protocol()
+    assert (protocol["kid_subset_size"], protocol["is_splits"]) == (6, 6)
 
 
 def test_missing_default_weights_names_the_key(tmp_path, monkeypatch, no_network):

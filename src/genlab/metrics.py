@@ -207,6 +207,19 @@ def _build_inception(path: Path) -> NoTrainInceptionV3:
         ) from err
 
 
+def inception_numerics(device: torch.device) -> dict[str, Any]:
+    """What besides data and weights changes Inception features: device type and fp32 precision."""
+    numerics = {
+        "device_type": device.type,
+        # "high"/"medium" let fp32 matmuls use TF32 on CUDA and bf16 via oneDNN on CPU
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+    }
+    if device.type == "cuda":
+        # Inception is mostly convolutions, whose TF32 use cuDNN's own flag (on by default) decides.
+        numerics["cudnn_allow_tf32"] = torch.backends.cudnn.allow_tf32
+    return numerics
+
+
 class ImageMetrics:
     """FID, IS and KID of [-1, 1] images on one shared InceptionV3.
 
@@ -245,6 +258,10 @@ class ImageMetrics:
         self.is_splits = is_splits
         self.batch_size = batch_size
         self.device = torch.device(device)
+        # What the last compute() and features() really used, for protocol(): small sets shrink
+        # KID subsets and IS splits, and settings may change between construction and the pass.
+        self.used: dict[str, int] = {}
+        self.pass_numerics: dict[str, Any] | None = None
         self.weights_path = _resolve_weights(inception_weights, download)
         self.weights_sha256 = file_sha256(self.weights_path)
         self._net: NoTrainInceptionV3 | None = _build_inception(self.weights_path).to(self.device)
@@ -271,6 +288,7 @@ class ImageMetrics:
     def features(self, images: Tensor) -> dict[str, Tensor]:
         """Pool features {"pool": (B, 2048)} and logits {"logits": (B, 1008)}, float64, one pass."""
         pools, logits = [], []
+        self.pass_numerics = inception_numerics(self.device)
         for batch in images.split(self.batch_size):
             x = to_uint8(batch.to(self.device))  # (b, 3, H, W)
             # Under a 16-mixed trainer the network would otherwise run in half precision.
@@ -292,28 +310,40 @@ class ImageMetrics:
         if "fid" in self.metrics:
             out[FID] = fid_from_features(real_pool, fake_pool)
         if "kid" in self.metrics:
+            self.used["kid_subset_size"] = min(self.kid_subset_size, len(real_pool), len(fake_pool))
             out[KID_MEAN], out[KID_STD] = kid_from_features(
                 real_pool, fake_pool, self.kid_subset_size, self.kid_subsets, SEED
             )
         if "is" in self.metrics:
             if fake_logits is None:
                 raise ValueError("IS needs fake_logits")
+            self.used["is_splits"] = min(self.is_splits, len(fake_logits))
             out[IS_MEAN], out[IS_STD] = inception_score_from_logits(
                 fake_logits, self.is_splits, SEED
             )
         return out
 
     def reference_key(self, **data: Any) -> dict[str, Any]:
-        """Cache key for real features: `data` (dataset, split, size, ...) plus the protocol."""
+        """Cache key for real features: `data` (dataset, split, size, ...) plus the protocol.
+
+        It holds the device type and precision in effect now, when the caller is about to run
+        (or look up) the feature pass: features from TF32 or another device differ far beyond
+        round-off, so they must not be mixed with fake features from this pass.
+        """
         return {
             **data,
             "feature_layer": POOL_LAYER,
             "resize": RESIZE,
             "weights_sha256": self.weights_sha256,
+            **inception_numerics(self.device),
         }
 
     def protocol(self) -> dict[str, Any]:
-        """Everything that fixes the numbers, for metrics.json and run configs."""
+        """Everything that fixes the numbers, for metrics.json and run configs.
+
+        After compute() the KID subset size and IS splits are the ones used (``*_requested``
+        are the settings), and device and precision are those of the last feature pass.
+        """
         return {
             "metrics": list(self.metrics),
             "torch": torch.__version__,
@@ -326,11 +356,14 @@ class ImageMetrics:
             "logits_layer": LOGITS_LAYER,
             "inception_weights": str(self.weights_path),
             "weights_sha256": self.weights_sha256,
-            "kid_subset_size": self.kid_subset_size,
+            "kid_subset_size": self.used.get("kid_subset_size", self.kid_subset_size),
+            "kid_subset_size_requested": self.kid_subset_size,
             "kid_subsets": self.kid_subsets,
             "kid_kernel": f"poly degree {KID_DEGREE}, gamma 1/D, coef 1",
-            "is_splits": self.is_splits,
+            "is_splits": self.used.get("is_splits", self.is_splits),
+            "is_splits_requested": self.is_splits,
             "seed": SEED,
+            **(self.pass_numerics or inception_numerics(self.device)),
         }
 
 
@@ -370,7 +403,8 @@ def reference_features(
 
     Args:
         key: JSON-able description of everything that changes the real features (dataset, split,
-            image size, channels, number of images, feature layer, weights sha256).
+            image size, channels, number of images, feature layer, weights sha256, device type,
+            fp32 precision settings).
         compute: returns the (N, D) features when the cache has none.
     """
     pool = load_reference(key, cache_dir)

@@ -1,4 +1,10 @@
-"""DCGAN generator and discriminator (Radford et al. 2016) for 28, 32 and 64 pixel images."""
+"""DCGAN generator and discriminator (Radford et al. 2016) for 28, 32 and 64 pixel images.
+
+The layout is the paper's; the widths are genlab's, set by ``base_channels``: its default 64 gives
+the 64 px generator 512-256-128-64 channels (PyTorch's DCGAN example, ngf=64), while the paper's
+LSUN generator (its Fig. 1) is 1024-512-256-128, i.e. ``base_channels=128``. The discriminator
+leaves out the paper's BatchNorm (see DCGANDiscriminator).
+"""
 
 from torch import Tensor, nn
 

@@ -94,10 +94,10 @@ class ConditionalBatchNorm2d(nn.Module):
 class ProjectionHead(nn.Module):
     """Discriminator output: linear logit plus the class projection <embed(y), h> (B,)."""
 
-    def __init__(self, features: int, num_classes: int = 0) -> None:
+    def __init__(self, features: int, num_classes: int = 0, bias: bool = True) -> None:
         super().__init__()
         self.num_classes = num_classes
-        self.linear = nn.Linear(features, 1)
+        self.linear = nn.Linear(features, 1, bias=bias)
         self.embed = nn.Embedding(num_classes, features) if num_classes else None
         if self.embed is not None:
             # Embedding's default N(0, 1) would swamp the linear logit; SNGAN uses Glorot.

@@ -1,8 +1,11 @@
 """SNGAN ResNet generator and discriminator (Miyato et al. 2018; projection: Miyato & Koyama 2018).
 
-Widths follow the papers: at 32 px G is 256 wide and D 128 wide throughout (CIFAR-10); at
-64 px both start from 64 and double per resolution up to 1024 (ImageNet 64). ``base_channels``
-scales them; its default (None) is the paper's value for the image size.
+Widths follow the papers' code (pfnet-research/sngan_projection, gen_models/resnet_{32,64}.py,
+dis_models/snresnet_{32,64}.py): at 32 px G is 256 wide and D 128 wide throughout (CIFAR-10); at
+64 px G goes 1024 -> 64 and D 64 -> 1024, doubling per resolution (ImageNet 64). G blocks are
+in -> out -> out, D blocks in -> in -> out after an in -> out -> out first block, so the default
+configurations have exactly the reference's parameter counts. ``base_channels`` scales the
+widths; its default (None) is the paper's value for the image size.
 """
 
 import math
@@ -25,6 +28,8 @@ D_WIDTHS = {32: (1, 1, 1, 1), 64: (1, 2, 4, 8, 16)}
 D_DOWNSAMPLE = {32: (True, True, False, False), 64: (True, True, True, True, True)}
 G_DEFAULT = {32: 256, 64: 64}
 D_DEFAULT = {32: 128, 64: 64}
+# The reference's 32 px D has no bias on its output linear (snresnet_32.py: nobias=True); 64 px has.
+D_HEAD_BIAS = {32: False, 64: True}
 
 
 def _glorot(net: nn.Module) -> None:
@@ -44,10 +49,11 @@ class GBlock(nn.Module):
         super().__init__()
         self.bn1 = ConditionalBatchNorm2d(in_channels, num_classes)
         self.bn2 = ConditionalBatchNorm2d(out_channels, num_classes)
-        # No conv biases: every block output ends in a BatchNorm, which would cancel them.
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
-        self.shortcut = nn.Conv2d(in_channels, out_channels, 1, bias=False)
+        # The reference keeps these conv biases although a later BatchNorm cancels each of them;
+        # they stay so that parameter counts match the published models exactly.
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.shortcut = nn.Conv2d(in_channels, out_channels, 1)
 
     def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         h = F.interpolate(F.relu(self.bn1(x, labels)), scale_factor=2.0)
@@ -56,15 +62,20 @@ class GBlock(nn.Module):
 
 
 class DBlock(nn.Module):
-    """Pre-activation residual block, optionally halving H and W with 2x2 average pooling."""
+    """Pre-activation residual block, optionally halving H and W with 2x2 average pooling.
+
+    The hidden width is ``in_channels``, except in the "optimized" first block, which widens
+    straight away (``out_channels``), as in the reference's ``Block`` and ``OptimizedBlock``.
+    """
 
     def __init__(
         self, in_channels: int, out_channels: int, downsample: bool, first: bool = False
     ) -> None:
         super().__init__()
         self.downsample, self.first = downsample, first
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        hidden = out_channels if first else in_channels
+        self.conv1 = nn.Conv2d(in_channels, hidden, 3, padding=1)
+        self.conv2 = nn.Conv2d(hidden, out_channels, 3, padding=1)
         learned = downsample or in_channels != out_channels
         self.shortcut = nn.Conv2d(in_channels, out_channels, 1) if learned else None
 
@@ -161,7 +172,7 @@ class ResNetDiscriminator(nn.Module):
                 )
             )
         )
-        self.head = ProjectionHead(widths[-1], num_classes)
+        self.head = ProjectionHead(widths[-1], num_classes, bias=D_HEAD_BIAS[image_size])
         _glorot(self)
         if spectral_norm:
             apply_spectral_norm(self)
