@@ -87,6 +87,19 @@ def fit_built(objs: dict) -> dict:
     return objs
 
 
+def train_checkpoint(tmp_path: Path, name: str, *overrides: str) -> Path:
+    """Train 2 tiny batches (``callbacks=none``) and save ``tmp_path/name.ckpt`` with its config."""
+    from genlab.train import build
+
+    cfg = compose_train(["debug=tiny", "logger=csv", "callbacks=none", *overrides], tmp_path / name)
+    cfg.trainer.max_epochs, cfg.trainer.limit_train_batches = 1, 2
+    objs = build(cfg)
+    fit_built(objs)
+    path = tmp_path / f"{name}.ckpt"
+    objs["trainer"].save_checkpoint(path)  # carries the run config (RunConfig callback)
+    return path
+
+
 def load_ckpt(path: Path) -> dict:
     """A checkpoint as saved, weights only (genlab's checkpoints hold no pickled code)."""
     return torch.load(path, map_location="cpu", weights_only=True)

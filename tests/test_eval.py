@@ -1,16 +1,24 @@
 """Sample metrics in training and genlab-eval: protocol record, DDP, cache, missing weights."""
 
 import json
+import math
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf, open_dict
 
 from genlab.callbacks import sample_metrics as cb
+from genlab.config import CONFIG_DIR
+from genlab.errors import GenlabError
+from genlab.eval import evaluate, fid_reference_split
 from genlab.metrics import ImageMetrics
 from genlab.train import build
-from tests.conftest import TINY, fit_built, ok
+from tests.conftest import TINY, fit_built, ok, train_checkpoint
+from tests.test_data import write_idx
 
 # few images: InceptionV3 runs at a handful of images per second on this CPU
 METRICS = [
@@ -180,3 +188,106 @@ def test_eval_can_log_to_wandb_as_an_eval_job(run_cli, tiny_ckpt, weights, tmp_p
         if r["type"] == "summary":
             summary.update(r["summary"].get("update", {}))
     assert summary["eval/fid"] > 0 and summary["eval/n_fake"] == 24
+
+
+# a fake MNIST on disk: 80 training images (72 train + 8 val) and an official test split of 12
+N_TRAIN, N_VAL, N_TEST = 72, 8, 12
+
+
+@pytest.fixture(scope="module")
+def mnist_root(tmp_path_factory) -> Path:
+    """MNIST IDX files: noisy training digits, a test split of flat grey images."""
+    root = tmp_path_factory.mktemp("mnist")
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    write_idx(raw / "train-images-idx3-ubyte", rng.integers(0, 256, (N_TRAIN + N_VAL, 28, 28)))
+    write_idx(raw / "train-labels-idx1-ubyte", np.arange(N_TRAIN + N_VAL) % 10)
+    write_idx(raw / "t10k-images-idx3-ubyte", np.full((N_TEST, 28, 28), 128))
+    write_idx(raw / "t10k-labels-idx1-ubyte", np.arange(N_TEST) % 10)
+    return root
+
+
+@pytest.fixture(scope="module")
+def vae_ckpt(tmp_path_factory, mnist_root) -> Path:
+    """A VAE with a discretized Gaussian likelihood, trained for 2 batches on the fake MNIST."""
+    return train_checkpoint(
+        tmp_path_factory.mktemp("vae"), "vae", "model=vae", "data=mnist", "metrics=none",
+        f"data.root={mnist_root}", "data.num_workers=0", "model.likelihood=discretized_gaussian",
+    )  # fmt: skip
+
+
+def _eval_cfg(out: Path, *overrides: str):
+    with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
+        cfg = compose(config_name="eval", overrides=list(overrides))
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out)
+    return cfg
+
+
+def _vae_eval(ckpt: Path, out: Path, *overrides: str) -> dict:
+    cfg = _eval_cfg(
+        out, f"ckpt_path={ckpt}", "metrics=none", "nll_k=4", "trainer.accelerator=cpu", *overrides
+    )
+    result = evaluate(cfg)
+    assert json.loads((out / "metrics.json").read_text()) == result
+    return result
+
+
+def test_vae_eval_without_sample_metrics_scores_the_official_test_split(vae_ckpt, tmp_path):
+    out = _vae_eval(vae_ckpt, tmp_path)
+    m, protocol = out["metrics"], out["protocol"]
+    assert {"val/nll", "val/nll_bpd", "val/elbo", "val/recon", "val/kl", "val/mse"} <= set(m)
+    assert (protocol["eval_split"], protocol["eval_split_size"]) == ("test", N_TEST)
+    assert protocol["vae_nll_k"] == 4 and "n_fake" not in protocol
+    assert 0 < m["val/nll_bpd"] == pytest.approx(m["val/nll"] / (784 * math.log(2)), rel=1e-5)
+
+
+@pytest.mark.parametrize(("split", "size"), [("train", N_TRAIN), ("val", N_VAL)])
+def test_vae_eval_scores_the_split_asked_for(vae_ckpt, tmp_path, split, size):
+    test = _vae_eval(vae_ckpt, tmp_path / "test")
+    other = _vae_eval(vae_ckpt, tmp_path / split, f"split={split}")
+    assert (other["protocol"]["eval_split"], other["protocol"]["eval_split_size"]) == (split, size)
+    # flat grey test digits against noise: a different split gives a different likelihood
+    assert abs(other["metrics"]["val/nll"] - test["metrics"]["val/nll"]) > 100
+
+
+def test_eval_split_defaults_to_val_without_an_official_test_split(tmp_path):
+    ckpt = train_checkpoint(tmp_path, "vae5k", "model=vae", "data=synthetic", "metrics=none")
+    out = _vae_eval(ckpt, tmp_path / "eval")
+    val = round(0.1 * 256)  # debug=tiny: data.limit=256, val_fraction 0.1
+    assert (out["protocol"]["eval_split"], out["protocol"]["eval_split_size"]) == ("val", val)
+    asked = _vae_eval(ckpt, tmp_path / "eval_test", "split=test")  # no test split: val, recorded
+    assert asked["protocol"]["eval_split"] == "val"
+
+
+def test_gan_eval_without_sample_metrics_says_there_is_nothing_to_evaluate(tmp_path):
+    ckpt = train_checkpoint(tmp_path, "gan", "model=gan_mlp", "data=synthetic", "metrics=none")
+    cfg = _eval_cfg(tmp_path / "eval", f"ckpt_path={ckpt}", "metrics=none")
+    with pytest.raises(GenlabError, match="metrics=none") as err:
+        evaluate(cfg)
+    assert "nothing to evaluate" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_eval_rejects_an_unknown_split_in_one_line(run_cli, tmp_path):
+    proc = run_cli("genlab-eval", f"ckpt_path={tmp_path}/x.ckpt", "split=testing")
+    assert proc.returncode == 2
+    last = [ln for ln in proc.stderr.splitlines() if ln.strip()][-1]
+    assert last.startswith("genlab-eval: error: split='testing'") and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("asked", "eval_default", "recipe", "expected"),
+    [
+        (None, None, "test", "test"),  # the run's recipe (dcgan_cifar10: FID on the test split)
+        (None, None, None, "train"),  # a run trained without sample metrics
+        (None, "val", "test", "val"),  # metrics.reference_split on the eval command line
+        ("val", "train", "test", "val"),  # split= overrides both
+    ],
+)
+def test_fid_reference_split_follows_split_then_eval_then_recipe(
+    asked, eval_default, recipe, expected
+):
+    cfg = OmegaConf.create({"split": asked, "metrics": {"reference_split": eval_default}})
+    run_cfg = OmegaConf.create({"metrics": {"reference_split": recipe} if recipe else {}})
+    assert fid_reference_split(cfg, run_cfg) == expected

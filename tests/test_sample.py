@@ -11,8 +11,7 @@ from PIL import Image
 
 from genlab.config import CONFIG_DIR
 from genlab.sample import class_rows, interpolations, lerp, reconstruction_rows, sample, slerp
-from genlab.train import build
-from tests.conftest import compose_train, fit_built
+from tests.conftest import train_checkpoint
 
 TINY_TRAIN = ["debug=tiny", "logger=csv", "callbacks=none", "metrics=none", "data=synthetic"]
 
@@ -91,13 +90,7 @@ def test_interpolation_strips_share_end_points_and_keep_one_class():
 
 
 def _checkpoint(tmp_path: Path, model: str, *extra: str) -> Path:
-    cfg = compose_train([*TINY_TRAIN, f"model={model}", *extra], tmp_path / model)
-    cfg.trainer.max_epochs, cfg.trainer.limit_train_batches = 1, 2
-    objs = build(cfg)
-    fit_built(objs)
-    path = tmp_path / f"{model}.ckpt"
-    objs["trainer"].save_checkpoint(path)  # carries the run config (RunConfig callback)
-    return path
+    return train_checkpoint(tmp_path, model, *TINY_TRAIN[3:], f"model={model}", *extra)
 
 
 def _sample_cfg(*overrides: str):

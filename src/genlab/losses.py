@@ -125,3 +125,65 @@ def log_normal(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
 def log_standard_normal(z: Tensor) -> Tensor:
     """log N(z; 0, I) per example (B,), summed over dimensions."""
     return -0.5 * (LOG_2PI + z**2).flatten(1).sum(1)
+
+
+# 8-bit likelihoods: level v in 0..255 is the pixel 2 v / 255 - 1 (metrics.to_uint8 rounds back)
+LEVELS = 256
+BIN = 2 / 255  # width of one level in [-1, 1] pixel units
+
+
+def to_levels(x: Tensor) -> Tensor:
+    """8-bit level (long, same shape) of [-1, 1] pixels, rounded as ``metrics.to_uint8`` does."""
+    return ((x + 1) * 127.5 + 0.5).floor().clamp(0, LEVELS - 1).long()
+
+
+def _log1mexp(d: Tensor) -> Tensor:
+    """log(1 - exp(-d)) for d > 0, accurate for small and large d (Maechler 2012)."""
+    return torch.where(d < math.log(2), torch.log(-torch.expm1(-d)), torch.log1p(-torch.exp(-d)))
+
+
+def discretized_gaussian_nll(mean: Tensor, x: Tensor, log_scale: Tensor | float) -> Tensor:
+    """-log P(x) of 8-bit pixels per example (B,): the N(mean, scale^2) mass of x's bin.
+
+    Bins are x +- 1/255; the edge levels 0 and 255 take the tails to -inf and +inf, as in
+    PixelCNN++, so the 256 probabilities of a pixel sum to 1 and the result is >= 0.
+    """
+    # half precision would round the tails (and the bin masses) away
+    dtype = torch.promote_types(torch.promote_types(mean.dtype, x.dtype), torch.float32)
+    mean, x = mean.to(dtype), x.to(dtype)
+    log_scale = torch.as_tensor(log_scale, device=x.device, dtype=dtype)
+    inv = torch.exp(-log_scale)
+    centre, half = (x - mean) * inv, 0.5 * BIN * inv  # in units of the scale
+    # log_ndtr is accurate in the left tail: fold bins right of the mean there, P[a, b] = P[-b, -a]
+    right = centre > 0
+    hi = torch.where(right, -centre + half, centre + half)
+    lo = torch.where(right, -centre - half, centre - half)
+    log_hi, log_lo = torch.special.log_ndtr(hi), torch.special.log_ndtr(lo)
+    gap = log_hi - log_lo
+    inner = log_hi + _log1mexp(gap.clamp_min(1e-30))
+    # a bin far narrower than the scale: density times width (relative error ~ half^2 / 6),
+    # where the difference of two nearly equal log CDFs would be mostly rounding
+    narrow = -0.5 * centre**2 - 0.5 * LOG_2PI + torch.log(2 * half)
+    log_p = torch.where(gap < 1e-3, narrow, inner)
+    log_p = torch.where(x < -1 + 0.5 * BIN, torch.special.log_ndtr(centre + half), log_p)
+    log_p = torch.where(x > 1 - 0.5 * BIN, torch.special.log_ndtr(-centre + half), log_p)
+    return -log_p.flatten(1).sum(1)
+
+
+def categorical_nll(logits: Tensor, x: Tensor) -> Tensor:
+    """-log P(x) of 8-bit pixels per example (B,) under a 256-way softmax per subpixel.
+
+    Args:
+        logits: (B, 256 * C, H, W), channel c's levels at indices c * 256 .. c * 256 + 255.
+    """
+    logits = logits.unflatten(1, (x.shape[1], LEVELS))  # (B, C, 256, H, W)
+    target = to_levels(x).unsqueeze(2)  # (B, C, 1, H, W)
+    log_p = torch.log_softmax(logits, 2).gather(2, target)
+    return -log_p.flatten(1).sum(1)
+
+
+def categorical_mean(logits: Tensor, channels: int) -> Tensor:
+    """Expected pixel value (B, C, H, W) in [-1, 1] of the 256-way softmax per subpixel."""
+    probs = torch.softmax(logits.unflatten(1, (channels, LEVELS)), 2)  # (B, C, 256, H, W)
+    values = torch.linspace(-1, 1, LEVELS, dtype=probs.dtype, device=probs.device)
+    return (probs * values.view(1, 1, -1, 1, 1)).sum(2)

@@ -1,5 +1,6 @@
-"""The VAE LightningModule: Gaussian posterior, Bernoulli or Gaussian likelihood, ELBO terms."""
+"""The VAE LightningModule: Gaussian posterior, Bernoulli, Gaussian or 8-bit likelihood, ELBO."""
 
+import logging
 import math
 from collections.abc import Callable
 from typing import Literal
@@ -13,8 +14,12 @@ from genlab.config import check_optimizer
 from genlab.errors import GenlabError, finite_or_skip
 from genlab.loop import logs_written
 
+log = logging.getLogger("genlab")
+
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
-Likelihood = Literal["bernoulli", "gaussian"]
+Likelihood = Literal["bernoulli", "gaussian", "discretized_gaussian", "categorical"]
+# likelihoods of the 8-bit data themselves: val/nll is a probability, val/nll_bpd the papers' bpd
+DISCRETE = ("discretized_gaussian", "categorical")
 
 
 def reconstruction_rows(model: nn.Module, x: Tensor, labels: Tensor, nrow: int) -> Tensor:
@@ -26,11 +31,50 @@ def reconstruction_rows(model: nn.Module, x: Tensor, labels: Tensor, nrow: int) 
     return rows.reshape(-1, *x.shape[1:])
 
 
+def check_iwae(iwae_k: int, beta: float, kl_warmup_steps: int) -> None:
+    """The IWAE bound has no KL term to weight: reject beta and KL warm-up with it."""
+    ignored = [f"model.beta={beta}"] if beta != 1 else []
+    ignored += [f"model.kl_warmup_steps={kl_warmup_steps}"] if kl_warmup_steps else []
+    if iwae_k > 1 and ignored:
+        raise GenlabError(
+            f"{' and '.join(ignored)} would be ignored by the IWAE bound (model.iwae_k={iwae_k}):"
+            " set model.beta=1 and model.kl_warmup_steps=0, or model.iwae_k=1"
+        )
+
+
+def check_categorical(out: Tensor, channels: int | None = None) -> None:
+    """A categorical decoder gives 256 logits per image channel: (B, 256 * C, H, W)."""
+    n = out.shape[1]
+    if n % losses.LEVELS or not n or (channels is not None and n != losses.LEVELS * channels):
+        want = f"{losses.LEVELS * channels}" if channels is not None else "a multiple of 256"
+        raise GenlabError(
+            f"model.likelihood=categorical needs {want} decoder channels (256 per image "
+            f"channel), got {n}: set model.decoder.channels"
+        )
+
+
+def density_warning(likelihood: str) -> str:
+    """Why val/nll is not the probability of the data under ``likelihood``, in one line."""
+    what = (
+        "model.likelihood=bernoulli on non-binary pixels (data.binarize=false) is not normalised"
+        if likelihood == "bernoulli"
+        else f"model.likelihood={likelihood} is a density on [-1, 1]"
+    )
+    return (
+        f"{what}: val/nll is not -log P of the 8-bit data and val/nll_bpd is not logged; "
+        "model.likelihood=discretized_gaussian (or categorical) gives bits/dim"
+    )
+
+
 class VAE(pl.LightningModule):
     """Variational autoencoder; ``encoder(x) -> (mu, logvar)``, ``decoder(z) -> logits or means``.
 
     Bernoulli: the decoder gives per-pixel logits of (x + 1) / 2. Gaussian: it gives the mean
-    in [-1, 1] pixel units, with a fixed ``gaussian_std`` or one learned scalar scale.
+    in [-1, 1] pixel units, with a fixed ``gaussian_std`` or one learned scalar scale (a density).
+    Discretized Gaussian: the same mean and scale, scored as the mass of each pixel's 8-bit bin.
+    Categorical: the decoder gives 256 logits per subpixel, (B, 256 * C, H, W).
+    ``binarized`` says the data are binary (``data.binarize``): only then is Bernoulli a
+    probability of the data.
     """
 
     default_monitor = "val/elbo"
@@ -48,12 +92,14 @@ class VAE(pl.LightningModule):
         kl_warmup_steps: int = 0,
         iwae_k: int = 1,
         nll_k: int = 8,
+        binarized: bool = False,
         nonfinite: Literal["stop", "skip", "off"] = "stop",
         num_grid: int = 64,
     ) -> None:
         super().__init__()
         if likelihood not in Likelihood.__args__:
-            raise GenlabError(f"model.likelihood={likelihood!r} is not one of bernoulli, gaussian")
+            choices = ", ".join(Likelihood.__args__)
+            raise GenlabError(f"model.likelihood={likelihood!r} is not one of {choices}")
         if nonfinite not in ("stop", "skip", "off"):
             raise GenlabError(f"model.nonfinite={nonfinite!r}: use stop, skip or off")
         if beta < 0:
@@ -64,6 +110,7 @@ class VAE(pl.LightningModule):
             raise GenlabError(
                 "model.iwae_k must be >= 1, model.kl_warmup_steps >= 0 and model.nll_k >= 0"
             )
+        check_iwae(iwae_k, beta, kl_warmup_steps)
         self.save_hyperparameters(
             ignore=["encoder", "decoder", "optimizer", "scheduler"], logger=False
         )
@@ -74,7 +121,9 @@ class VAE(pl.LightningModule):
             raise GenlabError("model.encoder.num_classes and model.decoder.num_classes differ")
         self.latent_dim: int = encoder.latent_dim
         self.num_classes: int = getattr(decoder, "num_classes", 0)
-        learned = likelihood == "gaussian" and gaussian_std is None
+        if not self.nll_is_probability():
+            log.warning(density_warning(likelihood))
+        learned = likelihood in ("gaussian", "discretized_gaussian") and gaussian_std is None
         self.log_std = nn.Parameter(torch.zeros(())) if learned else None
         g = torch.Generator().manual_seed(0)
         self.register_buffer("fixed_z", torch.randn(num_grid, self.latent_dim, generator=g))
@@ -98,11 +147,19 @@ class VAE(pl.LightningModule):
     def _log_std(self) -> Tensor | float:
         return self.log_std if self.log_std is not None else math.log(self.hparams.gaussian_std)
 
+    def nll_is_probability(self) -> bool:
+        """True when val/nll is -log P of the (8-bit or binary) data, so bits/dim are defined."""
+        likelihood = self.hparams.likelihood
+        return likelihood in DISCRETE or (likelihood == "bernoulli" and self.hparams.binarized)
+
     def decode_mean(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
         """Mean image of p(x | z) in [-1, 1]."""
         out = self.decoder(z, self._y(labels))
         if self.hparams.likelihood == "bernoulli":
             return torch.sigmoid(out) * 2 - 1
+        if self.hparams.likelihood == "categorical":
+            check_categorical(out)
+            return losses.categorical_mean(out, out.shape[1] // losses.LEVELS)
         return out.clamp(-1, 1)
 
     def sample(self, n: int, labels: Tensor | None = None) -> Tensor:
@@ -118,8 +175,14 @@ class VAE(pl.LightningModule):
 
     def nll(self, out: Tensor, x: Tensor) -> Tensor:
         """-log p(x | z) per example (B,), from decoder output ``out``."""
-        if self.hparams.likelihood == "bernoulli":
+        likelihood = self.hparams.likelihood
+        if likelihood == "bernoulli":
             return losses.bernoulli_nll(out, x)
+        if likelihood == "categorical":
+            check_categorical(out, x.shape[1])
+            return losses.categorical_nll(out, x)
+        if likelihood == "discretized_gaussian":
+            return losses.discretized_gaussian_nll(out, x, self._log_std())
         return losses.gaussian_nll(out, x, self._log_std())
 
     def elbo_terms(self, x: Tensor, labels: Tensor | None = None) -> dict[str, Tensor]:
@@ -189,7 +252,8 @@ class VAE(pl.LightningModule):
         if self.hparams.nll_k:
             nll = self.iw_nll(x, self.hparams.nll_k, labels).mean()
             self.log("val/nll", nll, **kw)
-            self.log("val/nll_bpd", nll / (x[0].numel() * math.log(2)), **kw)
+            if self.nll_is_probability():
+                self.log("val/nll_bpd", nll / (x[0].numel() * math.log(2)), **kw)
 
     def grid_images(self) -> dict[str, Tensor]:
         """Prior samples from the fixed noise; validation inputs above their reconstructions."""
