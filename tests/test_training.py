@@ -1,12 +1,13 @@
 """In-process training: one step moves every network; short runs learn; resume continues."""
 
 import copy
+import csv
 
 import pytest
 import torch
 
 from genlab.train import build, train
-from tests.conftest import fit_built
+from tests.conftest import fit_built, load_ckpt
 
 
 def _params(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -131,3 +132,74 @@ def test_speed_options_train_and_keep_checkpoint_keys(model, cfg_tiny, tmp_path)
     conv = next(m for m in objs["model"].modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     torch.set_float32_matmul_precision("highest")
+
+
+def _csv_rows(run_dir) -> list[dict[str, str]]:
+    with open(run_dir / "csv" / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def _last_step_of(rows: list[dict[str, str]], key: str) -> int:
+    return max(int(r["step"]) for r in rows if r.get(key))
+
+
+FINAL_METRICS = [
+    "metrics=fid", "metrics.num_samples=16", "metrics.num_real=16", "metrics.batch_size=16",
+    "metrics.every_n_epochs=5",
+]  # fmt: skip
+
+
+def test_gan_stopped_by_max_steps_scores_and_checkpoints_the_final_model(
+    cfg_tiny, weights, tmp_path
+):
+    """max_steps ends fit mid-epoch: the final model is still scored, logged, kept and returned."""
+    # 4 batches (8 steps) an epoch: stops after batch 2 of epoch 1
+    cfg = cfg_tiny(*FINAL_METRICS, f"metrics.inception_weights={weights}",
+                   f"metrics.cache_dir={tmp_path}/cache", "data=synthetic",
+                   "callbacks.progress_bar=null", "callbacks.image_grid=null",
+                   "trainer.max_epochs=-1", "+trainer.max_steps=14")  # fmt: skip
+    value = train(copy.deepcopy(cfg))
+    rows = _csv_rows(tmp_path)
+    final = _last_step_of(rows, "train/d_loss")
+    assert _last_step_of(rows, "val/fid") == final == 6  # batch index of step 14
+    fid = [float(r["val/fid"]) for r in rows if r.get("val/fid")]
+    assert value == pytest.approx(fid[-1])
+    assert load_ckpt(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 14
+    (best,) = (tmp_path / "checkpoints").glob("best-*.ckpt")
+    assert len(fid) == 1 and load_ckpt(best)["global_step"] == 14  # FID is due at no epoch end
+    state = next(v for k, v in load_ckpt(best)["callbacks"].items() if "ModelCheckpoint" in k)
+    assert state["best_model_score"] == pytest.approx(min(fid))
+
+
+def test_vae_stopped_by_max_steps_logs_val_elbo_at_the_final_step(cfg_tiny, tmp_path):
+    # 4 batches an epoch: stops after batch 1 of epoch 1
+    cfg = cfg_tiny(
+        "model=vae",
+        "data=synthetic",
+        "callbacks=none",
+        "trainer.max_epochs=-1",
+        "+trainer.max_steps=6",
+    )
+    value = train(copy.deepcopy(cfg))
+    rows = _csv_rows(tmp_path)
+    assert _last_step_of(rows, "val/elbo") == _last_step_of(rows, "train/loss") == 5
+    elbo = [float(r["val/elbo"]) for r in rows if r.get("val/elbo")]
+    assert len(elbo) == 2 and value == pytest.approx(elbo[-1])  # epoch 0's end and the final step
+
+
+def test_gan_stopped_early_scores_the_final_model(cfg_tiny, weights, tmp_path):
+    """Early stopping ends fit on an epoch where FID is not due: FID still runs at that step."""
+    # min_delta 1e9: no epoch improves enough, so patience 0 stops at the 2nd validation (epoch 1)
+    cfg = cfg_tiny(*FINAL_METRICS, f"metrics.inception_weights={weights}",
+                   f"metrics.cache_dir={tmp_path}/cache", "data=synthetic",
+                   "callbacks.progress_bar=null", "callbacks.image_grid=null",
+                   "trainer.max_epochs=10", "optimized_metric=val/swd",
+                   "+callbacks.early_stop._target_=pytorch_lightning.callbacks.EarlyStopping",
+                   "+callbacks.early_stop.monitor=val/swd", "+callbacks.early_stop.patience=0",
+                   "+callbacks.early_stop.min_delta=1e9")  # fmt: skip
+    train(copy.deepcopy(cfg))
+    rows = _csv_rows(tmp_path)
+    final = _last_step_of(rows, "train/d_loss")
+    assert _last_step_of(rows, "val/swd") == final
+    assert [int(r["step"]) for r in rows if r.get("val/fid")] == [final]
+    assert load_ckpt(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 16  # 2 epochs

@@ -4,8 +4,10 @@ Every item is ``(image, label)``: a float image in [-1, 1] of shape (C, H, W) an
 label (0 for unlabeled sources, whose ``num_classes`` is 0).
 """
 
+import itertools
 import math
 import os
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal, NamedTuple, get_args
@@ -16,7 +18,7 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image, ImageOps
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Subset, default_collate
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset, default_collate
 
 from genlab.errors import GenlabError
 
@@ -245,6 +247,94 @@ def verify_images(paths: list[Path]) -> None:
             raise GenlabError(f"data.root: cannot read image {path}: {e}") from None
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch's shuffle and worker seeds: a function of the run seed and epoch."""
+    return (seed * 1_000_003 + epoch) % 2**63
+
+
+class EpochShuffle(Sampler[int]):
+    """Indices 0..n-1 in an order fixed by (seed, epoch); Lightning calls ``set_epoch``.
+
+    Torch's RandomSampler draws its seed from the global RNG at each epoch, so the order depends
+    on when the iterator is built; this draws from its own generator, so a resumed run sees
+    the same order and takes the same noise.
+    """
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+
+class Skipping(Sampler[int]):
+    """``sampler``'s indices without the first ``skip`` of the next pass; forwards ``set_epoch``.
+
+    Skipping indices reads no data and draws no random numbers.
+    """
+
+    def __init__(self, sampler: Sampler) -> None:
+        self.sampler, self.skip, self.epoch = sampler, 0, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if callable(getattr(self.sampler, "set_epoch", None)):
+            self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[int]:
+        skip, self.skip = self.skip, 0
+        return itertools.islice(iter(self.sampler), skip, None)
+
+
+class ResumableLoader(DataLoader):
+    """A training DataLoader that resumes mid-epoch: Lightning checkpoints its ``state_dict``.
+
+    The state is the epoch and the batches handed out in it. Restored, the loader skips those
+    batches of that epoch (indices only) and goes on in the same order. Worker seeds come from
+    ``generator`` reseeded per epoch, not from the global RNG, which a mid-epoch restart would
+    otherwise draw from once more. Under DDP Lightning rebuilds it around a DistributedSampler;
+    the skip then applies to this rank's batches.
+    """
+
+    def __init__(self, dataset: Dataset, sampler: Sampler, seed: int, **kwargs) -> None:
+        if not isinstance(sampler, Skipping):
+            sampler = Skipping(sampler)
+        super().__init__(dataset, sampler=sampler, generator=torch.Generator(), **kwargs)
+        self.seed = seed
+        self.position = {"epoch": 0, "batches": 0}
+        self.restored: dict | None = None
+
+    def state_dict(self) -> dict[str, int]:
+        return dict(self.position)
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.restored = dict(state)
+
+    def __iter__(self) -> Iterator:
+        return self._batches()  # a generator: starts at the first batch, after set_epoch
+
+    def _batches(self) -> Iterator:
+        epoch = self.sampler.epoch
+        restored, self.restored = self.restored, None
+        done = restored["batches"] if restored and restored["epoch"] == epoch else 0
+        self.sampler.skip = done * self.batch_size
+        self.generator.manual_seed(epoch_seed(self.seed, epoch))
+        self.position = {"epoch": epoch, "batches": done}
+        for batch in super().__iter__():
+            self.position["batches"] += 1  # before the yield: counts the batch being trained
+            yield batch
+
+
 class ImageDataModule(pl.LightningDataModule):
     """Images in [-1, 1] as ``(images, labels)`` batches, with a seeded validation split.
 
@@ -323,6 +413,9 @@ class ImageDataModule(pl.LightningDataModule):
         self.binarize = binarize
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.drop_last = drop_last
+        # the run's seed (genlab-train seeds everything before building this): shuffling and
+        # worker seeds are a function of it and the epoch, never of the global RNG's position
+        self.shuffle_seed = torch.initial_seed()
         # models are built before setup(), so the class count cannot wait for the data
         self.num_classes: int = (
             synthetic_classes if source == "synthetic" else NUM_CLASSES.get(source, 0)
@@ -356,7 +449,7 @@ class ImageDataModule(pl.LightningDataModule):
         return self.splits[split]
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled training batches; the last incomplete one dropped when ``drop_last``."""
+        """Shuffled, resumable training batches; drops the last incomplete one if ``drop_last``."""
         return self.loader(self.dataset("train"), shuffle=True, drop_last=self.drop_last)
 
     def val_dataloader(self) -> DataLoader:
@@ -368,17 +461,22 @@ class ImageDataModule(pl.LightningDataModule):
         return self.loader(self.dataset("test"), shuffle=False, drop_last=False)
 
     def loader(self, dataset: Dataset, shuffle: bool, drop_last: bool) -> DataLoader:
-        """A DataLoader with this module's batch size, workers and pinning."""
-        return DataLoader(
-            dataset,
+        """A DataLoader with this module's batch size, workers and pinning.
+
+        Shuffled ones are ResumableLoaders whose order is a function of (seed, epoch).
+        """
+        kwargs = dict(
             batch_size=self.batch_size,
-            shuffle=shuffle,
             drop_last=drop_last,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
             collate_fn=collate,
         )
+        if not shuffle:
+            return DataLoader(dataset, shuffle=False, **kwargs)
+        sampler = EpochShuffle(len(dataset), self.shuffle_seed)
+        return ResumableLoader(dataset, sampler=sampler, seed=self.shuffle_seed, **kwargs)
 
     def make_splits(self, full: Dataset) -> None:
         """Cut ``full`` into train and val with a seeded permutation, after ``limit``."""

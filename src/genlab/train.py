@@ -19,6 +19,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from genlab.callbacks.checkpointing import (
     AtomicCheckpointIO,
+    FinalValidation,
     LastCheckpoint,
     ResumeState,
     RunConfig,
@@ -202,6 +203,8 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     with open_dict(cfg):
         prepare_wandb(cfg)
         spawn_ddp_in_sweeps(cfg)
+    # first: its on_train_end validation runs before other callbacks (progress bar) end training
+    callbacks.insert(0, FinalValidation(last, metrics))
     callbacks.append(RunConfig(OmegaConf.to_container(cfg, resolve=True)))
     callbacks.append(ResumeState())
     speed = cfg.get("speed") or {}

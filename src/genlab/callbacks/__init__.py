@@ -2,8 +2,9 @@
 
 - ``images``: PNG grids of samples and reconstructions (``ImageGrid``), lossless image files.
 - ``sample_metrics``: FID/IS/KID of generated samples against cached real features.
-- ``checkpointing``: atomic checkpoint IO, the run config and RNG state in checkpoints, and
-  ``LastCheckpoint``, the one owner of ``last.ckpt`` (regular, SIGTERM and auto-resume).
+- ``checkpointing``: atomic checkpoint IO, the run config and RNG state in checkpoints,
+  ``LastCheckpoint``, the one owner of ``last.ckpt`` (regular, SIGTERM and auto-resume), and
+  ``FinalValidation``, which scores and checkpoints the final model whatever ended fit.
 - ``precision``: the GAN's 16-mixed plugin (one GradScaler update per iteration).
 - ``speed``: opt-in channels-last and ``torch.compile`` of the networks.
 

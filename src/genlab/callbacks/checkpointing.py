@@ -9,7 +9,9 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins import TorchCheckpointIO
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import SIGTERMException
+from pytorch_lightning.utilities.seed import isolate_rng
 
 from genlab.atomic import atomic_torch_save
 
@@ -42,9 +44,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 class ResumeState(pl.Callback):
     """RNG states in every checkpoint, restored on resume, so a resumed run repeats exactly.
 
-    Lightning saves no RNG state: without this the data order and the noise after a resume
-    differ from the uninterrupted run. Stored as tensors so checkpoints load with
-    ``weights_only=True``. Restored at ``on_train_start``, just before the first batch is drawn.
+    Lightning saves no RNG state: without this the noise after a resume differs from the
+    uninterrupted run. Stored as tensors so checkpoints load with ``weights_only=True``. Restored
+    at ``on_fit_start``, before Lightning builds the training iterator (the data order itself is
+    a function of seed and epoch, and the loader's position is in the checkpoint: see
+    ``genlab.data.ResumableLoader``).
     """
 
     def __init__(self) -> None:
@@ -69,7 +73,7 @@ class ResumeState(pl.Callback):
     def load_state_dict(self, state_dict: dict) -> None:
         self._loaded = state_dict
 
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         s, self._loaded = self._loaded, None
         if s is None:
             return
@@ -100,14 +104,18 @@ class LastCheckpoint(pl.Callback):
         self.every_epoch = every_epoch
         self._saved_step = -1
 
-    def _save(self, trainer: pl.Trainer) -> None:
+    def _save(self, trainer: pl.Trainer, again: bool = False) -> None:
         if not self.every_epoch:
             return
         if trainer.sanity_checking or trainer.fast_dev_run or trainer.state.fn != "fit":
             return
-        if trainer.global_step != self._saved_step:
+        if again or trainer.global_step != self._saved_step:
             self._saved_step = trainer.global_step  # first: the checkpoint carries it
             trainer.save_checkpoint(self.path)
+
+    def rewrite(self, trainer: pl.Trainer) -> None:
+        """Write again at the same step: the final validation changed the callbacks' state."""
+        self._save(trainer, again=True)
 
     def state_dict(self) -> dict:
         return {"saved_step": self._saved_step}
@@ -131,3 +139,76 @@ class LastCheckpoint(pl.Callback):
             log.info(
                 f"SIGTERM: saved {self.path} at step {trainer.global_step}; resume with ckpt_path="
             )
+
+
+def fit_ends(trainer: pl.Trainer) -> bool:
+    """True from the batch that ends fit: ``max_steps`` or the last epoch's end, or a stop asked."""
+    last_batch = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+    max_epochs = trainer.max_epochs or -1
+    last_epoch = last_batch and 0 < max_epochs <= trainer.current_epoch + 1
+    return last_epoch or 0 < trainer.max_steps <= trainer.global_step or trainer.should_stop
+
+
+class FinalValidation(pl.Callback):
+    """Score the final model at the end of fit, then offer it to the best checkpoint.
+
+    When ``max_steps`` (or ``max_time``) ends fit inside an epoch, or the last epoch is not one
+    of ``check_val_every_n_epoch``, Lightning runs no validation: the last scores would be
+    stale, ``train()`` would return them, and the best checkpoint could never be the final model.
+    Then this runs the validation loop once more (SampleMetrics is due: see ``fit_ends``), logged
+    at the last batch's step as an epoch-end validation is, with the RNG isolated so a
+    continued run draws what an uninterrupted one would. ModelCheckpoint saves only on its
+    ``every_n_epochs``, so the final model is offered to it here, and ``last.ckpt`` rewritten
+    with the updated best. A fit that ended on a validation is not validated again, unless the
+    sample metrics skipped it (early stopping decides after they ran, on an epoch they were not
+    due).
+
+    Args:
+        metrics: the SampleMetrics callback, if any (its ``evaluated_step`` is read).
+    """
+
+    def __init__(self, last: LastCheckpoint, metrics: pl.Callback | None = None) -> None:
+        self.last, self.metrics = last, metrics
+        self._validated_step = -1
+
+    def _stale(self, trainer: pl.Trainer) -> bool:
+        step = trainer.global_step
+        skipped = self.metrics is not None and self.metrics.evaluated_step != step
+        return self._validated_step != step or skipped
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._validated_step = trainer.global_step
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.fast_dev_run or not trainer.enable_validation:
+            return
+        if self._stale(trainer):
+            with isolate_rng():
+                self._validate(trainer)
+        for best in trainer.checkpoint_callbacks:
+            if isinstance(best, ModelCheckpoint):
+                self._offer(trainer, best)
+        self.last.rewrite(trainer)
+
+    @staticmethod
+    def _validate(trainer: pl.Trainer) -> None:
+        """Run the fit's validation loop now; its values are logged at the last batch's step."""
+        epoch_loop = trainer.fit_loop.epoch_loop
+        # Lightning steps this back for epoch-end logging too: the last batch's step, not one past
+        epoch_loop._batches_that_stepped -= 1
+        trainer.validating = True
+        try:
+            epoch_loop.val_loop.run()
+        finally:
+            trainer.training = True
+            epoch_loop._batches_that_stepped += 1
+
+    @staticmethod
+    def _offer(trainer: pl.Trainer, best: ModelCheckpoint) -> None:
+        """Let ``best`` keep the final model if it scores among its top k (no-op if it saved it)."""
+        if best._last_global_step_saved == trainer.global_step:
+            return
+        if best.monitor is not None and best.monitor not in trainer.callback_metrics:
+            return
+        best._save_topk_checkpoint(trainer, best._monitor_candidates(trainer))

@@ -8,6 +8,7 @@ import torch
 from rich.progress import track
 from torch import Tensor
 
+from genlab.callbacks.checkpointing import fit_ends
 from genlab.callbacks.images import save_images
 from genlab.data import fetch
 from genlab.errors import GenlabError
@@ -40,7 +41,8 @@ LOGGED = {
 class SampleMetrics(pl.Callback):
     """FID, IS and KID of generated samples against cached real features; logs ``val/fid``...
 
-    Runs after validation every ``every_n_epochs`` epochs (and at the last epoch). Samples are
+    Runs after validation every ``every_n_epochs`` epochs and at the end of fit (whichever rule
+    ends it: ``max_steps``, ``max_epochs``, ``max_time``; see ``FinalValidation``). Samples are
     split across DDP ranks in fixed chunks, each drawn under its own seed, and their features
     gathered once, so the value equals the single-process one. Chunk ``j`` is seeded with
     ``seed + j``; the training RNG is left untouched. The Inception network hangs off this
@@ -87,6 +89,7 @@ class SampleMetrics(pl.Callback):
         self.cache_dir = Path(cache_dir).expanduser()
         self.save_dir = Path(save_dir) if save_dir else None
         self.results: dict[str, float] = {}
+        self.evaluated_step = -1  # global step of the last evaluation (FinalValidation reads it)
         self.reference: dict = {}
 
     @staticmethod
@@ -95,16 +98,16 @@ class SampleMetrics(pl.Callback):
         return set(LOGGED.values())
 
     def due(self, trainer: pl.Trainer) -> bool:
-        """True on epochs where the metrics run: every n-th, the last, and always outside fit."""
+        """True where the metrics run: every n-th epoch, at the end of fit, and outside fit."""
         if trainer.state.fn != "fit":
             return True
-        epoch = trainer.current_epoch + 1
-        return epoch % self.every_n_epochs == 0 or epoch == trainer.max_epochs
+        return (trainer.current_epoch + 1) % self.every_n_epochs == 0 or fit_ends(trainer)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or not self.due(trainer):
             return
         self.results = self.evaluate(trainer, pl_module)
+        self.evaluated_step = trainer.global_step
         for name, value in self.results.items():
             # every rank holds the same gathered features, hence the same value: no reduction
             pl_module.log(LOGGED[name], float(value))
