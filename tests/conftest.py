@@ -82,14 +82,14 @@ def ok(proc: subprocess.CompletedProcess) -> None:
 
 
 def fit_built(objs: dict) -> dict:
-    """Fit the model of ``genlab.train.build``'s objects on their datamodule; returns them."""
+    """Fit the model of ``genlab.training.build``'s objects on their datamodule; returns them."""
     objs["trainer"].fit(objs["model"], datamodule=objs["datamodule"])
     return objs
 
 
 def train_checkpoint(tmp_path: Path, name: str, *overrides: str) -> Path:
     """Train 2 tiny batches (``callbacks=none``) and save ``tmp_path/name.ckpt`` with its config."""
-    from genlab.train import build
+    from genlab.training import build
 
     cfg = compose_train(["debug=tiny", "logger=csv", "callbacks=none", *overrides], tmp_path / name)
     cfg.trainer.max_epochs, cfg.trainer.limit_train_batches = 1, 2

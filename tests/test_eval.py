@@ -14,9 +14,9 @@ from omegaconf import OmegaConf, open_dict
 from genlab.callbacks import sample_metrics as cb
 from genlab.config import CONFIG_DIR
 from genlab.errors import GenlabError
-from genlab.eval import evaluate, fid_reference_split
+from genlab.evaluation import evaluate, fid_reference_split
 from genlab.metrics import ImageMetrics
-from genlab.train import build
+from genlab.training import build
 from tests.conftest import TINY, fit_built, ok, train_checkpoint
 from tests.test_data import write_idx
 

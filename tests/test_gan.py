@@ -10,7 +10,7 @@ from torch import nn
 from genlab import losses
 from genlab.callbacks.speed import FastPath
 from genlab.errors import GenlabError
-from genlab.train import build
+from genlab.training import build
 from tests.conftest import TINY, fit_built
 
 MLP = ["model=gan_mlp", "data=synthetic", "data.image_size=16", "callbacks=none"]

@@ -4,7 +4,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from genlab.train import build
+from genlab.training import build
 from tests.conftest import REPO, compose_train, fit_built
 
 NOTEBOOK = REPO / "notebooks" / "explore_checkpoint.ipynb"

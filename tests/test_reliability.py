@@ -1,6 +1,7 @@
 """Faults and scale: exact resume after SIGKILL, atomic checkpoints, SIGTERM, NaN losses,
 DDP for GAN variants, bf16 on CPU, and bad input."""
 
+import logging
 import os
 import signal
 import subprocess
@@ -13,7 +14,7 @@ import torch
 from genlab import losses
 from genlab.callbacks.checkpointing import AtomicCheckpointIO
 from genlab.errors import GenlabError
-from genlab.train import build, train
+from genlab.training import build, train
 from tests.conftest import (
     BIN,
     REPO,
@@ -70,7 +71,7 @@ def _signal_at(epoch: int, batch: int, sig: str = "SIGTERM") -> list[str]:
 # (extra overrides, batch index of epoch 1 killed after, epoch and batch last.ckpt holds)
 KILLS = {
     # validation every 10 batches: last.ckpt written mid-epoch after it (epoch 1, batch 9)
-    "gan-val-check-interval": (["+trainer.val_check_interval=10"], 14, (1, 9)),
+    "gan-val-check-interval": (["trainer.val_check_interval=10"], 14, (1, 9)),
     # no validation at all: last.ckpt written at the end of epoch 0 without one
     "vae-no-validation": (["trainer.limit_val_batches=0"], 14, (0, 39)),
 }
@@ -109,11 +110,12 @@ RESUMES = {
 
 
 @pytest.mark.parametrize("case", list(RESUMES))
-def test_sigterm_mid_epoch_then_auto_resume_is_bit_exact(case, tmp_path):
+def test_sigterm_mid_epoch_then_auto_resume_is_bit_exact(case, tmp_path, caplog):
     overrides = [*TINY, "data=synthetic", "seed=7", "trainer.limit_train_batches=6",
                  "trainer.max_epochs=3", "callbacks.progress_bar=null", *RESUMES[case]]  # fmt: skip
     train(compose_train(overrides, tmp_path / "full"))
     run = tmp_path / "run"
+    caplog.set_level(logging.INFO, logger="genlab")
     with pytest.raises(SystemExit) as stopped:
         train(compose_train([*overrides, *_signal_at(1, 2)], run))
     assert stopped.value.code == 143
@@ -121,6 +123,8 @@ def test_sigterm_mid_epoch_then_auto_resume_is_bit_exact(case, tmp_path):
     if "moved" in case:
         assert not (run / "checkpoints" / "last.ckpt").exists()
     assert load_ckpt(last)["epoch"] == 1  # saved inside epoch 1
+    # the log says how to continue: the command's key and the file, or auto_resume
+    assert f"resume with ckpt_path={last}" in caplog.text
     train(compose_train([*overrides, "auto_resume=true"], run))
     full = tmp_path / "full" / last.relative_to(run)
     _same_training_state(load_ckpt(full), load_ckpt(last))

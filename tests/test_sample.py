@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from genlab.config import CONFIG_DIR
-from genlab.sample import class_rows, interpolations, lerp, reconstruction_rows, sample, slerp
+from genlab.sampling import class_rows, interpolations, lerp, reconstruction_rows, sample, slerp
 from tests.conftest import train_checkpoint
 
 TINY_TRAIN = ["debug=tiny", "logger=csv", "callbacks=none", "metrics=none", "data=synthetic"]

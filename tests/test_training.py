@@ -6,7 +6,7 @@ import csv
 import pytest
 import torch
 
-from genlab.train import build, train
+from genlab.training import build, train
 from tests.conftest import fit_built, load_ckpt
 
 
@@ -157,7 +157,7 @@ def test_gan_stopped_by_max_steps_scores_and_checkpoints_the_final_model(
     cfg = cfg_tiny(*FINAL_METRICS, f"metrics.inception_weights={weights}",
                    f"metrics.cache_dir={tmp_path}/cache", "data=synthetic",
                    "callbacks.progress_bar=null", "callbacks.image_grid=null",
-                   "trainer.max_epochs=-1", "+trainer.max_steps=14")  # fmt: skip
+                   "trainer.max_epochs=-1", "trainer.max_steps=14")  # fmt: skip
     value = train(copy.deepcopy(cfg))
     rows = _csv_rows(tmp_path)
     final = _last_step_of(rows, "train/d_loss")
@@ -178,7 +178,7 @@ def test_vae_stopped_by_max_steps_logs_val_elbo_at_the_final_step(cfg_tiny, tmp_
         "data=synthetic",
         "callbacks=none",
         "trainer.max_epochs=-1",
-        "+trainer.max_steps=6",
+        "trainer.max_steps=6",
     )
     value = train(copy.deepcopy(cfg))
     rows = _csv_rows(tmp_path)

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from torch.nn.utils import parametrize
 
 from genlab.config import CONFIG_DIR, load_model
-from genlab.train import build
+from genlab.training import build
 from tests.conftest import REPO, compose_train, fit_built
 
 MODELS = sorted(p.stem for p in (Path(CONFIG_DIR) / "model").glob("*.yaml"))
@@ -83,13 +83,13 @@ def test_model_option_settings(tmp_path):
 
     sngan = hp("sngan")
     assert (sngan.hparams.loss, sngan.hparams.n_critic) == ("hinge", 5)
-    assert sngan.optimizer_d.keywords == {"lr": 0.0002, "betas": [0.0, 0.9]}
+    assert sngan.optimizer_d.keywords == {"lr": 0.0002, "betas": [0.0, 0.9], "fused": None}
     assert parametrize.is_parametrized(sngan.discriminator.head.linear, "weight")
     cgan = hp("cgan_pd")
     assert cgan.num_classes == cgan.discriminator.num_classes == 10  # from data.num_classes
     wgan = hp("wgan_gp")
     assert (wgan.hparams.loss, wgan.hparams.gp_weight, wgan.hparams.n_critic) == ("wgan", 10.0, 5)
-    assert wgan.optimizer_g.keywords == {"lr": 0.0001, "betas": [0.0, 0.9]}
+    assert wgan.optimizer_g.keywords == {"lr": 0.0001, "betas": [0.0, 0.9], "fused": None}
     assert hp("beta_vae").hparams.beta > 1 and hp("iwae").hparams.iwae_k > 1
     assert hp("cvae", "mnist5k").decoder.num_classes == 10
     dcgan_sn = compose_train(["model=gan", "model.discriminator.spectral_norm=true"], tmp_path)

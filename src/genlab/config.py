@@ -1,6 +1,7 @@
 """Where the shipped configs live, instantiation, and one-line error reporting for entry points."""
 
 import os
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -10,10 +11,10 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException, InstantiationException, MissingConfigException
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from genlab.errors import GenlabError
+from genlab.errors import GenlabError, check_type
 
 T = TypeVar("T")
 
@@ -64,12 +65,18 @@ def one_line(error: BaseException) -> str:
     return text
 
 
+# Numbers of the sweep jobs of this process that failed with bad input (run_task).
+FAILED_JOBS: list[int] = []
+
+
 def report_errors(hydra_main: Callable[[], Any], prog: str) -> None:
     """Run a ``@hydra.main`` function; bad config exits 2 with one line on stderr, no traceback."""
     # Hydra would print its own multi-line report; we want the exception to word it ourselves.
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         hydra_main()
+        if FAILED_JOBS:  # each already said why in its one line
+            sys.exit(2)
     except (GenlabError, HydraException, OmegaConfBaseException) as e:
         if isinstance(e, InstantiationException):
             raise  # a bug in a constructor, not bad input: keep the traceback
@@ -89,16 +96,59 @@ def fail(prog: str, error: BaseException) -> NoReturn:
 def run_task(task: Callable[[DictConfig], T], cfg: DictConfig, prog: str) -> T:
     """Run a Hydra task; bad input found while running it exits 2 with one line.
 
-    Caught inside the task so that Hydra adds no report of its own.
+    Caught inside the task so that Hydra adds no report of its own. In a sweep (``-m``) only
+    the job fails: one line naming it, a NaN result (a failed trial for Optuna), and the sweep
+    goes on; ``report_errors`` exits 2 at its end.
     """
     try:
         return task(cfg)
     except (GenlabError, OmegaConfBaseException) as e:
         if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-            # fail this job only: Hydra records it and the sweep goes on to the next job
-            print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
-            raise
+            job = HydraConfig.get().job
+            FAILED_JOBS.append(job.num)
+            overrides = job.override_dirname or "no overrides"
+            print(f"{prog}: error: job {job.num} ({overrides}): {one_line(e)}", file=sys.stderr)
+            # Hydra's own report of a raised job would repeat the error and add a line
+            return float("nan")  # type: ignore[return-value]
+        discard_empty_run_dir()
         fail(prog, e)
+
+
+def discard_empty_run_dir(run_dir: Path | None = None, stop: Path | None = None) -> bool:
+    """Remove a failed run's directory when it holds only Hydra's own files; True if removed.
+
+    Hydra makes the directory (default: this run's) before the task can check its input, so a
+    bad ``ckpt_path`` would leave an empty run behind. Parents left empty go too, up to ``stop``
+    (default: the working directory), which stays.
+    """
+    if run_dir is None:
+        if not HydraConfig.initialized():
+            return False
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if not run_dir.is_dir():
+        return False
+    # what Hydra writes before the task starts: .hydra/ and the job's log file
+    if not all(p.name == ".hydra" or p.suffix == ".log" for p in run_dir.iterdir()):
+        return False
+    shutil.rmtree(run_dir)
+    stop = (stop or Path.cwd()).resolve()
+    parent = run_dir.resolve().parent
+    while stop in parent.parents and not any(parent.iterdir()):
+        parent.rmdir()
+        parent = parent.parent
+    return True
+
+
+def require_file(path: str, key: str = "ckpt_path") -> None:
+    """A missing checkpoint fails in one line, checked before torch is imported."""
+    if not Path(path).is_file():
+        raise GenlabError(f"{key}={path}: no such checkpoint file")
+
+
+def check_types(cfg: DictConfig, types: dict[str, tuple[type, ...]]) -> None:
+    """Reject a value of the wrong type (``seed=abc``) by its key, before anything is built."""
+    for key, wanted in types.items():
+        check_type(key, OmegaConf.select(cfg, key), wanted)
 
 
 def check_optimizer(factory: Callable[..., Any], key: str) -> None:
@@ -115,8 +165,7 @@ def read_checkpoint(ckpt_path: str, key: str = "ckpt_path") -> dict:
     """A Lightning checkpoint as a dict (weights only, no pickled code), or a one-line error."""
     import torch
 
-    if not Path(ckpt_path).is_file():
-        raise GenlabError(f"{key}={ckpt_path}: no such checkpoint file")
+    require_file(ckpt_path, key)
     try:
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated file, not a torch file, foreign pickle

@@ -34,3 +34,19 @@ def finite_or_skip(module, loss, name: str, policy: str) -> bool:
         f"non-finite {name}={value} at step {trainer.global_step}; training stopped with the "
         "last checkpoint untouched (lower the learning rate, or set model.nonfinite=skip)"
     )
+
+
+NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def check_type(key: str, value: object, wanted: tuple[type, ...]) -> None:
+    """Refuse a config value of the wrong type in one line naming the key and the type.
+
+    Hydra hands ``data.batch_size=abc`` through as a string, which would otherwise fail later
+    as a bare TypeError from a comparison. bool is no number here, and a float allows an int.
+    """
+    accepted = (*wanted, int) if float in wanted else wanted
+    if isinstance(value, bool) and bool not in wanted or not isinstance(value, accepted):
+        names = [NAMES[t] for t in wanted if t in NAMES]
+        names += ["null"] if type(None) in wanted else []
+        raise GenlabError(f"{key}={value!r} must be {' or '.join(names)}")

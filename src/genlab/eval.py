@@ -1,37 +1,34 @@
-"""genlab-eval: a checkpoint's FID/IS/KID and (VAE) NLL on a chosen split; writes metrics.json."""
+"""genlab-eval: a checkpoint's FID/IS/KID and (VAE) NLL on a chosen split; writes metrics.json.
 
-import json
-import logging
-import sys
-from functools import partial
+The scoring lives in ``genlab.evaluation``, imported only once the config is good: ``--help``,
+``--cfg job`` and config errors (a missing checkpoint file too) answer without loading torch.
+"""
+
 from pathlib import Path
 from typing import Any
 
 import hydra
-import pytorch_lightning as pl
-from omegaconf import DictConfig, OmegaConf, open_dict
-from pytorch_lightning.loggers import WandbLogger
+from omegaconf import DictConfig, OmegaConf
 
-import genlab
-from genlab.atomic import atomic_json
-from genlab.callbacks.sample_metrics import data_key
-from genlab.config import CONFIG_DIR, instantiate, load_model, report_errors, run_task
+from genlab.config import CONFIG_DIR, check_types, report_errors, require_file, run_task
+from genlab.console import quiet_libraries
 from genlab.errors import GenlabError
-from genlab.metrics import file_sha256
-from genlab.train import flat_config, prepare_wandb
-from genlab.vae import VAE
 
-log = logging.getLogger("genlab")
-
-# eval writes next to the run it scores: RUN/checkpoints/x.ckpt -> RUN
+# eval writes next to the run it scores: RUN/checkpoints/x.ckpt -> RUN (registered at import,
+# before Hydra composes conf/eval.yaml)
 OmegaConf.register_new_resolver(
     "genlab_run_dir",
     lambda ckpt: str(Path(ckpt).expanduser().resolve().parent.parent),
     replace=True,
 )
 
-
 SPLITS = ("train", "val", "test")
+TYPES = {
+    "ckpt_path": (str,),
+    "seed": (int,),
+    "nll_k": (int,),
+    "metrics.num_samples": (int, type(None)),
+}
 
 
 def check_split(split: str | None) -> None:
@@ -43,133 +40,34 @@ def check_split(split: str | None) -> None:
         )
 
 
-def eval_split(split: str | None, datamodule: Any) -> str:
-    """The split the validation loop scores: test where the source has an official one, else val."""
-    from genlab.data import TORCHVISION_DIRS
-
-    has_test = datamodule.source in TORCHVISION_DIRS
-    if split == "test" and not has_test:
-        log.warning(
-            f"split=test: data.source={datamodule.source} has no official test split; "
-            "scoring the val split"
-        )
-    if split is None or split == "test":
-        return "test" if has_test else "val"
-    return split
-
-
-def fid_reference_split(cfg: DictConfig, run_cfg: DictConfig) -> str:
-    """FID's real split: ``split=``, else eval's ``metrics.reference_split``, else the run's."""
-    recipe = (run_cfg.get("metrics") or {}).get("reference_split")
-    return cfg.get("split") or cfg.metrics.get("reference_split") or recipe or "train"
-
-
-def sample_metrics(cfg: DictConfig, run_cfg: DictConfig, out_dir: Path) -> Any:
-    """The SampleMetrics callback of ``cfg.metrics``, or None for ``metrics=none``."""
-    if "_target_" not in cfg.metrics:
-        return None
-    save_dir = str(out_dir / "samples") if cfg.save_samples else None
-    # no weights: a one-line error
-    return instantiate(
-        cfg.metrics, save_dir=save_dir, reference_split=fid_reference_split(cfg, run_cfg)
-    )
-
-
-def score_split(datamodule: Any, split: str) -> int:
-    """Point the datamodule's validation loader at ``split``; returns the split's size."""
-    dataset = datamodule.dataset(split)
-    # the sample metrics read trainer.datamodule, so the datamodule stays what validate() gets;
-    # a partial, not a lambda, so that ddp_spawn can pickle it
-    datamodule.val_dataloader = partial(datamodule.loader, dataset, shuffle=False, drop_last=False)
-    return len(dataset)
-
-
-def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Score ``cfg.ckpt_path``; returns what metrics.json holds (written by rank 0)."""
+def task(cfg: DictConfig) -> None:
+    """Check what needs no torch, then score (``genlab.evaluation.evaluate``)."""
+    check_types(cfg, TYPES)
     check_split(cfg.get("split"))
-    run_cfg, model = load_model(cfg.ckpt_path)
-    is_vae = isinstance(model, VAE)
-    if not is_vae and "_target_" not in cfg.metrics:
-        raise GenlabError(
-            "metrics=none leaves nothing to evaluate for a GAN (it has no likelihood): "
-            "use metrics=default or metrics=fid"
-        )
-    if cfg.get("data_root"):
-        run_cfg.data.root = cfg.data_root
-    datamodule = instantiate(run_cfg.data)
-    if is_vae:
-        model.hparams.nll_k = cfg.nll_k
-        model.hparams.binarized = bool(datamodule.binarize)  # the data scored, whatever the run
-    out_dir = Path(cfg.paths.output_dir)
-    metrics = sample_metrics(cfg, run_cfg, out_dir)
-    split = eval_split(cfg.get("split"), datamodule)
-    split_size = score_split(datamodule, split)
-    with open_dict(cfg):
-        prepare_wandb(cfg)
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
-    callbacks = [metrics] if metrics is not None else []
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    pl.seed_everything(cfg.seed, workers=True)
-    results = {}
-    try:
-        for logger in loggers:
-            logger.log_hyperparams(flat_config(cfg) if isinstance(logger, WandbLogger) else {})
-        trainer.validate(model, datamodule=datamodule, verbose=False)
-        results = dict(metrics.results) if metrics is not None else {}
-    finally:
-        if loggers and "wandb" in sys.modules:
-            import wandb
+    require_file(cfg.ckpt_path)
+    quiet_libraries()  # filters on Lightning's loggers, set before it logs anything
+    from genlab.evaluation import evaluate
 
-            if wandb.run is not None:
-                values = {k: float(v) for k, v in trainer.callback_metrics.items()}
-                wandb.run.summary.update({"eval/" + k: v for k, v in {**values, **results}.items()})
-            wandb.finish()
-    # the sample metrics come from the callback at full precision; the rest from the val loop
-    logged = metrics.logged_keys() if metrics is not None else set()
-    values = {k: float(v) for k, v in trainer.callback_metrics.items() if k not in logged}
-    ckpt = Path(cfg.ckpt_path).expanduser().resolve()
-    result = {
-        "checkpoint": str(ckpt),
-        "checkpoint_sha256": file_sha256(ckpt),
-        "model": run_cfg.model._target_,
-        "metrics": {**results, **values},
-        "protocol": {
-            **(sample_protocol(cfg, metrics, model) if metrics is not None else {}),
-            "eval_split": split,  # the split of the val loop: val/nll, val/elbo, val/swd, ...
-            "eval_split_size": split_size,
-            "reference_data": data_key(datamodule),
-            "seed": cfg.seed,
-            "vae_nll_k": cfg.nll_k if is_vae else None,
-            "vae_likelihood": model.hparams.likelihood if is_vae else None,
-            "genlab": genlab.__version__,
-            "pytorch_lightning": pl.__version__,
-        },
-    }
-    if trainer.is_global_zero:
-        atomic_json(result, out_dir / "metrics.json")
-        log.info(f"wrote {out_dir / 'metrics.json'}: {json.dumps(result['metrics'])}")
-    return result
-
-
-def sample_protocol(cfg: DictConfig, metrics: Any, model: Any) -> dict[str, Any]:
-    """How the sample metrics were computed: feature extractor, reference split and counts."""
-    return {
-        **metrics.image_metrics.protocol(),
-        **metrics.reference,  # split and n_real of FID's real images
-        "n_fake": metrics.num_samples,
-        "sample_seed": cfg.metrics.seed,
-        "sampling_generator": "ema" if getattr(model, "generator_ema", None) else "raw",
-    }
+    evaluate(cfg)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
 def _main(cfg: DictConfig) -> None:
-    run_task(evaluate, cfg, "genlab-eval")
+    run_task(task, cfg, "genlab-eval")
 
 
 def main() -> None:
     """Console entry point ``genlab-eval``."""
     report_errors(_main, "genlab-eval")
+
+
+def __getattr__(name: str) -> Any:
+    """``from genlab.eval import evaluate`` keeps working: the names moved to genlab.evaluation."""
+    if name.startswith("__"):
+        raise AttributeError(name)
+    import genlab.evaluation
+
+    return getattr(genlab.evaluation, name)
 
 
 if __name__ == "__main__":

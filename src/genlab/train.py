@@ -1,285 +1,62 @@
-"""genlab-train: compose the config, build data, model, callbacks, loggers and Trainer, fit."""
+"""genlab-train: compose the config, check what is cheap to check, then build and fit.
 
-import logging
-import netrc
-import os
-import sys
-from pathlib import Path
+The building and fitting live in ``genlab.training``, imported only once the config is good:
+``--help``, ``--cfg job`` and config errors answer without loading torch or Lightning.
+"""
+
 from typing import Any
 
 import hydra
-import pytorch_lightning as pl
-import torch
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf, open_dict
-from pytorch_lightning.loggers import WandbLogger
-from pytorch_lightning.plugins.environments import SLURMEnvironment
-from pytorch_lightning.utilities.exceptions import SIGTERMException
+from omegaconf import DictConfig
 
-from genlab.callbacks.checkpointing import (
-    AtomicCheckpointIO,
-    FinalValidation,
-    LastCheckpoint,
-    ResumeState,
-    RunConfig,
-)
-from genlab.callbacks.precision import GANMixedPrecision
-from genlab.callbacks.sample_metrics import SampleMetrics
-from genlab.callbacks.speed import FastPath
-from genlab.config import CONFIG_DIR, check_checkpoint, instantiate, report_errors, run_task
-from genlab.errors import GenlabError
-from genlab.gan import GAN
-from genlab.metrics import MetricsUnavailable
+from genlab.config import CONFIG_DIR, check_types, report_errors, require_file, run_task
+from genlab.console import quiet_libraries
 
-log = logging.getLogger("genlab")
-
-# Metrics where larger is better; every other monitored key is minimised.
-MAXIMISED = {"val/elbo", "val/is", "train/elbo", "train/iwae_bound"}
-# Keys logged by SampleMetrics, on its own schedule.
-SAMPLE_METRICS = {"val/fid", "val/is", "val/kid"}
+NONE = type(None)
+# Top-level keys whose wrong type would otherwise surface as a traceback deep in Lightning.
+TYPES = {
+    "seed": (int,),
+    "ckpt_path": (str, NONE),
+    "auto_resume": (bool, NONE),
+    "optimized_metric": (str, NONE),
+    "trainer.max_epochs": (int, NONE),
+    "trainer.max_steps": (int, NONE),
+}
 
 
-def monitor_of(
-    cfg: DictConfig, module: pl.LightningModule, metrics: SampleMetrics | None
-) -> tuple[str, str]:
-    """The key (and its mode) that picks the best checkpoint and that sweepers optimise."""
-    metric = cfg.get("optimized_metric") or type(module).default_monitor
-    if metric in SAMPLE_METRICS and metrics is None:
-        fallback = type(module).fallback_monitor
-        log.warning(f"{metric} is not computed (sample metrics are off); monitoring {fallback}")
-        metric = fallback
-    return metric, "max" if metric in MAXIMISED else "min"
-
-
-def build_metrics(cfg: DictConfig) -> SampleMetrics | None:
-    """The FID/IS/KID callback, or None (with one warning) when the metrics cannot run."""
-    if "_target_" not in (cfg.get("metrics") or {}):  # metrics=none
-        return None
-    try:
-        return instantiate(cfg.metrics)
-    except MetricsUnavailable as e:
-        log.warning(f"FID/IS/KID are off: {e}")
-        return None
-
-
-def wandb_has_credentials() -> bool:
-    """True when W&B can reach a server: an API key in the environment or in ~/.netrc."""
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].rstrip("/")
-    try:
-        return netrc.netrc().authenticators(host) is not None
-    except (OSError, netrc.NetrcParseError):
-        return False
-
-
-def in_multirun() -> bool:
-    """True inside a Hydra sweep job (``-m``)."""
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
-def sweep_name() -> str | None:
-    """The experiment choice, or for a sweep its directory name (DATE/TIME): the W&B group."""
-    if not HydraConfig.initialized():
-        return None
-    hc = HydraConfig.get()
-    if hc.runtime.choices.get("experiment"):
-        return hc.runtime.choices["experiment"]
-    if hc.mode == RunMode.MULTIRUN:
-        return "/".join(Path(hc.sweep.dir).parts[-2:])
-    return None
-
-
-def prepare_wandb(cfg: DictConfig) -> None:
-    """Offline when no credentials exist (saying how to sync); group runs of a sweep."""
-    wandb_cfg = cfg.get("logger", {}).get("wandb") if cfg.get("logger") else None
-    if wandb_cfg is None:
-        return
-    Path(wandb_cfg.save_dir).mkdir(parents=True, exist_ok=True)
-    if wandb_cfg.get("group") is None:
-        wandb_cfg.group = sweep_name()
-    user_mode = os.environ.get("WANDB_MODE")
-    if not wandb_cfg.offline and user_mode is None and not wandb_has_credentials():
-        wandb_cfg.offline = True
-        log.info(
-            "W&B: no credentials found, logging offline; sync later with: "
-            f"wandb sync {Path(wandb_cfg.save_dir).resolve()}/wandb/offline-run-*"
-        )
-
-
-def spawn_ddp_in_sweeps(cfg: DictConfig) -> None:
-    """Inside ``-m``, make multi-process DDP spawn its workers instead of re-running the CLI.
-
-    Plain ``ddp`` relaunches ``sys.argv`` per rank, which under Hydra multirun re-runs the whole
-    sweep in each worker (the known hang); ``ddp_spawn`` forks from inside the job instead.
-    """
-    strategy = str(cfg.trainer.get("strategy", ""))
-    # under a SLURM allocation each task already is one rank: nothing to launch
-    slurm = SLURMEnvironment.detect()
-    if in_multirun() and strategy.startswith("ddp") and "spawn" not in strategy and not slurm:
-        spawned = strategy.replace("ddp", "ddp_spawn", 1)
-        log.info(f"multirun: trainer.strategy={strategy} becomes {spawned}")
-        cfg.trainer.strategy = spawned
-
-
-def flat_config(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved config as {"model.optimizer_g.lr": 2e-4, ...}: W&B filters and groups by key."""
-    out: dict[str, Any] = {}
-
-    def walk(node: Any, prefix: str) -> None:
-        if isinstance(node, dict) and node:
-            for k, v in node.items():
-                walk(v, f"{prefix}{k}.")
-        else:
-            out[prefix[:-1]] = node
-
-    walk(OmegaConf.to_container(cfg, resolve=True), "")
-    return out
-
-
-def last_checkpoint(callbacks: list[pl.Callback], cfg: DictConfig) -> LastCheckpoint:
-    """The owner of ``last.ckpt``: the configured one, else (``callbacks=none``) SIGTERM-only."""
-    owner = next((c for c in callbacks if isinstance(c, LastCheckpoint)), None)
-    if owner is None:
-        owner = LastCheckpoint(f"{cfg.paths.output_dir}/checkpoints", every_epoch=False)
-        callbacks.append(owner)
-    return owner
-
-
-def resume_path(cfg: DictConfig, last: Path) -> str | None:
-    """``ckpt_path`` (``build`` checks it); or with auto-resume, this run's ``last`` checkpoint.
-
-    ``auto_resume: null`` means on under the SLURM launcher, whose requeued jobs (preemption,
-    time limit) start again in the same directory.
-    """
+def check(cfg: DictConfig) -> None:
+    """Config errors that need no torch: value types and a missing ``ckpt_path`` file."""
+    check_types(cfg, TYPES)
     if cfg.get("ckpt_path"):
-        return str(cfg.ckpt_path)
-    auto = cfg.get("auto_resume")
-    if auto is None and HydraConfig.initialized():
-        auto = "Slurm" in str(HydraConfig.get().launcher.get("_target_", ""))
-    if auto and last.is_file():
-        log.info(f"auto_resume: continuing from {last}")
-        return str(last)
-    return None
+        require_file(cfg.ckpt_path)
 
 
-def check_shapes(model: pl.LightningModule, datamodule: pl.LightningDataModule) -> None:
-    """The model's images must have the data's channels and size (a mixed-up override)."""
-    was_training = model.training
-    with torch.no_grad(), torch.random.fork_rng(devices=[]):
-        shape = tuple(model.eval().sample(2).shape[1:])  # eval: BatchNorm takes any batch
-    model.train(was_training)
-    data = (datamodule.channels, datamodule.image_size, datamodule.image_size)
-    if shape != data:
-        raise GenlabError(
-            f"model makes {shape} images but data.channels/data.image_size give {data}; "
-            "set the model's channels and image_size from ${data.*}"
-        )
+def task(cfg: DictConfig) -> float:
+    """Check, then train (``genlab.training.train``); returns the monitored metric."""
+    check(cfg)
+    quiet_libraries()  # filters on Lightning's loggers, set before it logs anything
+    from genlab.training import train
 
-
-def build(cfg: DictConfig) -> dict[str, Any]:
-    """Instantiate datamodule, model, callbacks, loggers and trainer from a composed config."""
-    pl.seed_everything(cfg.seed, workers=True)
-    datamodule = instantiate(cfg.data)
-    model = instantiate(cfg.model, _convert_="object")
-    check_shapes(model, datamodule)
-    metrics = build_metrics(cfg)
-    metric, mode = monitor_of(cfg, model, metrics)
-    callbacks_cfg = cfg.get("callbacks") or {}
-    if "model_checkpoint" in callbacks_cfg:
-        with open_dict(cfg):
-            best = callbacks_cfg.model_checkpoint
-            best.monitor, best.mode = metric, mode
-            if metric in SAMPLE_METRICS:
-                # the metric exists only on the epochs SampleMetrics runs
-                best.every_n_epochs = cfg.metrics.every_n_epochs
-    callbacks = [instantiate(c) for c in callbacks_cfg.values() if c]
-    last = last_checkpoint(callbacks, cfg)
-    with open_dict(cfg):
-        cfg.ckpt_path = resume_path(cfg, last.path)
-    if cfg.ckpt_path:
-        check_checkpoint(cfg.ckpt_path, model)
-    with open_dict(cfg):
-        prepare_wandb(cfg)
-        spawn_ddp_in_sweeps(cfg)
-    # first: its on_train_end validation runs before other callbacks (progress bar) end training
-    callbacks.insert(0, FinalValidation(last, metrics))
-    callbacks.append(RunConfig(OmegaConf.to_container(cfg, resolve=True)))
-    callbacks.append(ResumeState())
-    speed = cfg.get("speed") or {}
-    if speed.get("num_threads"):
-        torch.set_num_threads(speed.num_threads)
-    torch.set_float32_matmul_precision(speed.get("matmul_precision", "highest"))
-    if speed.get("channels_last") or speed.get("compile"):
-        callbacks.append(FastPath(speed.get("channels_last", False), speed.get("compile", False)))
-    if metrics is not None:
-        callbacks.append(metrics)
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
-    plugins: list = [AtomicCheckpointIO()]
-    if str(cfg.trainer.get("precision")) in ("16-mixed", "16") and isinstance(model, GAN):
-        accelerator = str(cfg.trainer.get("accelerator", "auto"))
-        device = "cpu" if accelerator == "cpu" or not torch.cuda.is_available() else "cuda"
-        plugins.append(GANMixedPrecision("16-mixed", device=device))
-        with open_dict(cfg):
-            cfg.trainer.precision = None  # the plugin carries it
-    trainer = instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins
-    )
-    return {"datamodule": datamodule, "model": model, "trainer": trainer, "monitor": metric}
-
-
-def train(cfg: DictConfig) -> float:
-    """Fit; return the final value of the monitored metric (what a sweeper minimises).
-
-    NaN when the metric was never logged, so a sweeper records a failed trial, not a crash.
-    """
-    objs = build(cfg)
-    trainer: pl.Trainer = objs["trainer"]
-    failed = True
-    try:
-        for logger in trainer.loggers:
-            flat = isinstance(logger, WandbLogger)
-            logger.log_hyperparams(
-                flat_config(cfg) if flat else OmegaConf.to_container(cfg, resolve=True)
-            )
-        try:
-            trainer.fit(objs["model"], datamodule=objs["datamodule"], ckpt_path=cfg.ckpt_path)
-        except SIGTERMException:
-            raise SystemExit(143) from None  # 128 + SIGTERM: interrupted, last.ckpt saved
-        failed = False
-        record_best(trainer, objs["monitor"])
-        value = trainer.callback_metrics.get(objs["monitor"])
-        return float("nan") if value is None else float(value)
-    finally:
-        if "wandb" in sys.modules:
-            import wandb
-
-            # a crashed sweep job is marked failed and closed, so the next job starts clean
-            wandb.finish(exit_code=1 if failed else 0)
-
-
-def record_best(trainer: pl.Trainer, monitor: str) -> None:
-    """Put the best monitored value and its checkpoint into the W&B run summary."""
-    best = next((c for c in trainer.checkpoint_callbacks if c.monitor == monitor), None)
-    for logger in trainer.loggers:
-        if (
-            isinstance(logger, WandbLogger)
-            and best is not None
-            and best.best_model_score is not None
-        ):
-            logger.experiment.summary[f"best/{monitor}"] = float(best.best_model_score)
-            logger.experiment.summary["best/checkpoint"] = best.best_model_path
+    return train(cfg)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def _main(cfg: DictConfig) -> float:
-    return run_task(train, cfg, "genlab-train")
+    return run_task(task, cfg, "genlab-train")
 
 
 def main() -> None:
     """Console entry point ``genlab-train``."""
     report_errors(_main, "genlab-train")
+
+
+def __getattr__(name: str) -> Any:
+    """``from genlab.train import build`` keeps working: the names moved to genlab.training."""
+    if name.startswith("__"):
+        raise AttributeError(name)
+    import genlab.training
+
+    return getattr(genlab.training, name)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@
   ``FinalValidation``, which scores and checkpoints the final model whatever ended fit.
 - ``precision``: the GAN's 16-mixed plugin (one GradScaler update per iteration).
 - ``speed``: opt-in channels-last and ``torch.compile`` of the networks.
+- ``progress``: ``LogProgress``, progress lines for batch logs (``train.log``, stdout).
 
 Nothing is imported here: each entry point and config names the module it needs.
 """

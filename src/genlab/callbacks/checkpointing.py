@@ -111,7 +111,8 @@ class LastCheckpoint(pl.Callback):
             return
         if again or trainer.global_step != self._saved_step:
             self._saved_step = trainer.global_step  # first: the checkpoint carries it
-            trainer.save_checkpoint(self.path)
+            # the whole state (optimizers, loops), said explicitly: Lightning logs a line otherwise
+            trainer.save_checkpoint(self.path, weights_only=False)
 
     def rewrite(self, trainer: pl.Trainer) -> None:
         """Write again at the same step: the final validation changed the callbacks' state."""
@@ -135,9 +136,10 @@ class LastCheckpoint(pl.Callback):
     ) -> None:
         if isinstance(exception, SIGTERMException):
             self._saved_step = trainer.global_step
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)
             log.info(
-                f"SIGTERM: saved {self.path} at step {trainer.global_step}; resume with ckpt_path="
+                f"SIGTERM: saved {self.path} at step {trainer.global_step}; resume with "
+                f"ckpt_path={self.path} (or auto_resume=true in the same run directory)"
             )
 
 

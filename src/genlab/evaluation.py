@@ -1,0 +1,146 @@
+"""What genlab-eval runs: a checkpoint's FID/IS/KID and (VAE) NLL on a split, to metrics.json.
+
+Imported by the entry point (eval.py) only once Hydra has composed a valid config.
+"""
+
+import json
+import logging
+import sys
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig, open_dict
+from pytorch_lightning.loggers import WandbLogger
+
+import genlab
+from genlab.atomic import atomic_json
+from genlab.callbacks.sample_metrics import data_key
+from genlab.config import instantiate, load_model
+from genlab.errors import GenlabError
+from genlab.eval import check_split
+from genlab.metrics import file_sha256
+from genlab.training import flat_config, prepare_wandb
+from genlab.vae import VAE
+
+log = logging.getLogger("genlab")
+
+
+def eval_split(split: str | None, datamodule: Any) -> str:
+    """The split the validation loop scores: test where the source has an official one, else val."""
+    from genlab.data import TORCHVISION_DIRS
+
+    has_test = datamodule.source in TORCHVISION_DIRS
+    if split == "test" and not has_test:
+        log.warning(
+            f"split=test: data.source={datamodule.source} has no official test split; "
+            "scoring the val split"
+        )
+    if split is None or split == "test":
+        return "test" if has_test else "val"
+    return split
+
+
+def fid_reference_split(cfg: DictConfig, run_cfg: DictConfig) -> str:
+    """FID's real split: ``split=``, else eval's ``metrics.reference_split``, else the run's."""
+    recipe = (run_cfg.get("metrics") or {}).get("reference_split")
+    return cfg.get("split") or cfg.metrics.get("reference_split") or recipe or "train"
+
+
+def sample_metrics(cfg: DictConfig, run_cfg: DictConfig, out_dir: Path) -> Any:
+    """The SampleMetrics callback of ``cfg.metrics``, or None for ``metrics=none``."""
+    if "_target_" not in cfg.metrics:
+        return None
+    save_dir = str(out_dir / "samples") if cfg.save_samples else None
+    # no weights: a one-line error
+    return instantiate(
+        cfg.metrics, save_dir=save_dir, reference_split=fid_reference_split(cfg, run_cfg)
+    )
+
+
+def score_split(datamodule: Any, split: str) -> int:
+    """Point the datamodule's validation loader at ``split``; returns the split's size."""
+    dataset = datamodule.dataset(split)
+    # the sample metrics read trainer.datamodule, so the datamodule stays what validate() gets;
+    # a partial, not a lambda, so that ddp_spawn can pickle it
+    datamodule.val_dataloader = partial(datamodule.loader, dataset, shuffle=False, drop_last=False)
+    return len(dataset)
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Score ``cfg.ckpt_path``; returns what metrics.json holds (written by rank 0)."""
+    check_split(cfg.get("split"))
+    run_cfg, model = load_model(cfg.ckpt_path)
+    is_vae = isinstance(model, VAE)
+    if not is_vae and "_target_" not in cfg.metrics:
+        raise GenlabError(
+            "metrics=none leaves nothing to evaluate for a GAN (it has no likelihood): "
+            "use metrics=default or metrics=fid"
+        )
+    if cfg.get("data_root"):
+        run_cfg.data.root = cfg.data_root
+    datamodule = instantiate(run_cfg.data)
+    if is_vae:
+        model.hparams.nll_k = cfg.nll_k
+        model.hparams.binarized = bool(datamodule.binarize)  # the data scored, whatever the run
+    out_dir = Path(cfg.paths.output_dir)
+    metrics = sample_metrics(cfg, run_cfg, out_dir)
+    split = eval_split(cfg.get("split"), datamodule)
+    split_size = score_split(datamodule, split)
+    with open_dict(cfg):
+        prepare_wandb(cfg)
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    callbacks = [metrics] if metrics is not None else []
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    pl.seed_everything(cfg.seed, workers=True)
+    results = {}
+    try:
+        for logger in loggers:
+            logger.log_hyperparams(flat_config(cfg) if isinstance(logger, WandbLogger) else {})
+        trainer.validate(model, datamodule=datamodule, verbose=False)
+        results = dict(metrics.results) if metrics is not None else {}
+    finally:
+        if loggers and "wandb" in sys.modules:
+            import wandb
+
+            if wandb.run is not None:
+                values = {k: float(v) for k, v in trainer.callback_metrics.items()}
+                wandb.run.summary.update({"eval/" + k: v for k, v in {**values, **results}.items()})
+            wandb.finish()
+    # the sample metrics come from the callback at full precision; the rest from the val loop
+    logged = metrics.logged_keys() if metrics is not None else set()
+    values = {k: float(v) for k, v in trainer.callback_metrics.items() if k not in logged}
+    ckpt = Path(cfg.ckpt_path).expanduser().resolve()
+    result = {
+        "checkpoint": str(ckpt),
+        "checkpoint_sha256": file_sha256(ckpt),
+        "model": run_cfg.model._target_,
+        "metrics": {**results, **values},
+        "protocol": {
+            **(sample_protocol(cfg, metrics, model) if metrics is not None else {}),
+            "eval_split": split,  # the split of the val loop: val/nll, val/elbo, val/swd, ...
+            "eval_split_size": split_size,
+            "reference_data": data_key(datamodule),
+            "seed": cfg.seed,
+            "vae_nll_k": cfg.nll_k if is_vae else None,
+            "vae_likelihood": model.hparams.likelihood if is_vae else None,
+            "genlab": genlab.__version__,
+            "pytorch_lightning": pl.__version__,
+        },
+    }
+    if trainer.is_global_zero:
+        atomic_json(result, out_dir / "metrics.json")
+        log.info(f"wrote {out_dir / 'metrics.json'}: {json.dumps(result['metrics'])}")
+    return result
+
+
+def sample_protocol(cfg: DictConfig, metrics: Any, model: Any) -> dict[str, Any]:
+    """How the sample metrics were computed: feature extractor, reference split and counts."""
+    return {
+        **metrics.image_metrics.protocol(),
+        **metrics.reference,  # split and n_real of FID's real images
+        "n_fake": metrics.num_samples,
+        "sample_seed": cfg.metrics.seed,
+        "sampling_generator": "ema" if getattr(model, "generator_ema", None) else "raw",
+    }

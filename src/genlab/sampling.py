@@ -1,0 +1,120 @@
+"""What genlab-sample runs: sample grids, latent interpolations, per-class rows, reconstructions.
+
+Imported by the entry point (sample.py) only once Hydra has composed a valid config.
+"""
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import Tensor, nn
+
+from genlab.callbacks.images import grid_uint8, save_png
+from genlab.config import instantiate, load_model
+from genlab.errors import GenlabError
+from genlab.sample import DEVICES, check
+from genlab.vae import reconstruction_rows
+
+log = logging.getLogger("genlab")
+
+
+def lerp(z0: Tensor, z1: Tensor, t: Tensor) -> Tensor:
+    """Straight lines between end points (B, Z) at fractions t (T,): (B, T, Z)."""
+    t = t.view(1, -1, 1)
+    return z0[:, None] * (1 - t) + z1[:, None] * t
+
+
+def slerp(z0: Tensor, z1: Tensor, t: Tensor) -> Tensor:
+    """Great-circle paths between end points (B, Z) at fractions t (T,): (B, T, Z).
+
+    Midpoints of two Gaussian draws keep the norm typical of the prior, whereas lerp pulls them
+    toward the origin, where the generator saw no training noise (White 2016).
+    """
+    t = t.view(1, -1, 1)
+    omega = torch.arccos(F.cosine_similarity(z0, z1, dim=1).clamp(-1, 1)).view(-1, 1, 1)
+    sin = torch.sin(omega)
+    parallel = sin.abs() < 1e-6  # the formula is 0/0 there; slerp tends to lerp
+    sin = torch.where(parallel, torch.ones_like(sin), sin)
+    arc = torch.sin((1 - t) * omega) / sin * z0[:, None] + torch.sin(t * omega) / sin * z1[:, None]
+    return torch.where(parallel, lerp(z0, z1, t), arc)
+
+
+def decode(model: nn.Module, z: Tensor, labels: Tensor | None = None) -> Tensor:
+    """Images (B, C, H, W) from latents (B, Z): the VAE's decoder mean or the GAN's generator."""
+    if hasattr(model, "decode_mean"):
+        return model.decode_mean(z, labels)
+    return model.sampling_generator(z, labels)  # the EMA generator when the run kept one
+
+
+def interpolations(model: nn.Module, count: int, steps: int) -> dict[str, Tensor]:
+    """``count`` strips of ``steps`` images, lerp and slerp between the same random end points.
+
+    Each strip of a conditional model keeps one random class. Images come strip after strip:
+    (count * steps, C, H, W).
+    """
+    z0, z1 = torch.randn(2, count, model.latent_dim, device=model.device)
+    labels = None
+    if model.num_classes:
+        labels = torch.randint(model.num_classes, (count,), device=model.device)
+        labels = labels.repeat_interleave(steps)
+    t = torch.linspace(0, 1, steps, device=model.device)
+    return {
+        name: decode(model, path(z0, z1, t).flatten(0, 1), labels)
+        for name, path in (("lerp", lerp), ("slerp", slerp))
+    }
+
+
+def class_rows(model: nn.Module, per_class: int) -> Tensor:
+    """``per_class`` samples of every class, class after class: (K * per_class, C, H, W)."""
+    labels = torch.arange(model.num_classes, device=model.device).repeat_interleave(per_class)
+    return model.sample(len(labels), labels)
+
+
+def real_images(run_cfg: DictConfig, n: int) -> tuple[Tensor, Tensor]:
+    """The first ``n`` validation images of the run's dataset (training images if val is empty)."""
+    datamodule = instantiate(run_cfg.data)
+    dataset = datamodule.dataset("val")
+    if len(dataset) == 0:
+        dataset = datamodule.dataset("train")
+    images, labels = zip(*(dataset[i] for i in range(min(n, len(dataset)))), strict=True)
+    return torch.stack(images), torch.stack(labels)
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` is CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in DEVICES:
+        raise GenlabError(f"device={name!r} is not one of {', '.join(DEVICES)}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise GenlabError("device=cuda: no CUDA device is available")
+    return torch.device(name)
+
+
+def sample(cfg: DictConfig) -> list[Path]:
+    """Write every grid for ``cfg.ckpt_path`` into ``cfg.output_dir``; returns the PNG paths."""
+    check(cfg)
+    run_cfg, model = load_model(cfg.ckpt_path)
+    model.to(pick_device(cfg.device))
+    torch.manual_seed(cfg.seed)
+    steps = cfg.interpolation.steps
+    grids: dict[str, tuple[Tensor, int]] = {}
+    with torch.no_grad():
+        grids["samples"] = (model.sample(cfg.num_samples), cfg.nrow)
+        for name, images in interpolations(model, cfg.interpolation.count, steps).items():
+            grids[f"interpolation_{name}"] = (images, steps)
+        if model.num_classes:
+            grids["classes"] = (class_rows(model, cfg.nrow), cfg.nrow)
+        if hasattr(model, "reconstruct") and cfg.reconstructions:
+            x, labels = real_images(run_cfg, 4 * cfg.nrow)
+            x, labels = x.to(model.device), labels.to(model.device)
+            grids["reconstructions"] = (reconstruction_rows(model, x, labels, cfg.nrow), cfg.nrow)
+    paths = []
+    for name, (images, nrow) in grids.items():
+        path = Path(cfg.output_dir) / f"{name}.png"
+        save_png(grid_uint8(images, nrow), path)
+        paths.append(path)
+        log.info(f"wrote {path}")
+    return paths
