@@ -64,6 +64,13 @@ def test_quick_benchmark_writes_every_section(tmp_path: Path) -> None:
         row = r["data"][name]
         assert positive(row["images_per_s"]) and positive(row["model_images_per_s"])
         assert positive(row["loader_over_model"])
+    # 3b. data=prepared vs data=folder, and one page-cache copy of the array under DDP
+    prep = r["prepared"]
+    assert set(prep["prepared"]) == {"32", "64", "128"} and set(prep["folder"]) == {"png", "jpg"}
+    assert all(positive(x) for x in prep["ratio_per_worker"].values())
+    ddp = prep["share"]["ddp2_workers2"]
+    assert ddp["processes"] >= 4 and ddp["peak_file_pss_mb"] <= 1.1 * prep["share"]["array_mb"]
+    assert "## 3b." in md
     # 4. memory of every process
     procs = [r["eval"]["genlab_cold"], r["eval"]["fidelity"], r["data"]["process"]]
     procs += [
@@ -77,5 +84,11 @@ def test_quick_benchmark_writes_every_section(tmp_path: Path) -> None:
     rows = r["scaling"]["rows"]
     assert len(rows) == len(r["sizes"]["scale_batch"]) * len(r["sizes"]["scale_size"])
     assert all(positive(x["images_per_s"]) for x in rows)
-    for heading in ("## 1.", "## 2.", "## 3.", "## 4.", "## 5."):
+    startup = {c["command"]: c for c in r["startup"]["commands"]}
+    assert {"genlab-train --help", "genlab-train --cfg job", "python -c 'import torch'"} <= set(
+        startup
+    )
+    assert all(positive(c["wall_s"]) and positive(c["peak_rss_mb"]) for c in startup.values())
+    assert positive(r["startup"]["first_step"]["first_step_s"])
+    for heading in ("## 1.", "## 2.", "## 3.", "## 4.", "## 5.", "## 6."):
         assert heading in md

@@ -73,6 +73,88 @@ def paired_section(r: dict) -> str:
     return "".join(out) + "\n"
 
 
+def prepared_section(r: dict) -> str:
+    """Section 3b: data=folder vs data=prepared images/s, and the shared page cache under DDP."""
+    p = r.get("prepared")
+    if not p:
+        return ""
+    out = [
+        "## 3b. Prepared datasets: `data=prepared` vs `data=folder`\n\n"
+        f"{p['n_files']} RGB images of 128 px (blobs with noise, so files compress as photos "
+        "do) as PNG and as JPEG (q=90). `data=folder` decodes and resizes them to 64 px in 2 "
+        "workers; `genlab-prepare` decodes them once, and `data=prepared` reads each batch with "
+        "one gather from the memory-mapped array, in the training process (0 workers). "
+        "Training loader alone, epochs after the first, one torch thread.\n\n"
+    ]
+    rows = [
+        [
+            f"`data=folder` ({kind.upper()})",
+            x["image_size"],
+            x["num_workers"],
+            "-",
+            fmt(x["images_per_s"]),
+            fmt(x["images_per_s"] / max(1, x["num_workers"])),
+        ]
+        for kind, x in p["folder"].items()
+    ]
+    rows += [
+        [
+            "`data=prepared`",
+            x["image_size"],
+            x["num_workers"],
+            fmt(x["prepare_s"], 1),
+            fmt(x["images_per_s"]),
+            fmt(x["images_per_s"]),
+        ]
+        for x in p["prepared"].values()
+    ]
+    header = ["loader", "px", "workers", "genlab-prepare s", "images/s", "images/s per worker"]
+    out.append(table(header, rows))
+    ratio = p["ratio_per_worker"]
+    out.append(
+        f"\nAt 64 px `data=prepared` gives **{ratio['png']:.0f}x** the images/s per worker of "
+        f"`data=folder` over PNG and **{ratio['jpg']:.0f}x** over JPEG "
+        f"({p['ratio']['png']:.0f}x and {p['ratio']['jpg']:.0f}x the 2-worker loader); "
+        "the prepared row counts the training process as its one worker.\n\n"
+    )
+    sh = p.get("share")
+    if sh:
+        one, ddp = sh["one_process"], sh["ddp2_workers2"]
+        out.append(
+            f"Sharing: one epoch over a {sh['array_mb']:.0f} MB prepared array "
+            f"({sh['images']} images, {sh['image_size']} px RGB) through a one-weight model, "
+            "peaks sampled every 0.3 s from /proc (smaps of the array's mapping).\n\n"
+        )
+        rows = [
+            [
+                name,
+                x["processes"],
+                fmt(x["peak_rss_mb"]),
+                fmt(x["peak_pss_mb"]),
+                fmt(x["peak_file_rss_mb"]),
+                fmt(x["peak_file_pss_mb"]),
+            ]
+            for name, x in (("one process, 0 workers", one), ("ddp_cpu, 2 ranks x 2 workers", ddp))
+        ]
+        header = [
+            "run",
+            "processes",
+            "sum RSS MB",
+            "sum PSS MB",
+            "array RSS MB (sum)",
+            "array PSS MB (sum)",
+        ]
+        out.append(table(header, rows))
+        out.append(
+            f"\nThe {ddp['processes']} processes map {ddp['peak_file_rss_mb']:.0f} MB of the "
+            f"array between them but hold {ddp['peak_file_pss_mb']:.0f} MB of it (PSS splits a "
+            "shared page among its mappers): one copy in the page cache, as in one process "
+            f"({one['peak_file_pss_mb']:.0f} MB). The rest of the PSS is each process's own "
+            "torch and Python.\n\n"
+        )
+    return "".join(out)
+
+
 def markdown(r: dict) -> str:
     m, s = r["machine"], r["sizes"]
     out = [f"# genlab benchmarks ({r['mode']} run)\n"]
@@ -350,6 +432,7 @@ def markdown(r: dict) -> str:
     )
     out.append("\n")
 
+    out.append(prepared_section(r))
     out.append("## 4. Peak memory\n")
     out.append(
         "RSS peak of each process (`wait4` ru_maxrss) and of its whole process tree "
@@ -429,7 +512,38 @@ def markdown(r: dict) -> str:
             f"\n{sizes[1]} px costs {min(ratios):.1f}-{max(ratios):.1f}x the time per image of "
             f"{sizes[0]} px.\n"
         )
+    out.append(startup_section(r))
     return tidy("".join(out))
+
+
+def startup_section(r: dict) -> str:
+    """Section 6: help, config printing and config errors, beside the bare imports."""
+    st = r.get("startup")
+    if not st:
+        return ""
+    out = [
+        "## 6. Start-up: what a user waits for before training\n\n"
+        f"Whole process, wall clock: median of {st['reps']} runs after a warm-up, each command "
+        "as a user types it (the error rows exit 2 with one line). None of the genlab rows "
+        "imports torch or Lightning (tests/test_startup.py checks that, not the time).\n\n"
+    ]
+    rows = [
+        [f"`{x['command']}`", fmt(x["wall_s"], 2), fmt(x["peak_rss_mb"])] for x in st["commands"]
+    ]
+    out.append(table(["command", "wall s", "peak RSS MB"], rows))
+    f = st["first_step"]
+    floor = next((x["wall_s"] for x in st["commands"] if "pytorch_lightning" in x["command"]), None)
+    out.append(
+        "\nThe default run (`genlab-train trainer.max_steps=2`, W&B offline) to the end of its "
+        f"first batch: **{f['first_step_s']:.2f} s**, of which imports, composing and building "
+        f"data, model and metrics up to the callbacks {f['imports_compose_build_s']:.2f} s, "
+        f"the rest of the build (loggers, Trainer, W&B's run start) "
+        f"{f['build_rest_loggers_trainer_s']:.2f} s, and Lightning's fit set-up, the first "
+        f"step and the callbacks and loggers after it {f['fit_start_to_first_batch_s']:.2f} s. "
+        "The floor, "
+        f"`import torch, pytorch_lightning` alone: {fmt(floor, 2)} s.\n"
+    )
+    return "".join(out)
 
 
 def tidy(text: str) -> str:

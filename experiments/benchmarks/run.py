@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -54,6 +55,11 @@ SIZES = {
         "data_files": 1000,
         "data_epochs": 3,
         "model_steps": 5,
+        "startup_reps": 5,  # runs of each start-up command after one warm-up; the median counts
+        "prepared_files": 2000,  # 128 px RGB PNGs and JPEGs for data=folder vs data=prepared
+        "prepared_epochs": 3,
+        "share_images": 8000,  # the 128 px RGB array DDP ranks and workers map (393 MB)
+        "share_size": 128,
     },
     "quick": {
         "train": [("gan", "1", 1, 6, 1), ("vae", "1", 1, 10, 1)],
@@ -70,6 +76,11 @@ SIZES = {
         "data_files": 160,
         "data_epochs": 2,
         "model_steps": 1,
+        "startup_reps": 1,
+        "prepared_files": 128,
+        "prepared_epochs": 2,
+        "share_images": 512,
+        "share_size": 64,
     },
 }
 MB = 1 << 20
@@ -515,6 +526,189 @@ def bench_scaling(size: dict, work: Path) -> dict:
     return {"rows": rows, "process": proc, "synthetic_size": n_images}
 
 
+# ---------------------------------------------------------------- 3b. prepared datasets
+
+MAPPING = re.compile(r"^[0-9a-f]+-[0-9a-f]+ ")
+
+
+def mapped_kib(pid: int, file: str) -> tuple[int, int]:
+    """Rss and Pss (KiB) of process ``pid``'s mappings of ``file``, from /proc/PID/smaps."""
+    rss = pss = 0
+    inside = False
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            if MAPPING.match(line):
+                inside = line.rstrip().endswith(file)
+            elif inside and line.startswith(("Rss:", "Pss:")):
+                kib = int(line.split()[1])
+                rss, pss = (rss + kib, pss) if line[0] == "R" else (rss, pss + kib)
+    return rss, pss
+
+
+def run_mapped(cmd: list, log: Path, env: dict[str, str], cwd: Path, file: Path) -> dict:
+    """Run ``cmd``; peak RSS and PSS of its process tree, and of its mappings of ``file``.
+
+    RSS counts a shared page once per process that maps it, PSS splits it among them: a file
+    every process maps but the page cache holds once has sum(PSS) = its size.
+    """
+    import psutil
+
+    print(f"  $ {' '.join(str(c) for c in cmd)}", flush=True)
+    peak = {"processes": 0, "rss": 0, "pss": 0, "file_rss": 0, "file_pss": 0}
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd)
+        root = psutil.Process(proc.pid)
+        while proc.poll() is None:
+            with contextlib.suppress(psutil.Error):
+                procs = [root, *root.children(recursive=True)]
+                now = {"processes": len(procs), "rss": 0, "pss": 0, "file_rss": 0, "file_pss": 0}
+                for p in procs:
+                    with contextlib.suppress(psutil.Error):
+                        info = p.memory_full_info()
+                        now["rss"] += info.rss // 1024
+                        now["pss"] += info.pss // 1024
+                        rss, pss = mapped_kib(p.pid, str(file))
+                        now["file_rss"] += rss
+                        now["file_pss"] += pss
+                peak = {k: max(v, now[k]) for k, v in peak.items()}
+            time.sleep(0.3)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[0]} exited {proc.returncode}; log: {log}")
+    processes = peak.pop("processes")
+    return {"processes": processes, **{f"peak_{k}_mb": kib / 1024 for k, kib in peak.items()}}
+
+
+def bench_prepared(size: dict, work: Path) -> dict:
+    """data=folder vs data=prepared images/s; and the memory of a prepared array that 2 DDP
+    ranks with 2 workers each map, against one process."""
+    out = work / "prepared.json"
+    cmd = [sys.executable, HERE / "workloads.py", "prepared", work / "prepared_data"]
+    cmd += [str(size["prepared_files"]), out, str(size["prepared_epochs"])]
+    proc = run(cmd, work / "prepared.log", thread_env("1"), work)
+    result = {**json.loads(out.read_text()), "process": proc}
+    px, n = size["share_size"], size["share_images"]
+    array_dir = work / "share_array"
+    prep = [sys.executable, "-m", "genlab.prepare", "data=synthetic", f"data.synthetic_size={n}"]
+    prep += [f"data.image_size={px}", "data.channels=3", f"out={array_dir}"]
+    run(prep, work / "share_prepare.log", thread_env("1"), work)
+    file = array_dir / "train.npy"
+    share = {"images": n, "image_size": px, "array_mb": file.stat().st_size / MB}
+    for name, ranks, workers in (("one_process", 1, 0), ("ddp2_workers2", 2, 2)):
+        done = work / f"share_{name}.json"
+        cmd = [sys.executable, HERE / "workloads.py", "share", array_dir, str(px), str(ranks)]
+        cmd += [str(workers), done]
+        row = run_mapped(cmd, work / f"share_{name}.log", thread_env("1"), work, file)
+        share[name] = {"ranks": ranks, "workers": workers, **row, **json.loads(done.read_text())}
+    result["share"] = share
+    print(
+        f"  prepared: {result['prepared_64_images_per_s']:.0f} img/s at 64 px, "
+        f"{result['ratio_per_worker']['png']:.0f}x data=folder PNG per worker; "
+        f"array {share['array_mb']:.0f} MB, mapped PSS over "
+        f"{share['ddp2_workers2']['processes']} processes "
+        f"{share['ddp2_workers2']['peak_file_pss_mb']:.0f} MB",
+        flush=True,
+    )
+    return result
+
+
+# ---------------------------------------------------------------- 6. start-up
+
+# (label, command, expected exit status): what a user waits for before any training starts
+STARTUP = [
+    ("genlab-train --help", ["genlab-train", "--help"], 0),
+    ("genlab-train --cfg job", ["genlab-train", "--cfg", "job"], 0),
+    ("genlab-train --cfg all", ["genlab-train", "--cfg", "all"], 0),
+    ("genlab-train --info", ["genlab-train", "--info"], 0),
+    ("genlab-train nosuch=1 (unknown key)", ["genlab-train", "nosuch=1"], 2),
+    ("genlab-train seed=abc (wrong type)", ["genlab-train", "seed=abc"], 2),
+    ("genlab-train ckpt_path=missing.ckpt", ["genlab-train", "ckpt_path=missing.ckpt"], 2),
+    ("genlab-eval --help", ["genlab-eval", "--help"], 0),
+    ("genlab-eval ckpt_path=missing.ckpt", ["genlab-eval", "ckpt_path=run/missing.ckpt"], 2),
+    ("genlab-sample --help", ["genlab-sample", "--help"], 0),
+    ("genlab-sample ckpt_path=missing.ckpt", ["genlab-sample", "ckpt_path=missing.ckpt"], 2),
+    ("genlab-compare --help", ["genlab-compare", "--help"], 0),
+    ("python -c 'import hydra'", ["python", "-c", "import hydra"], 0),
+    ("python -c 'import torch'", ["python", "-c", "import torch"], 0),
+    (
+        "python -c 'import torch, pytorch_lightning'",
+        ["python", "-c", "import torch, pytorch_lightning"],
+        0,
+    ),
+]
+
+
+# Runs argv[1:] and prints its wall time, exit status and peak RSS. A child of this small
+# process, not of the benchmark (which holds torch): Linux carries the parent's RSS peak
+# across fork and exec into the child's ru_maxrss.
+TIME_ONE = """
+import json, os, sys, time
+start = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    os.execvp(sys.argv[1], sys.argv[1:])
+_, status, usage = os.wait4(pid, 0)
+wall = time.perf_counter() - start
+print(json.dumps({"wall_s": wall, "status": os.waitstatus_to_exitcode(status),
+                  "peak_rss_mb": usage.ru_maxrss / 1024}))
+"""
+
+
+def time_command(cmd: list[str], expect: int, env: dict[str, str], cwd: Path) -> dict:
+    """Wall time and peak RSS of one run of ``cmd``, which must exit with ``expect``."""
+    done = subprocess.run(
+        [sys.executable, "-c", TIME_ONE, *cmd], capture_output=True, text=True, env=env, cwd=cwd
+    )
+    result = json.loads(done.stdout)
+    if result.pop("status") != expect:
+        raise RuntimeError(f"{' '.join(cmd)}: expected exit {expect}:\n{done.stderr[-2000:]}")
+    return result
+
+
+def bench_startup(size: dict, work: Path) -> dict:
+    """Each start-up command, median of ``startup_reps`` runs after a warm-up; then the time to
+    the first training step of the default run, by phase (StepTimer timestamps)."""
+    env, reps = thread_env("default"), size["startup_reps"]
+    cwd = work / "startup"
+    cwd.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for label, cmd, expect in STARTUP:
+        exe = [str(BIN / cmd[0]) if cmd[0] != "python" else sys.executable, *cmd[1:]]
+        if reps > 1:
+            time_command(exe, expect, env, cwd)  # warm-up: file cache, .pyc
+        runs = [time_command(exe, expect, env, cwd) for _ in range(reps)]
+        walls = [r["wall_s"] for r in runs]
+        row = {"command": label, "runs_s": walls, "wall_s": statistics.median(walls)}
+        row["peak_rss_mb"] = statistics.median(r["peak_rss_mb"] for r in runs)
+        rows.append(row)
+        print(f"  {label}: {row['wall_s']:.2f} s, {row['peak_rss_mb']:.0f} MB", flush=True)
+    first = [first_step(work / f"startup_first_{i}", env) for i in range(max(1, reps // 2))]
+    median = {k: statistics.median(f[k] for f in first) for k in first[0]}
+    print(f"  default run, first step done after {median['first_step_s']:.2f} s", flush=True)
+    return {"commands": rows, "reps": reps, "first_step": median, "first_step_runs": first}
+
+
+def first_step(run_dir: Path, env: dict[str, str]) -> dict:
+    """The default genlab-train run (W&B offline) to its first batch: seconds per phase."""
+    timing = run_dir / "timing.json"
+    cmd = [BIN / "genlab-train", "trainer.max_steps=2", f"hydra.run.dir={run_dir}"]
+    proc = run(
+        [*cmd, *timer_overrides(str(timing))],
+        run_dir / "log.txt",
+        {**env, "WANDB_MODE": "offline"},
+        run_dir.parent,
+    )
+    t = json.loads(timing.read_text())
+    start, batch = proc["start"], t["epochs"][0]["batch_end"][0]
+    return {
+        "imports_compose_build_s": t["created"] - start,  # up to the callbacks being built
+        "build_rest_loggers_trainer_s": t["fit_start"] - t["created"],  # W&B init among them
+        "fit_start_to_first_batch_s": batch - t["fit_start"],
+        "first_step_s": batch - start,
+    }
+
+
 # ---------------------------------------------------------------- machine and report
 
 
@@ -554,6 +748,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=HERE, help="where results.{json,md} go")
     parser.add_argument("--work", type=Path, help="run directories (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep --work (default: delete it)")
+    parser.add_argument(
+        "--only", choices=["startup"], help="run one section; replace it in --out's results"
+    )
     args = parser.parse_args()
     mode = "quick" if args.quick else "full"
     size = SIZES[mode]
@@ -561,7 +758,17 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     results = {"mode": mode, "sizes": size, "machine": machine()}
+    if args.only:  # the other sections come from the last full run
+        previous = args.out / "results.json"
+        if not previous.is_file():
+            parser.error(f"--only replaces one section of {previous}, which does not exist")
+        results = json.loads(previous.read_text())
     try:
+        if args.only == "startup":
+            print("6. start-up", flush=True)
+            results["startup"] = bench_startup(size, work)
+            write_results(results, args, t0, partial=True)
+            return
         print("1. training overhead", flush=True)
         results["training"] = bench_training(size, work)
         results["paired"] = bench_paired(size, work)
@@ -570,19 +777,31 @@ def main() -> None:
         results["eval"] = bench_eval(size, work, Path(gan_run) / "checkpoints" / "last.ckpt")
         print("3. data loading", flush=True)
         results["data"] = bench_data(size, work)
+        print("3b. prepared datasets", flush=True)
+        results["prepared"] = bench_prepared(size, work)
         print("5. scaling", flush=True)
         results["scaling"] = bench_scaling(size, work)
+        print("6. start-up", flush=True)
+        results["startup"] = bench_startup(size, work)
     finally:
         if not args.keep and args.work is None:
             shutil.rmtree(work, ignore_errors=True)
+    write_results(results, args, t0)
+
+
+def write_results(
+    results: dict, args: argparse.Namespace, t0: float, partial: bool = False
+) -> None:
+    """results.json and results.md into --out; ``partial``: one section was rerun."""
     results["machine"]["loadavg_end"] = os.getloadavg()
-    results["total_s"] = time.time() - t0
+    if not partial:
+        results["total_s"] = time.time() - t0
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     from report import markdown
 
     (args.out / "results.md").write_text(markdown(results))
-    print(f"wrote {args.out / 'results.md'} and results.json in {results['total_s']:.0f} s")
+    print(f"wrote {args.out / 'results.md'} and results.json in {time.time() - t0:.0f} s")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@
     python workloads.py data ROOT N_FILES OUT.json     # ImageDataModule batches/s vs model
     python workloads.py attribute MODEL BATCHES OUT.json  # where genlab's step time goes
     python workloads.py floor MODEL BATCHES OUT.json   # a minimal LightningModule, paired
+    python workloads.py prepared WORK N_FILES OUT.json EPOCHS  # data=folder vs data=prepared
+    python workloads.py share DIR SIZE RANKS WORKERS OUT.json  # one epoch of a prepared array
 
 The hand-written loops use genlab's networks, losses, batch size, optimisers and the same
 training images as ``genlab-train model=gan|vae`` at its defaults, held in memory as one tensor
@@ -351,6 +353,117 @@ def floor(model: str, batches: int, out: Path) -> None:
     out.write_text(json.dumps({"model": model, "pairs": pairs}))
 
 
+def photo_folder(root: Path, n: int, suffix: str) -> Path:
+    """``n`` 128 px RGB images as PNG or JPEG (q=90): blobs with sensor-like noise, so files
+    compress about as photos do (a flat synthetic image would decode unrealistically fast)."""
+    from PIL import Image
+
+    from genlab.data import synthetic_images
+
+    if len(list(root.glob(f"*{suffix}"))) == n:
+        return root
+    root.mkdir(parents=True, exist_ok=True)
+    images, _ = synthetic_images(n, 8, 128, 3, seed=0)
+    g = torch.Generator().manual_seed(0)
+    noisy = (images.float() + 12 * torch.randn(images.shape, generator=g)).clamp(0, 255)
+    for i, image in enumerate(noisy.round().to(torch.uint8).permute(0, 2, 3, 1).numpy()):
+        Image.fromarray(image).save(root / f"{i:06d}{suffix}", quality=90)
+    return root
+
+
+def prepared(work: Path, n_files: int, out: Path, epochs: int = 3) -> None:
+    """images/s of data=folder (PNG, JPEG; 64 px, 2 workers) and of data=prepared at 32, 64 and
+    128 px (no workers: one gather per batch in the training process), at one torch thread."""
+    from genlab.prepare import prepare
+
+    rss = PeakRSS()
+    results: dict = {"n_files": n_files, "folder": {}, "prepared": {}}
+    folders = {kind: photo_folder(work / kind, n_files, f".{kind}") for kind in ("png", "jpg")}
+    for kind, root in folders.items():
+        overrides = ["data=folder", f"data.root={root}", "data.image_size=64"]
+        dm = datamodule(*overrides)
+        results["folder"][kind] = {"image_size": 64, "num_workers": dm.num_workers}
+        results["folder"][kind] |= loader_rate(dm, epochs)
+    for size in (32, 64, 128):
+        target = work / "prepared" / f"png-{size}"
+        t0 = time.perf_counter()
+        with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
+            cfg = compose(
+                config_name="prepare",
+                overrides=[
+                    "data=folder",
+                    f"data.root={folders['png']}",
+                    f"data.image_size={size}",
+                    f"out={target}",
+                ],
+            )
+        prepare(cfg)
+        prepare_s = time.perf_counter() - t0
+        dm = datamodule("data=prepared", f"data.path={target}", f"data.image_size={size}")
+        row = {"image_size": size, "num_workers": dm.num_workers, "prepare_s": prepare_s}
+        results["prepared"][str(size)] = row | loader_rate(dm, epochs)
+    folder = results["folder"]
+    per_worker = {k: v["images_per_s"] / max(1, v["num_workers"]) for k, v in folder.items()}
+    results["prepared_64_images_per_s"] = results["prepared"]["64"]["images_per_s"]
+    # the prepared loader runs in the training process itself: one worker's worth of CPU
+    results["ratio_per_worker"] = {
+        k: results["prepared_64_images_per_s"] / v for k, v in per_worker.items()
+    }
+    results["ratio"] = {
+        k: results["prepared_64_images_per_s"] / v["images_per_s"] for k, v in folder.items()
+    }
+    results["peak_rss"] = rss.stop()
+    results["torch_threads"] = torch.get_num_threads()
+    out.write_text(json.dumps(results))
+
+
+def share(path: Path, size: int, ranks: int, workers: int, out: Path) -> None:
+    """One epoch over a prepared array in a Trainer of ``ranks`` CPU processes (DDP when > 1),
+    each with ``workers`` DataLoader workers, through a one-weight model: memory is the data's."""
+    import pytorch_lightning as pl
+
+    from genlab.data import ImageDataModule
+
+    class Touch(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(1))
+
+        def training_step(self, batch, batch_idx):
+            return (self.w * batch[0].mean()).sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.0)
+
+        def on_train_epoch_end(self) -> None:
+            time.sleep(1.5)  # every rank and worker alive, every page read: run.py samples now
+
+    dm = ImageDataModule(
+        source="prepared",
+        path=str(path),
+        image_size=size,
+        channels=3,
+        batch_size=64,
+        num_workers=workers,
+        val_fraction=0.0,
+        pin_memory=False,
+    )
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=ranks,
+        strategy="ddp" if ranks > 1 else "auto",
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=False,
+    )
+    t0 = time.perf_counter()
+    trainer.fit(Touch(), datamodule=dm)
+    if trainer.is_global_zero:
+        out.write_text(json.dumps({"fit_s": time.perf_counter() - t0, "ranks": ranks}))
+
+
 if __name__ == "__main__":
     kind, *args = sys.argv[1:]
     if kind == "hand":
@@ -361,5 +474,9 @@ if __name__ == "__main__":
         attribute(args[0], int(args[1]), Path(args[2]))
     elif kind == "floor":
         floor(args[0], int(args[1]), Path(args[2]))
+    elif kind == "prepared":
+        prepared(Path(args[0]), int(args[1]), Path(args[2]), int(args[3]))
+    elif kind == "share":
+        share(Path(args[0]), int(args[1]), int(args[2]), int(args[3]), Path(args[4]))
     else:
-        sys.exit(f"unknown workload {kind!r}: use hand, data, attribute or floor")
+        sys.exit(f"unknown workload {kind!r}: use hand, data, attribute, floor, prepared or share")

@@ -4,7 +4,9 @@ Every item is ``(image, label)``: a float image in [-1, 1] of shape (C, H, W) an
 label (0 for unlabeled sources, whose ``num_classes`` is 0).
 """
 
+import hashlib
 import itertools
+import json
 import math
 import os
 from collections.abc import Iterator
@@ -20,10 +22,18 @@ from PIL import Image, ImageOps
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset, default_collate
 
-from genlab.errors import GenlabError
+from genlab.errors import GenlabError, check_type
 
 Source = Literal[
-    "mnist5k", "mnist", "fashion_mnist", "cifar10", "svhn", "celeba", "folder", "synthetic"
+    "mnist5k",
+    "mnist",
+    "fashion_mnist",
+    "cifar10",
+    "svhn",
+    "celeba",
+    "folder",
+    "synthetic",
+    "prepared",  # genlab-prepare's output directory, data.path
 ]
 Split = Literal["train", "val", "test"]
 
@@ -39,6 +49,8 @@ TORCHVISION_DIRS = {
 }
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, the weights PIL's convert("L") uses
+PREPARED_FORMAT = "genlab-prepared/1"  # genlab-prepare's output: DIR/manifest.json + DIR/SPLIT.npy
+MANIFEST = "manifest.json"
 
 
 def to_channels(images: Tensor, channels: int) -> Tensor:
@@ -147,6 +159,90 @@ class TensorImages(Dataset):
         """A batch in one gather (the DataLoader calls this instead of B ``__getitem__``)."""
         idx = torch.as_tensor(indices)
         return Batch(to_float(self.images[idx]), self.labels[idx])
+
+
+def manifest_hash(manifest: dict) -> str:
+    """sha256 of a prepared dataset's manifest, its creation time left out: the data's identity."""
+    body = {k: v for k, v in manifest.items() if k != "created_utc"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def read_manifest(path: Path) -> dict:
+    """``path``/manifest.json of a prepared dataset, or a one-line GenlabError naming the file."""
+    file = path / MANIFEST
+    if not file.is_file():
+        raise GenlabError(f"data.path={path}: no {MANIFEST} there (write it with genlab-prepare)")
+    try:
+        manifest = json.loads(file.read_text())
+    except (OSError, ValueError) as e:
+        raise GenlabError(f"{file}: not a readable manifest ({e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != PREPARED_FORMAT:
+        raise GenlabError(f"{file}: not a genlab-prepare manifest (format {PREPARED_FORMAT})")
+    return manifest
+
+
+def check_array(file: Path, shape: tuple[int, ...], dtype: str) -> None:
+    """Refuse a missing, stale or truncated .npy in one line naming it and what differs.
+
+    Reads the header only: the shape and dtype it records, and the file size they imply.
+    """
+    if not file.is_file():
+        raise GenlabError(f"{file}: missing; prepare the dataset again")
+    try:
+        with open(file, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = getattr(np.lib.format, f"read_array_header_{version[0]}_0")
+            got_shape, _, got_dtype = read_header(f)
+            offset = f.tell()
+    except (OSError, ValueError, AttributeError) as e:
+        raise GenlabError(f"{file}: not a readable .npy array ({e})") from None
+    if tuple(got_shape) != tuple(shape) or got_dtype != np.dtype(dtype):
+        raise GenlabError(
+            f"{file}: holds {tuple(got_shape)} {got_dtype} but {MANIFEST} says {tuple(shape)} "
+            f"{dtype} (stale); prepare the dataset again"
+        )
+    expected = offset + math.prod(shape) * np.dtype(dtype).itemsize
+    size = file.stat().st_size
+    if size != expected:
+        raise GenlabError(
+            f"{file}: {size} bytes where {tuple(shape)} {dtype} needs {expected} (truncated); "
+            "prepare the dataset again"
+        )
+
+
+class PreparedImages(Dataset):
+    """A genlab-prepare split: uint8 (N, H, W, C) memory-mapped read-only, labels (N,) in memory.
+
+    Every process maps the same file, so DDP ranks and DataLoader workers share one copy of it
+    in the page cache instead of holding one each.
+    """
+
+    def __init__(self, file: Path, labels: Tensor):
+        self.file = file
+        self.labels = labels.long()
+        self._images: np.ndarray | None = None
+
+    @property
+    def images(self) -> np.ndarray:
+        if self._images is None:  # opened lazily, so a pickled copy maps the file afresh
+            self._images = np.load(self.file, mmap_mode="r")
+        return self._images
+
+    def __getstate__(self) -> dict:
+        # pickling a memmap copies its data: spawned workers and ranks get the path instead
+        return {**self.__dict__, "_images": None}
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        images, labels = self.__getitems__([i])
+        return images[0], labels[0]
+
+    def __getitems__(self, indices: list[int]) -> Batch:
+        """A batch in one gather from the mapped file, as TensorImages does from memory."""
+        pixels = torch.from_numpy(np.asarray(self.images[np.asarray(indices)]))  # (B, H, W, C)
+        return Batch(to_float(pixels.permute(0, 3, 1, 2).contiguous()), self.labels[indices])
 
 
 class FileImages(Dataset):
@@ -358,6 +454,8 @@ class ImageDataModule(pl.LightningDataModule):
             val and test.
         pin_memory: None means True when CUDA is available.
         drop_last: drop the last incomplete training batch.
+        path: ``source=prepared``: the directory genlab-prepare wrote (manifest.json, SPLIT.npy);
+            ``image_size`` and ``channels`` must match its manifest.
     """
 
     def __init__(
@@ -378,10 +476,19 @@ class ImageDataModule(pl.LightningDataModule):
         binarize: bool = False,
         pin_memory: bool | None = None,
         drop_last: bool = True,
+        path: str | None = None,
     ):
         super().__init__()
         if source not in SOURCES:
             raise GenlabError(f"data.source={source!r} is unknown; choose one of {SOURCES}")
+        int_, number, int_or_none = (int,), (float,), (int, type(None))
+        for key, value, wanted in [
+            ("batch_size", batch_size, int_), ("image_size", image_size, int_),
+            ("channels", channels, int_), ("num_workers", num_workers, int_),
+            ("split_seed", split_seed, int_), ("val_fraction", val_fraction, number),
+            ("limit", limit, int_or_none),
+        ]:  # fmt: skip
+            check_type(f"data.{key}", value, wanted)
         if batch_size < 1:
             raise GenlabError(f"data.batch_size={batch_size} must be >= 1")
         if image_size < 8:
@@ -413,6 +520,8 @@ class ImageDataModule(pl.LightningDataModule):
         self.binarize = binarize
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.drop_last = drop_last
+        self.path = Path(path).expanduser() if path is not None else None
+        self.manifest = self.check_prepared() if source == "prepared" else None
         # the run's seed (genlab-train seeds everything before building this): shuffling and
         # worker seeds are a function of it and the epoch, never of the global RNG's position
         self.shuffle_seed = torch.initial_seed()
@@ -420,6 +529,8 @@ class ImageDataModule(pl.LightningDataModule):
         self.num_classes: int = (
             synthetic_classes if source == "synthetic" else NUM_CLASSES.get(source, 0)
         )
+        if self.manifest is not None:
+            self.num_classes = self.manifest["num_classes"]
         if num_classes is not None and num_classes != self.num_classes:
             raise GenlabError(
                 f"data.num_classes={num_classes} does not match data.source={source}, "
@@ -502,6 +613,8 @@ class ImageDataModule(pl.LightningDataModule):
 
     def load(self, split: Literal["train", "test"]) -> Dataset:
         """The whole train (or official test) split of the source, before the val split."""
+        if self.source == "prepared":
+            return self.prepared_split(split)
         if self.source == "mnist5k":
             images, labels = mnist5k_raw()
             return self.in_memory(images, labels)
@@ -523,7 +636,7 @@ class ImageDataModule(pl.LightningDataModule):
 
     def load_test(self) -> Dataset:
         """The official test split, or the val split for sources without one."""
-        if self.source in TORCHVISION_DIRS:
+        if self.source in TORCHVISION_DIRS or "test" in (self.manifest or {}).get("splits", {}):
             test = self.load("test")
             return Binarized(test, seed=self.split_seed) if self.binarize else test
         return self.dataset("val")
@@ -561,9 +674,33 @@ class ImageDataModule(pl.LightningDataModule):
         except RuntimeError as e:  # torchvision's 'Dataset not found or corrupted'
             where = (self.root / TORCHVISION_DIRS[self.source]).resolve()
             raise GenlabError(
-                f"data.source={self.source}: {split} files not found in {where}; "
-                "put them there or set data.download=true"
+                f"data.source={self.source}: {split} files not found in {where} (data.root="
+                f"{self.root}); put them there, point data.root elsewhere or set data.download=true"
             ) from e
+
+    def check_prepared(self) -> dict:
+        """data.path's manifest, checked against this config and against its arrays' headers."""
+        if self.path is None:
+            raise GenlabError("data.source=prepared needs data.path (a genlab-prepare output)")
+        manifest = read_manifest(self.path)
+        for key in ("image_size", "channels"):
+            if manifest[key] != getattr(self, key):
+                raise GenlabError(
+                    f"data.{key}={getattr(self, key)} but {self.path / MANIFEST} says "
+                    f"{manifest[key]}; set data.{key}={manifest[key]}"
+                )
+        size, channels = self.image_size, self.channels
+        for split, info in manifest["splits"].items():
+            check_array(self.path / f"{split}.npy", (info["count"], size, size, channels), "uint8")
+            check_array(self.path / f"{split}_labels.npy", (info["count"],), "int64")
+        self.root = self.path  # the cache key's location; manifest_sha256 is its content
+        self.manifest_sha256 = manifest_hash(manifest)
+        return manifest
+
+    def prepared_split(self, split: str) -> PreparedImages:
+        """One split of data.path, memory-mapped."""
+        labels = torch.from_numpy(np.load(self.path / f"{split}_labels.npy"))
+        return PreparedImages(self.path / f"{split}.npy", labels)
 
     def load_folder(self) -> FileImages:
         """Every readable image below ``root``, checked with PIL before training starts."""

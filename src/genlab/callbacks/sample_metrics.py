@@ -23,6 +23,8 @@ def data_key(datamodule: pl.LightningDataModule) -> dict:
         key.update(size=datamodule.synthetic_size, classes=datamodule.synthetic_classes)
     if key["source"] != "mnist5k":
         key["root"] = str(Path(getattr(datamodule, "root", "")).expanduser().resolve())
+    if key["source"] == "prepared":  # a directory prepared again holds other images
+        key["manifest"] = datamodule.manifest_sha256
     return key
 
 
