@@ -118,7 +118,7 @@ def test_metric_mode():
 
 def test_defaults_match_training():
     from genlab.gan import GAN
-    from genlab.train import MAXIMISED
+    from genlab.training import MAXIMISED
     from genlab.vae import VAE
 
     assert C.MAXIMISED == MAXIMISED
@@ -322,7 +322,8 @@ def sweep(tmp_path_factory) -> Path:
 
 
 def run_compare(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**cli_env(cwd), "COLUMNS": "200"}  # rich wraps cells at the default 80
+    env = cli_env(cwd)  # no COLUMNS, no terminal: a batch log; nothing may be cut at 80
+    env.pop("COLUMNS", None)
     return subprocess.run(
         [str(BIN / "genlab-compare"), *args],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=120,
@@ -347,6 +348,17 @@ def expected_from_csvs(sweep: Path) -> dict[float, dict[str, tuple[float, float]
         lr: {k: (np.mean(v), np.std(v, ddof=1)) for k, v in stats.items()}
         for lr, stats in values.items()
     }
+
+
+@pytest.mark.slow
+def test_wide_table_is_not_cut_in_a_log(sweep: Path, tmp_path: Path):
+    metrics = ["val/swd", "train/d_loss", "train/g_loss"]
+    proc = run_compare(str(sweep), *(f"--metric={m}" for m in metrics), "--out",
+                       str(tmp_path), cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    header = next(ln for ln in proc.stdout.splitlines() if "model.optimizer_g.lr" in ln)
+    assert all(f"{m} final" in header for m in metrics), proc.stdout
+    assert "…" not in proc.stdout
 
 
 @pytest.mark.slow

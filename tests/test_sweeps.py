@@ -9,7 +9,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 
 from genlab.config import CONFIG_DIR
-from genlab.train import flat_config
+from genlab.training import flat_config
 from tests.conftest import BIN, REPO, TINY, compose_train, ok
 
 
@@ -70,13 +70,16 @@ def _exit_code(records: list[dict]) -> int:
 @pytest.mark.slow
 def test_failed_job_does_not_stop_the_sweep_and_wandb_records_it(run_cli, tmp_path):
     sweep = tmp_path / "sweep"
-    # job 0 fails inside fit (after W&B started): no batch fits in the tiny training split
+    # job 0 fails inside fit (after W&B started): an infinite penalty, a non-finite loss
     proc = run_cli(
         "genlab-train", "-m", "debug=tiny", "logger=wandb", "metrics=none",
-        "data.batch_size=9999,16", f"hydra.sweep.dir={sweep}",
+        "model.gp_weight=inf,0", f"hydra.sweep.dir={sweep}",
     )  # fmt: skip
-    assert proc.returncode != 0
-    assert "data.batch_size=9999" in proc.stderr
+    assert proc.returncode == 2
+    # one line for the failed job, naming it; not repeated, no Hydra report after it
+    errors = [ln for ln in proc.stderr.splitlines() if "error" in ln.lower()]
+    assert len(errors) == 1 and errors[0].startswith("genlab-train: error: job 0"), errors
+    assert "model.gp_weight=inf" in errors[0] and "non-finite" in errors[0]
     assert (sweep / "1" / "checkpoints" / "last.ckpt").is_file()
     failed, ok = wandb_records(sweep / "0"), wandb_records(sweep / "1")
     assert _exit_code(failed) == 1 and _exit_code(ok) == 0
@@ -85,7 +88,7 @@ def test_failed_job_does_not_stop_the_sweep_and_wandb_records_it(run_cli, tmp_pa
         if r["type"] == "config":
             config.update(r["config"]["update"])
     # flattened: one key per leaf, so the W&B table filters and groups by any of them
-    assert config["model.optimizer_g.lr"] == 0.0002 and config["data.batch_size"] == 16
+    assert config["model.optimizer_g.lr"] == 0.0002 and config["model.gp_weight"] == 0
     history = [r["history"]["item"] for r in ok if r["type"] == "history"]
     assert any("train/d_loss" in h for h in history)
     files = [f["path"] for r in ok if r["type"] == "files" for f in r["files"]["files"]]

@@ -21,7 +21,7 @@ HYDRA_FILE = ".hydra/hydra.yaml"
 METRICS_FILE = "csv/metrics.csv"
 SEED = "seed"
 X_AXES = ("step", "epoch")
-# Equal to genlab.train.MAXIMISED (a test checks): importing train would load Lightning.
+# Equal to genlab.training.MAXIMISED (a test checks): importing it would load Lightning.
 MAXIMISED = {"val/elbo", "val/is", "train/elbo", "train/iwae_bound"}
 # What each module's best checkpoint follows (GAN/VAE .default_monitor, then .fallback_monitor).
 MODEL_METRICS = {"GAN": ("val/fid", "val/swd"), "VAE": ("val/elbo",)}
@@ -403,10 +403,20 @@ def print_table(comparison: Comparison, root: Path) -> None:
         caption="mean ± std over runs that differ only in seed; best = min/max over logged values",
     )
     for c in shown.columns:
-        table.add_column(c, justify="left" if c in comparison.keys or c == "runs" else "right")
+        justify = "left" if c in comparison.keys or c == "runs" else "right"
+        table.add_column(c, justify=justify, overflow="fold")  # wrap, never cut with "…"
     for i, row in shown.iterrows():
         table.add_row(*row.tolist(), style="bold" if i == best else None)
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:  # a file or a batch log: no width to fit, print it whole
+        console = Console(width=max(console.width, table_width(shown)))
+    console.print(table)
+
+
+def table_width(shown: pd.DataFrame) -> int:
+    """Characters a rich table of ``shown`` needs on one line per row: cells, padding, borders."""
+    widths = [max([len(str(c)), *(len(str(v)) for v in shown[c])]) + 3 for c in shown.columns]
+    return sum(widths) + 1
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
