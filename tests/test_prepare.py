@@ -47,6 +47,7 @@ def test_mnist5k_prepared_batches_equal_the_source(tmp_path, capsys):
     dm = ImageDataModule(source="prepared", path=str(out), image_size=32, batch_size=16)
     ref = ImageDataModule(source="mnist5k", image_size=32, batch_size=16)
     assert dm.num_classes == 10 and dm.manifest_sha256 == manifest_hash(manifest)
+    assert not dm.has_test_split and not ref.has_test_split  # "test" is the val split here
     for split in ("train", "val", "test"):  # same seeded split, same pixels and labels
         idx = list(range(0, len(ref.dataset(split)), 97))
         got, want = fetch(dm.dataset(split), idx), fetch(ref.dataset(split), idx)
@@ -160,6 +161,7 @@ def test_fashion_mnist_train_and_test_splits(tmp_path):
     assert splits["train"]["count"] == 60000 and splits["test"]["count"] == 10000
     assert splits["test"]["torchvision"] == "FashionMNIST split=test"
     dm = ImageDataModule(source="prepared", path=str(out), image_size=28, channels=1)
+    assert dm.has_test_split  # genlab-eval scores the official test split of a prepared set too
     ref = ImageDataModule(source="fashion_mnist", root=str(tmp_path), image_size=28, channels=1)
     idx = list(range(0, 10000, 499))
     for split in ("train", "test"):

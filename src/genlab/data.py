@@ -634,9 +634,14 @@ class ImageDataModule(pl.LightningDataModule):
             return PILImages(base, self.image_size, self.channels)
         return self.from_torchvision(base)
 
+    @property
+    def has_test_split(self) -> bool:
+        """True when the source has an official test split (torchvision sets, prepared ones)."""
+        return self.source in TORCHVISION_DIRS or "test" in (self.manifest or {}).get("splits", {})
+
     def load_test(self) -> Dataset:
         """The official test split, or the val split for sources without one."""
-        if self.source in TORCHVISION_DIRS or "test" in (self.manifest or {}).get("splits", {}):
+        if self.has_test_split:
             test = self.load("test")
             return Binarized(test, seed=self.split_seed) if self.binarize else test
         return self.dataset("val")

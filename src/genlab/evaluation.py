@@ -29,9 +29,7 @@ log = logging.getLogger("genlab")
 
 def eval_split(split: str | None, datamodule: Any) -> str:
     """The split the validation loop scores: test where the source has an official one, else val."""
-    from genlab.data import TORCHVISION_DIRS
-
-    has_test = datamodule.source in TORCHVISION_DIRS
+    has_test = datamodule.has_test_split
     if split == "test" and not has_test:
         log.warning(
             f"split=test: data.source={datamodule.source} has no official test split; "
