@@ -13,6 +13,7 @@ from genlab.augment import diff_augment
 from genlab.config import check_optimizer
 from genlab.errors import GenlabError, finite_or_skip
 from genlab.loop import logs_written
+from genlab.rng import seeded
 from genlab.swd import sliced_wasserstein
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -176,9 +177,7 @@ class GAN(pl.LightningModule):
             m.reset_running_stats()
             m.momentum = None  # a plain average over the batches, not a running one
         g.train()
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):  # deterministic; training noise untouched
-            torch.manual_seed(STANDING_SEED)
+        with seeded(STANDING_SEED, self.device):  # deterministic; training noise untouched
             for _ in range(STANDING_BATCHES if norms else 0):
                 z = torch.randn(STANDING_BATCH_SIZE, self.latent_dim, device=self.device)
                 n = self.num_classes
@@ -314,9 +313,7 @@ class GAN(pl.LightningModule):
         if not self._val_real:
             return
         real = torch.cat(self._val_real)
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(SWD_SEED + self.global_rank)
+        with seeded(SWD_SEED + self.global_rank, self.device):
             fake = self.sample(len(real))
         self.log("val/swd", sliced_wasserstein(real, fake), sync_dist=True)
         self._val_real = []

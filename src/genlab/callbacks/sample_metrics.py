@@ -13,6 +13,7 @@ from genlab.callbacks.images import save_images
 from genlab.data import fetch
 from genlab.errors import GenlabError
 from genlab.metrics import LOGITS, POOL, ImageMetrics, load_reference, store_reference
+from genlab.rng import seeded
 
 
 def data_key(datamodule: pl.LightningDataModule) -> dict:
@@ -123,10 +124,8 @@ class SampleMetrics(pl.Callback):
         return metrics.compute(real, fake[POOL].cpu(), fake[LOGITS].cpu())
 
     def _samples(self, pl_module: pl.LightningModule, chunk: int) -> Tensor:
-        devices = [pl_module.device] if pl_module.device.type == "cuda" else []
         start = chunk * self.batch_size
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(self.seed * 1_000_003 + chunk)
+        with seeded(self.seed * 1_000_003 + chunk, pl_module.device):
             images = pl_module.sample(min(self.batch_size, self.num_samples - start))
         if self.save_dir is not None:
             save_images(images, self.save_dir, start)
