@@ -63,3 +63,28 @@ def random_inception_weights(path: Path, seed: int = 0) -> Path:
         fc *= LOGIT_SPREAD / ((pool - pool.mean(0)) @ fc.T).std()
     torch.save(inception.state_dict(), path)
     return path
+
+
+def random_dinov2_weights(path: Path, arch: str = "vits14", seed: int = 0) -> Path:
+    """Save a random DINOv2 ViT (timm layout) whose CLS features differ between images.
+
+    timm initialises LayerScale to 1e-5, so a random network's CLS token is its class embedding
+    plus ~1e-5 of anything the image contributes: every image would get the same feature.
+    LayerScale at 1 lets the image through.
+    """
+    from genlab.metrics.dinov2 import build_dinov2
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = build_dinov2(arch)
+        for name, p in net.named_parameters():
+            if name.endswith(".gamma"):
+                nn.init.ones_(p)
+    x = F.interpolate(_calibration_images(seed).float() / 255, size=224, mode="bilinear")
+    with torch.no_grad():
+        feats = net.eval()(x)  # (4, D)
+    spread = feats.std(0).mean() / feats.abs().mean()
+    assert spread > 1e-2, f"random DINOv2 features barely differ between images ({spread:.1e})"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(net.state_dict(), path)
+    return path

@@ -92,3 +92,27 @@ def test_quick_benchmark_writes_every_section(tmp_path: Path) -> None:
     assert positive(r["startup"]["first_step"]["first_step_s"])
     for heading in ("## 1.", "## 2.", "## 3.", "## 4.", "## 5.", "## 6."):
         assert heading in md
+
+
+ZOO = REPO / "experiments" / "benchmarks" / "zoo.py"
+
+
+@pytest.mark.slow
+def test_zoo_benchmark_times_a_step_of_each_model(tmp_path: Path) -> None:
+    models = ["gan", "sngan", "vae"]
+    done = subprocess.run(
+        [sys.executable, str(ZOO), "--quick", "--out", str(tmp_path), "--models", *models],
+        cwd=tmp_path,
+        env=cli_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    r = json.loads((tmp_path / "zoo.json").read_text())
+    assert list(r["models"]) == models
+    for row in r["models"].values():
+        assert positive(row["images_per_s"]) and positive(row["trainable_params"])
+        assert row["timed_batches"] % row["n_critic"] == 0  # whole D/G cycles
+    assert r["models"]["sngan"]["n_critic"] == 5
+    assert "| sngan | GAN |" in (tmp_path / "zoo.md").read_text()

@@ -186,6 +186,24 @@ def test_display_table_and_markdown():
     assert md == ["| a\\|b | c |", "| --- | --- |", "| x\\|y | 1 |"]
 
 
+def test_bootstrap_intervals_show_as_plus_minus(tmp_path: Path):
+    """metrics.bootstrap's val/fid_ci_low/high: the last interval's half width, beside the value."""
+    for seed, (low, high) in enumerate([(9.0, 11.0), (19.0, 23.0)]):
+        write_run(
+            tmp_path / f"run{seed}",
+            [f"model.beta={seed + 1}"],
+            {"val/fid": [30.0, 10.0 + seed], "val/fid_ci_low": [None, low],
+             "val/fid_ci_high": [None, high]},
+            config={"model": {"_target_": "genlab.vae.VAE", "beta": float(seed + 1)}},
+        )  # fmt: skip
+    comparison = C.compare(tmp_path, ["val/fid"])
+    shown = C.display_table(comparison)
+    assert shown["val/fid 95% CI"].tolist() == ["± 1", "± 2"]
+    assert C.csv_table(comparison)["val/fid ci"].tolist() == [1.0, 2.0]
+    # no interval logged: no column
+    assert "val/fid 95% CI" not in C.display_table(C.compare(tmp_path, ["val/fid_ci_low"]))
+
+
 def test_plot_file_names_are_safe():
     assert C.plot_file(Path("out"), "val/fid") == Path("out/compare_val_fid.png")
     assert C.plot_file(Path("out"), "lr-Adam 1") == Path("out/compare_lr-Adam_1.png")
@@ -434,3 +452,99 @@ def test_cli_empty_dir(tmp_path: Path):
     message = f"{tmp_path}: no genlab runs found (no .hydra/config.yaml below it)"
     assert proc.stderr == f"genlab-compare: error: {message}\n"
     assert proc.stdout == ""
+
+
+# ---------------------------------------------------------------- curves on a common axis
+
+
+def test_group_curve_is_the_seed_mean_and_std_on_shared_x():
+    a = pd.Series([1.0, 3.0], index=[16, 32])
+    b = pd.Series([3.0, 5.0], index=[16, 32])
+    curve = C.group_curve([a, b])
+    assert curve.index.tolist() == [16, 32]
+    assert curve["mean"].tolist() == [2.0, 4.0] and curve["n"].tolist() == [2, 2]
+    assert curve["std"].tolist() == pytest.approx([2**0.5, 2**0.5])  # ddof=1
+    # x values of another run: interpolated inside its range, absent outside it
+    d = pd.Series([0.0, 2.0], index=[24, 40])
+    c = C.group_curve([a, d])
+    assert c.index.tolist() == [16, 24, 32, 40]
+    assert c["n"].tolist() == [1, 2, 2, 1]
+    # at 24: a is 2 (halfway), d is 0; at 32: a is 3, d is 1 (halfway)
+    assert c["mean"].tolist() == pytest.approx([1.0, 1.0, 2.0, 2.0])
+
+
+def _axis_runs(root: Path) -> None:
+    """Two seeds of one setting logging val/elbo at 32 images a step (step and x differ)."""
+    for seed, elbo in ((0, [-300.0, -200.0, -150.0]), (1, [-280.0, -220.0, -130.0])):
+        write_run(root / str(seed), [f"seed={seed}"],
+                  {"val/elbo": elbo, "trainer/images_seen": [128.0, 256.0, 384.0]},
+                  config={"seed": seed})  # fmt: skip
+
+
+@pytest.mark.parametrize("x", ["images_seen", "step", "epoch"])
+def test_plot_draws_the_chosen_axis_with_a_std_band(tmp_path: Path, x: str):
+    from matplotlib.figure import Figure
+
+    _axis_runs(tmp_path)
+    comparison = C.compare(tmp_path, ["val/elbo"])
+    ax = Figure().add_subplot()
+    C.plot_curves(ax, comparison, "val/elbo", x, per_run=True)
+    mean, *per_run = ax.lines
+    want_x = {"images_seen": [128, 256, 384], "step": [3, 7, 11], "epoch": [0, 1, 2]}[x]
+    assert mean.get_xdata().tolist() == want_x
+    assert mean.get_ydata().tolist() == [-290.0, -210.0, -140.0]
+    assert [ln.get_ydata().tolist() for ln in per_run] == [
+        [-300.0, -200.0, -150.0], [-280.0, -220.0, -130.0],
+    ]  # fmt: skip
+    (band,) = ax.collections  # fill_between: mean ± std, std = |a - b| / sqrt(2)
+    vertices = band.get_paths()[0].vertices
+    assert set(vertices[:, 0]) == set(want_x)
+    std = np.array([20.0, 20.0, 20.0]) / 2**0.5
+    assert vertices[:, 1].min() == pytest.approx(-290.0 - std[0])
+    assert vertices[:, 1].max() == pytest.approx(-140.0 + std[2])
+    assert ax.get_xlabel().startswith(x)
+
+
+def test_an_axis_no_run_logged_is_one_line(tmp_path: Path, capsys):
+    write_run(tmp_path / "r", [], {"val/elbo": [1.0]})  # trained before genlab logged the axes
+    err = one_line_error(capsys, [str(tmp_path), "--x", "images_seen"])
+    assert err.startswith(
+        "genlab-compare: error: --x images_seen: no run logged trainer/images_seen"
+    )
+
+
+def test_runs_with_only_wandb_offline_files(tmp_path: Path, monkeypatch):
+    """No CSV: the history comes from W&B's offline run files, through W&B's reader."""
+    import wandb
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    sweep = tmp_path / "sweep"
+    for job, (lr, seed) in enumerate([(1e-4, 0), (1e-4, 1), (2e-4, 0)]):
+        config = {"seed": seed, "model": {"_target_": "genlab.gan.GAN"}}
+        run_dir = write_run(sweep / str(job), [f"model.lr={lr}", f"seed={seed}"], None, config)
+        run = wandb.init(project="p", dir=str(run_dir))
+        for i in range(3):
+            images = 64.0 * (i + 1) * (job + 1)  # job 1 and 2 see more images per step
+            run.log({"trainer/global_step": i, "trainer/images_seen": images,
+                     "val/swd": 1.0 / (i + 1) + job, "epoch": i})  # fmt: skip
+        run.log({"images/samples": wandb.Image(np.zeros((4, 4, 3), np.uint8))})
+        run.finish()
+    assert not list(sweep.rglob("metrics.csv"))
+    comparison = C.compare(sweep)
+    assert comparison.metrics == ["val/swd"]
+    table = comparison.table
+    assert table["n"].tolist() == [2, 1]
+    assert table["val/swd final"].tolist() == pytest.approx([1 / 3 + 0.5, 1 / 3 + 2])
+    assert table["val/swd best"].tolist() == pytest.approx([1 / 3 + 0.5, 1 / 3 + 2])
+    from matplotlib.figure import Figure
+
+    ax = Figure().add_subplot()
+    C.plot_curves(ax, comparison, "val/swd", "images_seen")
+    first, second = ax.lines
+    # seeds 0 and 1 of lr=1e-4 saw 64 and 128 images a step: interpolated onto both grids
+    assert first.get_xdata().tolist() == [64, 128, 192, 256, 384]
+    assert second.get_xdata().tolist() == [192, 384, 576]
+    C.write_outputs(comparison, tmp_path / "o", "images_seen")
+    assert (tmp_path / "o" / "compare_val_swd.png").read_bytes().startswith(PNG_MAGIC)

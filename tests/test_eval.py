@@ -27,6 +27,7 @@ METRICS = [
     "metrics.batch_size=8",
     "metrics.kid_subset_size=8",
     "metrics.is_splits=2",
+    "metrics.inception_sha256=null",  # random weights (tests/inception.py)
 ]
 PROTOCOL = {
     "torch", "torchmetrics", "torch_fidelity", "n_real", "n_fake", "split", "resize",

@@ -2,6 +2,7 @@
 
 import copy
 import hashlib
+import json
 import pickle
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from genlab.metrics import (
     WEIGHTS_FILE,
     ImageMetrics,
     MetricsUnavailable,
+    clean_resize,
     feature_stats,
     fid_from_features,
     fid_from_stats,
@@ -218,7 +220,7 @@ def test_held_metric_stays_out_of_state_dict_and_pickles_small(metric, image_dir
     assert sum(p.numel() for p in holder.parameters()) == 6
     assert len(pickle.dumps(holder)) < 100_000
     clone = copy.deepcopy(metric)
-    assert clone._net is None and metric._net is not None
+    assert clone.backbone._net is None and metric.backbone._net is not None
     again = clone.features(load_pngs(image_dirs["real"])[:1])
     torch.testing.assert_close(again[POOL], feats["real"][POOL][:1], rtol=1e-5, atol=1e-6)
 
@@ -357,3 +359,233 @@ def test_cache_failed_write_leaves_no_temp_file(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         reference_features(KEY, tmp_path, Counter())
     assert list(tmp_path.iterdir()) == []
+
+
+# --- resize modes, the DINOv2 backbone, the weights check, the callback's new metrics ---
+
+
+def test_clean_resize_equals_clean_fid():
+    from cleanfid.resize import build_resizer
+
+    theirs = build_resizer("clean")  # PIL bicubic on float32 channels to 299, no quantising
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (3, 3, 32, 28), generator=g, dtype=torch.uint8)
+    images[2] = to_uint8(load_digit())[0]  # a real digit, grey repeated to RGB
+    ours = clean_resize(images, 299)
+    for image, mine in zip(images, ours, strict=True):
+        expected = torch.from_numpy(theirs(image.permute(1, 2, 0).numpy())).permute(2, 0, 1)
+        torch.testing.assert_close(mine, expected, rtol=0, atol=1e-5)
+    assert not torch.allclose(ours[0], ours[1])
+
+
+def load_digit() -> torch.Tensor:
+    """One MNIST digit as a [-1, 1] image (1, 1, 32, 28)."""
+    digit = torch.from_numpy(mnist_data()[0][:1].reshape(1, 1, 28, 28)).float()
+    return torch.nn.functional.pad(digit, (0, 0, 2, 2)) / 127.5 - 1
+
+
+@pytest.mark.slow  # shares the Inception fixtures (~10-30 s once)
+def test_clean_resize_changes_features_fid_key_and_protocol(weights, image_dirs, feats):
+    clean = ImageMetrics(inception_weights=str(weights), resize="clean", batch_size=32)
+    real, fake = load_pngs(image_dirs["real"])[:10], load_pngs(image_dirs["fake"])[:10]
+    ours = {name: clean.features(x)[POOL] for name, x in (("real", real), ("fake", fake))}
+    tf1 = fid_from_features(feats["real"][POOL][:10], feats["fake"][POOL][:10])
+    fid_clean = fid_from_features(ours["real"], ours["fake"])
+    assert abs(fid_from_features(ours["real"], ours["real"])) < 1e-8
+    assert fid_clean > 0 and abs(fid_clean - tf1) > 1e-3 * tf1, (fid_clean, tf1)
+    assert "clean-fid" in clean.protocol()["resize"]
+    default = ImageMetrics(inception_weights=str(weights))
+    assert clean.reference_key(n=1) != default.reference_key(n=1)
+    with pytest.raises(GenlabError, match="metrics.resize"):
+        ImageMetrics(inception_weights=str(weights), resize="lanczos")
+
+
+@pytest.fixture(scope="module")
+def dinov2(tmp_path_factory) -> Path:
+    from tests.inception import random_dinov2_weights
+
+    return random_dinov2_weights(tmp_path_factory.mktemp("dinov2") / "dinov2_vits14.pth")
+
+
+@pytest.mark.slow  # a random ViT-S/14 at 224 px: ~3 images/s here
+def test_dinov2_backbone_separates_sets_and_records_its_protocol(dinov2, image_dirs, tmp_path):
+    metric = ImageMetrics(
+        ["fid", "kid", "prdc"], backbone="dinov2", dinov2_weights=str(dinov2),
+        dinov2_arch="vits14", kid_subset_size=5, kid_subsets=5, batch_size=10,
+    )  # fmt: skip
+    x = {name: load_pngs(image_dirs[name])[:10] for name in ("real", "other", "fake")}
+    f = {name: metric.features(images) for name, images in x.items()}
+    assert set(f["real"]) == {POOL} and f["real"][POOL].shape == (10, 384)
+    same = fid_from_features(f["real"][POOL], f["other"][POOL])
+    assert fid_from_features(f["real"][POOL], f["fake"][POOL]) > 1.5 * same > 0
+    out = metric.compute(f["real"][POOL], f["fake"][POOL])
+    assert {"fid", "kid_mean", "precision", "recall", "density", "coverage"} <= set(out)
+    protocol = metric.protocol()
+    assert protocol["backbone"] == "dinov2" and "ImageNet mean/std" in protocol["resize"]
+    assert protocol["weights_sha256"] == hashlib.sha256(dinov2.read_bytes()).hexdigest()
+    key = metric.reference_key(n=10)
+    assert key["backbone"] == "dinov2" and key["weights_sha256"] == protocol["weights_sha256"]
+    assert len(pickle.dumps(metric)) < 100_000
+    with pytest.raises(GenlabError, match="is needs Inception"):
+        ImageMetrics(["fid", "is"], backbone="dinov2", dinov2_weights=str(dinov2))
+    with pytest.raises(MetricsUnavailable, match="metrics.dinov2_weights"):
+        ImageMetrics(["fid"], backbone="dinov2", dinov2_weights=str(tmp_path / "none.pth"))
+
+
+def test_dinov2_architectures_are_metas():
+    """Meta's hubconf (facebookresearch/dinov2): ViT-L/14 is 24 blocks of width 1024, 16 heads,
+    LayerScale, trained at 518 px (37 x 37 patches); dgm-eval uses it (``vitl14``)."""
+    from genlab.metrics.dinov2 import build_dinov2
+
+    with torch.device("meta"):
+        net = build_dinov2("vitl14")
+    assert (net.embed_dim, len(net.blocks), net.blocks[0].attn.num_heads) == (1024, 24, 16)
+    assert net.patch_embed.patch_size == (14, 14) and net.pos_embed.shape == (1, 1 + 37**2, 1024)
+    assert net.num_classes == 0 and net.global_pool == "token"
+
+
+def test_inception_sha256_check(weights, tmp_path):
+    from genlab.metrics import INCEPTION_SHA256
+
+    assert INCEPTION_SHA256.startswith("6726825d")  # torch.hub's hash prefix in the file name
+    with pytest.raises(MetricsUnavailable) as err:
+        ImageMetrics(inception_weights=str(weights), inception_sha256=INCEPTION_SHA256)
+    message = str(err.value)
+    assert str(weights) in message and "metrics.inception_sha256" in message
+    assert "\n" not in message
+    sha = hashlib.sha256(weights.read_bytes()).hexdigest()
+    checked = ImageMetrics(inception_weights=str(weights), inception_sha256=sha[:8])
+    assert checked.protocol()["weights_sha256_checked"] is True
+    unchecked = ImageMetrics(inception_weights=str(weights), inception_sha256=None)
+    assert unchecked.protocol()["weights_sha256_checked"] is False
+
+
+class Replay:
+    """A conditional 'generator' replaying dataset images of the asked class (or another one).
+
+    With ``perm`` its labels are shuffled: class c gets images of class perm[c].
+    """
+
+    def __init__(self, images, labels, num_classes, perm=None):
+        self.images, self.labels, self.num_classes = images, labels, num_classes
+        self.perm = perm
+        self.device = torch.device("cpu")
+        self.drawn = 0
+
+    def sample(self, n, labels=None):
+        if labels is None:  # as GAN.sample: some class for each image
+            labels = torch.arange(n) % self.num_classes
+        wanted = labels if self.perm is None else self.perm[labels]
+        out = []
+        for c in wanted.tolist():
+            pool = (self.labels == c).nonzero()[:, 0]
+            out.append(self.images[pool[self.drawn % len(pool)]])
+            self.drawn += 1
+        return torch.stack(out)
+
+
+@pytest.mark.slow  # 48 Inception passes of synthetic images, ~30 s
+def test_callback_ifid_copies_and_intervals(weights, tmp_path):
+    from genlab.callbacks.sample_metrics import SampleMetrics, single_process
+    from genlab.data import ImageDataModule, fetch
+
+    dm = ImageDataModule("synthetic", image_size=32, synthetic_size=400, synthetic_classes=2)
+    callback = SampleMetrics(
+        ["fid", "prdc", "copies", "ifid"], num_samples=16, num_real=16, batch_size=16,
+        inception_weights=str(weights), cache_dir=str(tmp_path), bootstrap=3,
+    )  # fmt: skip
+    trainer = single_process(dm)
+    train = fetch(dm.dataset("train"), list(range(16)))
+    faithful = Replay(train.images, train.labels, 2)
+    shuffled = Replay(train.images, train.labels, 2, perm=torch.tensor([1, 0]))
+    good = callback.evaluate(trainer, faithful)
+    bad = callback.evaluate(trainer, shuffled)
+    assert len(list(tmp_path.glob("ref-*.pt"))) == 1  # real features computed and cached once
+    print({"faithful": good, "shuffled": bad})
+    # training images overall (FID near 0 both), each under the wrong class (iFID far worse)
+    assert bad["ifid"] > 10 * max(bad["fid"], good["fid"]) and bad["ifid"] > 10 * good["ifid"]
+    # replayed training images are copies
+    assert good["copies"] == 1.0 and good["precision"] == 1.0
+    # intervals (their coverage is tested on plain features in test_prdc.py)
+    assert all(good[f"{m}_ci_low"] <= good[f"{m}_ci_high"] for m in ("fid", "precision", "recall"))
+    # genlab-sample nearest=true: a replayed training image's nearest training image is itself
+    images, near = callback.nearest_training(trainer, faithful, 4)
+    assert torch.equal(images, near)
+
+
+@pytest.mark.slow  # a tiny run, genlab-eval and genlab-sample with Inception on ~60 images
+def test_eval_writes_knn_metrics_intervals_and_sample_nearest_grid(run_cli, weights, tmp_path):
+    """genlab-eval: every metric with its parameters; genlab-sample nearest=true: the grid."""
+    from PIL import Image
+
+    from tests.conftest import TINY, ok
+
+    run = tmp_path / "run"
+    ok(run_cli("genlab-train", *TINY, "data.limit=64", f"hydra.run.dir={run}"))
+    proc = run_cli(
+        "genlab-eval", f"ckpt_path={run}/checkpoints/last.ckpt", "metrics=prdc",
+        f"metrics.inception_weights={weights}", "metrics.inception_sha256=null",
+        "metrics.num_samples=16", "metrics.num_real=16", "metrics.batch_size=16",
+        "metrics.kid_subset_size=8", "metrics.bootstrap=2", f"metrics.cache_dir={tmp_path}/cache",
+    )  # fmt: skip
+    ok(proc)
+    (result,) = [json.loads(f.read_text()) for f in run.glob("eval/*/metrics.json")]
+    values, protocol = result["metrics"], result["protocol"]
+    for key in ("fid", "kid_mean", "precision", "recall", "density", "coverage", "copies"):
+        assert key in values, key
+    for key in ("fid", "kid", "precision", "recall"):
+        assert values[f"{key}_ci_low"] <= values[f"{key}_ci_high"], key
+    assert (protocol["pr_k"], protocol["dc_k"], protocol["bootstrap"]) == (3, 5, 2)
+    assert (protocol["backbone"], protocol["weights_sha256_checked"]) == ("inception", False)
+    assert protocol["n_real"] == protocol["n_fake"] == 16 and protocol["split"] == "train"
+    assert "tf1" in protocol["resize"]
+    proc = run_cli(
+        "genlab-sample", f"ckpt_path={run}/checkpoints/last.ckpt", "nearest=true",
+        "nearest_count=8", "nrow=4", "num_samples=4", f"+metrics.inception_weights={weights}",
+        "+metrics.inception_sha256=null", "+metrics.num_real=16",
+        f"+metrics.cache_dir={tmp_path}/cache", f"hydra.run.dir={tmp_path}/out",
+    )  # fmt: skip
+    ok(proc)
+    grid = Image.open(tmp_path / "out" / "nearest.png")
+    cell = 28 + 2  # an image and the grid's padding
+    assert grid.size == (4 * cell + 2, 4 * cell + 2)  # 2 x (4 samples over their 4 nearest)
+    assert grid.size[0] == Image.open(tmp_path / "out" / "samples.png").size[0]
+
+
+def test_gather_across_two_ranks_keeps_labels_and_modes_in_order():
+    """DDP's gather, simulated: each rank's features and labels, padded, end up in chunk order."""
+    from types import SimpleNamespace
+
+    from genlab.callbacks.sample_metrics import SampleMetrics, single_process
+
+    callback = SampleMetrics.__new__(SampleMetrics)
+    callback.batch_size, callback.progress = 4, False
+    callback.image_metrics = SimpleNamespace(
+        features=lambda x: {POOL: x.double() * 10, "mode": x[:, 0].long() % 7}
+    )
+    n = 11  # 3 chunks of 4: rank 0 does chunks 0 and 2, rank 1 chunk 1 and (padding) chunk 2
+
+    def chunk(j):
+        x = torch.arange(j * 4, min(n, j * 4 + 4), dtype=torch.float64)[:, None]
+        return x, (x[:, 0] % 3).long()
+
+    single = callback._gather(single_process(None), n, chunk)
+    locals_ = {}
+    for rank in (1, 0):
+        queue = []
+
+        def all_gather(t, rank=rank, queue=queue):
+            queue.append(t)
+            other = locals_.get(1 - rank, {}).get(len(queue) - 1, t)
+            return torch.stack([t, other] if rank == 0 else [other, t])
+
+        trainer = SimpleNamespace(
+            world_size=2, global_rank=rank, is_global_zero=rank == 0,
+            strategy=SimpleNamespace(all_gather=all_gather),
+        )  # fmt: skip
+        out = callback._gather(trainer, n, chunk)
+        locals_[rank] = dict(enumerate(queue))
+    assert set(out) == set(single) == {POOL, "mode", "label"}
+    for name in single:
+        torch.testing.assert_close(out[name], single[name])
+    assert single["label"].tolist() == [i % 3 for i in range(n)]

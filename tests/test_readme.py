@@ -16,9 +16,17 @@ NOT_KEYS = {"model.nosuch", "model.KEY"}
 # keys that only exist under another option of a group
 CONTEXT = {
     "model.likelihood": "model=vae",
+    "model.prior": "model=vae",
     "model.nll_k": "model=vae",
     "data.root": "data=folder",
     "data.path": "data=prepared",
+    "model.vqvae_ckpt": "model=vq_prior",
+    "model.lpips_weights": "model=vqgan",
+    "model.perceptual_weight": "model=vqgan",
+    "model.generator.base_channels": "model=biggan",
+    "model.discriminator.base_channels": "model=biggan",
+    "model.generator.width": "model=r3gan",
+    "model.discriminator.width": "model=r3gan",
 }
 
 

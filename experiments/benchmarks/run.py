@@ -363,6 +363,7 @@ def bench_eval(size: dict, work: Path, ckpt: Path) -> dict:
     common = [
         f"ckpt_path={ckpt}",
         f"metrics.inception_weights={weights}",
+        "metrics.inception_sha256=null",  # random weights in torch-fidelity's format
         f"metrics.num_real={n}",
         f"metrics.is_splits={min(10, n)}",
         f"metrics.batch_size={size['eval_batch']}",

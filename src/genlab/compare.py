@@ -1,28 +1,40 @@
 """genlab-compare: one table and curve plots for a sweep, or any directory of runs, offline."""
 
 import argparse
+import json
 import re
+import shutil
+import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
 from genlab.config import fail
 from genlab.errors import GenlabError
+from genlab.keys import MAXIMISED
 
 PROG = "genlab-compare"
 CONFIG_FILE = ".hydra/config.yaml"
 OVERRIDES_FILE = ".hydra/overrides.yaml"
 HYDRA_FILE = ".hydra/hydra.yaml"
 METRICS_FILE = "csv/metrics.csv"
+# W&B's offline run files, one per fragment of a resumed run (read when a run has no CSV)
+WANDB_FILES = "wandb/offline-run-*/run-*.wandb"
 SEED = "seed"
-X_AXES = ("step", "epoch")
-# Equal to genlab.training.MAXIMISED (a test checks): importing it would load Lightning.
-MAXIMISED = {"val/elbo", "val/is", "train/elbo", "train/iwae_bound"}
+# --x choice -> logged column (genlab.callbacks.axes logs the trainer/* ones)
+X_AXES = {
+    "images_seen": "trainer/images_seen",
+    "g_steps": "trainer/g_steps",
+    "step": "step",
+    "epoch": "epoch",
+    "time": "trainer/time",
+}
 # What each module's best checkpoint follows (GAN/VAE .default_monitor, then .fallback_monitor).
 MODEL_METRICS = {"GAN": ("val/fid", "val/swd"), "VAE": ("val/elbo",)}
 ANY_MODEL_METRICS = ("val/fid", "val/swd", "val/elbo")
@@ -39,7 +51,8 @@ class Run:
     config: dict[str, Any]  # unresolved: ${hydra:...} cannot be resolved outside Hydra
     overrides: dict[str, str | None]
     choices: dict[str, Any]  # config group -> option, from .hydra/hydra.yaml
-    metrics: pd.DataFrame  # csv/metrics.csv as Lightning's CSVLogger wrote it (sparse rows)
+    metrics: pd.DataFrame  # csv/metrics.csv as Lightning's CSVLogger wrote it (sparse rows),
+    # or the W&B offline history in the same shape
 
 
 @dataclass
@@ -94,13 +107,53 @@ def read_metrics(path: Path) -> pd.DataFrame:
         return pd.DataFrame(columns=["epoch", "step"])
 
 
+def wandb_reader() -> str:
+    """W&B's own command-line reader of run files (installed with the package)."""
+    beside = Path(sys.executable).parent / "wandb"
+    found = str(beside) if beside.is_file() else shutil.which("wandb")
+    if found is None:
+        raise GenlabError("reading W&B run files needs the wandb command (pip install wandb)")
+    return found
+
+
+def read_wandb_history(path: Path) -> pd.DataFrame:
+    """The history of a run's W&B offline files, fragments in start order, as CSVLogger rows.
+
+    Read through ``wandb leet inspect --json`` (W&B's reader): no network, no W&B import here.
+    Media rows (images, tables) are left out; ``trainer/global_step`` becomes ``step``.
+    """
+    rows = []
+    for wandb_file in sorted(path.glob(WANDB_FILES)):  # directory names start with the time
+        out = subprocess.run(
+            [wandb_reader(), "leet", "inspect", "--json", str(wandb_file)],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        if out.returncode != 0:
+            raise GenlabError(f"{wandb_file}: W&B could not read it ({out.stderr.strip()[:200]})")
+        for line in out.stdout.splitlines():
+            record = json.loads(line) if line.startswith("{") else {}
+            if record.get("type") != "history":
+                continue
+            item = record["history"]["item"]
+            if any(k.endswith("._type") for k in item):
+                continue
+            rows.append({k: v for k, v in item.items() if not k.startswith("_")})
+    frame = pd.DataFrame(rows)
+    return frame.rename(columns={"trainer/global_step": "step"})
+
+
+def has_metrics(path: Path) -> bool:
+    """True for a training run that logged metrics: a CSV file or W&B offline files."""
+    return (path / METRICS_FILE).is_file() or any(path.glob(WANDB_FILES))
+
+
 def load_yaml(path: Path) -> Any:
     """A YAML file as plain containers, interpolations left as written."""
     return OmegaConf.to_container(OmegaConf.load(path), resolve=False) if path.is_file() else None
 
 
 def load_run(path: Path, root: Path) -> Run:
-    """Read one run directory (``.hydra/`` and ``csv/metrics.csv``)."""
+    """Read one run directory (``.hydra/`` and ``csv/metrics.csv``, else its W&B files)."""
     hydra_cfg = load_yaml(path / HYDRA_FILE) or {}
     choices = hydra_cfg.get("hydra", {}).get("runtime", {}).get("choices", {}) or {}
     name = path.relative_to(root).as_posix()
@@ -110,7 +163,11 @@ def load_run(path: Path, root: Path) -> Run:
         config=load_yaml(path / CONFIG_FILE) or {},
         overrides=parse_overrides(load_yaml(path / OVERRIDES_FILE) or []),
         choices={k: v for k, v in choices.items() if not k.startswith("hydra/")},
-        metrics=read_metrics(path / METRICS_FILE),
+        metrics=(
+            read_metrics(path / METRICS_FILE)
+            if (path / METRICS_FILE).is_file()
+            else read_wandb_history(path)
+        ),
     )
 
 
@@ -123,11 +180,11 @@ def load_runs(root: str | Path) -> list[Run]:
     if not candidates:
         raise GenlabError(f"{root}: no genlab runs found (no {CONFIG_FILE} below it)")
     # genlab-eval and genlab-sample also write .hydra/ (task_name eval/sample): not runs
-    runs = [load_run(p, root) for p in candidates if (p / METRICS_FILE).is_file()]
+    runs = [load_run(p, root) for p in candidates if has_metrics(p)]
     if not runs:
         raise GenlabError(
-            f"{root}: none of its {len(candidates)} run(s) has {METRICS_FILE} "
-            "(train with logger=csv or logger=default)"
+            f"{root}: none of its {len(candidates)} run(s) has {METRICS_FILE} or {WANDB_FILES} "
+            "(train with logger=csv, logger=wandb or logger=default)"
         )
     return runs
 
@@ -182,7 +239,8 @@ def model_kind(run: Run) -> str:
 
 def logged(run: Run) -> list[str]:
     """The metric keys a run logged (columns with at least one value)."""
-    return [c for c in run.metrics.columns if c not in X_AXES and run.metrics[c].notna().any()]
+    axes = set(X_AXES.values())
+    return [c for c in run.metrics.columns if c not in axes and run.metrics[c].notna().any()]
 
 
 def default_metrics(runs: Sequence[Run]) -> list[str]:
@@ -236,6 +294,15 @@ def stat_column(metric: str, stat: str) -> str:
     return f"{metric} {stat}"
 
 
+def interval_half_width(frame: pd.DataFrame, metric: str) -> float | None:
+    """Half the width of the last bootstrap interval (``metric_ci_low/high``) a run logged."""
+    low, high = f"{metric}_ci_low", f"{metric}_ci_high"
+    if low not in frame or high not in frame:
+        return None
+    both = frame[[low, high]].dropna()
+    return None if both.empty else float(both[high].iloc[-1] - both[low].iloc[-1]) / 2
+
+
 def summarize(
     runs: Sequence[Run], metrics: Sequence[str], modes: dict[str, Mode]
 ) -> tuple[pd.DataFrame, list[str]]:
@@ -249,6 +316,9 @@ def summarize(
             column = run.metrics[m] if m in run.metrics else pd.Series(dtype=float)
             final, best = final_and_best(column, modes[m])
             row[stat_column(m, "final")], row[stat_column(m, "best")] = final, best
+            half = interval_half_width(run.metrics, m)
+            if half is not None:
+                row[stat_column(m, "ci")] = half
         rows.append(row)
     return pd.DataFrame(rows), keys
 
@@ -306,6 +376,9 @@ def display_table(comparison: Comparison) -> pd.DataFrame:
                 cells.append(fmt_number(mean) + ("" if pd.isna(std) else f" ± {std:.2g}"))
             title = f"{c} ({comparison.modes[m]})" if stat == "best" else c
             out[title] = cells
+        ci = stat_column(m, "ci")
+        if stat == "best" and ci in table:  # metrics.bootstrap: the final value's 95% interval
+            out[f"{m} 95% CI"] = ["" if pd.isna(h) else f"± {h:.2g}" for h in table[ci]]
     out["runs"] = [" ".join(r) for r in table["runs"]]
     return out
 
@@ -335,27 +408,81 @@ def group_label(comparison: Comparison, index: int) -> str:
     return f"{', '.join(parts) or ' '.join(row['runs'])} (n={row['n']})"
 
 
-def plot_curves(ax: Any, comparison: Comparison, metric: str, x: str = "step") -> None:
-    """Draw ``metric`` against ``x`` on a matplotlib Axes: one line per run, a colour per group."""
+def run_curve(frame: pd.DataFrame, metric: str, column: str) -> pd.Series:
+    """``metric`` indexed by the x column, one value per x (the last logged there)."""
+    if metric not in frame or column not in frame:
+        return pd.Series(dtype=float)
+    points = frame[[column, metric]].apply(pd.to_numeric, errors="coerce").dropna()
+    return points.groupby(column)[metric].last().sort_index()
+
+
+def group_curve(curves: Sequence[pd.Series]) -> pd.DataFrame:
+    """Seed mean, sample std (ddof=1) and count of runs' curves on the union of their x values.
+
+    A run counts at the x values inside its own range, linearly interpolated between its points
+    (identity where runs share x, as images seen and steps do across seeds; needed for time).
+    """
+    curves = [c for c in curves if not c.empty]
+    if not curves:
+        return pd.DataFrame(columns=["mean", "std", "n"], dtype=float)
+    x = np.unique(np.concatenate([c.index.to_numpy(dtype=float) for c in curves]))
+    columns = []
+    for c in curves:
+        cx, cy = c.index.to_numpy(dtype=float), c.to_numpy(dtype=float)
+        y = np.interp(x, cx, cy)
+        y[(x < cx[0]) | (x > cx[-1])] = np.nan
+        columns.append(y)
+    values = pd.DataFrame(np.stack(columns, axis=1), index=pd.Index(x, name="x"))
+    return pd.DataFrame(
+        {"mean": values.mean(axis=1), "std": values.std(axis=1, ddof=1), "n": values.count(axis=1)}
+    )
+
+
+def plot_curves(
+    ax: Any, comparison: Comparison, metric: str, x: str = "step", per_run: bool = False
+) -> None:
+    """Draw ``metric`` against ``x`` on a matplotlib Axes: per group the seed mean, ±std band.
+
+    ``x`` is a ``--x`` choice (``images_seen``, ``g_steps``, ``step``, ``epoch``, ``time``);
+    ``per_run`` adds each run's own line, thin, in its group's colour.
+    """
+    column = X_AXES[x]
     runs = {r.name: r for r in comparison.runs}
     colours = [f"C{i % 10}" for i in range(len(comparison.table))]
     for i, names in enumerate(comparison.table["runs"]):
-        for j, name in enumerate(names):
-            frame = runs[name].metrics
-            if metric not in frame or x not in frame:
-                continue
-            points = frame[[x, metric]].dropna()
-            label = group_label(comparison, i) if j == 0 else None
-            ax.plot(points[x], points[metric], color=colours[i], marker=".", label=label)
+        curves = [run_curve(runs[name].metrics, metric, column) for name in names]
+        curve = group_curve(curves)
+        if curve.empty:
+            continue
+        ax.plot(curve.index, curve["mean"], color=colours[i], marker=".",
+                label=group_label(comparison, i))  # fmt: skip
+        band = curve.dropna(subset=["std"])
+        if not band.empty:
+            ax.fill_between(band.index, band["mean"] - band["std"], band["mean"] + band["std"],
+                            color=colours[i], alpha=0.2, linewidth=0)  # fmt: skip
+        if per_run:
+            for c in curves:
+                ax.plot(c.index, c.to_numpy(), color=colours[i], linewidth=0.8, alpha=0.5)
     from matplotlib.ticker import MaxNLocator
 
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps and epochs are counts
-    ax.set_xlabel(x)
+    if x != "time":
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # counts
+    ax.set_xlabel(column if column == x else f"{x} ({column})")
     ax.set_ylabel(metric)
-    ax.set_title(f"{metric} ({comparison.modes[metric]} is best)")
+    ax.set_title(f"{metric} ({comparison.modes[metric]} is best; mean ± std over seeds)")
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize="small")
+
+
+def check_x(runs: Sequence[Run], x: str) -> None:
+    """Raise a one-line error when no run logged the ``--x`` axis."""
+    column = X_AXES[x]
+    if not any(column in r.metrics and r.metrics[column].notna().any() for r in runs):
+        raise GenlabError(
+            f"--x {x}: no run logged {column} (runs trained before genlab logged it; "
+            "use --x step or --x epoch)"
+        )
 
 
 def plot_file(out: Path, metric: str) -> Path:
@@ -363,18 +490,22 @@ def plot_file(out: Path, metric: str) -> Path:
     return out / f"compare_{re.sub(r'[^A-Za-z0-9_.-]+', '_', metric)}.png"
 
 
-def save_plot(comparison: Comparison, metric: str, x: str, path: Path) -> None:
+def save_plot(
+    comparison: Comparison, metric: str, x: str, path: Path, per_run: bool = False
+) -> None:
     """Write the curves of one metric as a PNG with the Agg backend (no display needed)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     FigureCanvasAgg(fig)
-    plot_curves(fig.add_subplot(), comparison, metric, x)
+    plot_curves(fig.add_subplot(), comparison, metric, x, per_run)
     fig.savefig(path, dpi=100)
 
 
-def write_outputs(comparison: Comparison, out: Path, x: str = "step") -> list[Path]:
+def write_outputs(
+    comparison: Comparison, out: Path, x: str = "step", per_run: bool = False
+) -> list[Path]:
     """Write compare.csv, compare.md and one compare_<metric>.png per metric into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "compare.csv", out / "compare.md"]
@@ -382,7 +513,7 @@ def write_outputs(comparison: Comparison, out: Path, x: str = "step") -> list[Pa
     written[1].write_text(markdown(display_table(comparison)))
     for m in comparison.metrics:
         written.append(plot_file(out, m))
-        save_plot(comparison, m, x, written[-1])
+        save_plot(comparison, m, x, written[-1], per_run)
     return written
 
 
@@ -445,7 +576,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default="table",
         help="what to print on stdout (default: a rich table)",
     )
-    p.add_argument("--x", choices=X_AXES, default="step", help="x axis of the curve plots")
+    p.add_argument(
+        "--x",
+        choices=list(X_AXES),
+        default="step",
+        help="x axis of the curve plots: images_seen (real images shown to the model), "
+        "g_steps (generator steps; VAE: optimizer steps), step (logged batches), epoch, time "
+        "(seconds of training)",
+    )
+    p.add_argument("--per-run", action="store_true", help="also draw each run's own curve, thin")
     return p.parse_args(argv)
 
 
@@ -454,9 +593,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     try:
         comparison = compare(args.path, args.metric, args.mode)
+        check_x(comparison.runs, args.x)
     except GenlabError as e:
         fail(PROG, e)
-    written = write_outputs(comparison, args.out or args.path, args.x)
+    written = write_outputs(comparison, args.out or args.path, args.x, args.per_run)
     if args.format == "md":
         sys.stdout.write(markdown(display_table(comparison)))
     elif args.format == "csv":

@@ -1,6 +1,8 @@
 """Where the shipped configs live, instantiation, and one-line error reporting for entry points."""
 
 import os
+import pickle
+import re
 import shutil
 import sys
 from collections.abc import Callable
@@ -29,6 +31,17 @@ def _config_dir() -> str:
 
 
 CONFIG_DIR = _config_dir()
+
+
+def packed_channels(channels: int, pack: Any) -> int:
+    """A packed discriminator's input channels: ``model.pack`` images of ``data.channels``."""
+    if not (isinstance(pack, int) and not isinstance(pack, bool) and pack >= 1):
+        raise GenlabError(f"model.pack={pack} must be an integer >= 1 (1 = no packing)")
+    return channels * pack
+
+
+# registered at import, before any entry point or test composes a config
+OmegaConf.register_new_resolver("genlab_packed", packed_channels, replace=True)
 
 
 def instantiate(cfg: Any, **kwargs: Any) -> Any:
@@ -127,8 +140,9 @@ def discard_empty_run_dir(run_dir: Path | None = None, stop: Path | None = None)
         run_dir = Path(HydraConfig.get().runtime.output_dir)
     if not run_dir.is_dir():
         return False
-    # what Hydra writes before the task starts: .hydra/ and the job's log file
-    if not all(p.name == ".hydra" or p.suffix == ".log" for p in run_dir.iterdir()):
+    # what Hydra writes before the task starts: .hydra/ and the job's log file; and .genlab/,
+    # the W&B id genlab-train stores while it builds
+    if not all(p.name in (".hydra", ".genlab") or p.suffix == ".log" for p in run_dir.iterdir()):
         return False
     shutil.rmtree(run_dir)
     stop = (stop or Path.cwd()).resolve()
@@ -168,7 +182,17 @@ def read_checkpoint(ckpt_path: str, key: str = "ckpt_path") -> dict:
     require_file(ckpt_path, key)
     try:
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated file, not a torch file, foreign pickle
+    except pickle.UnpicklingError as e:
+        # torch's weights-only unpickler names the class it refused; a damaged file names none
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if found is None:
+            reason = "UnpicklingError"
+            raise GenlabError(f"{key}={ckpt_path}: not a readable checkpoint ({reason})") from None
+        raise GenlabError(
+            f"{key}={ckpt_path}: holds pickled code ({found.group(1)}), which could run on load; "
+            "genlab reads checkpoints with weights_only=True"
+        ) from None
+    except Exception as e:  # truncated file, not a torch file
         reason = type(e).__name__
         raise GenlabError(f"{key}={ckpt_path}: not a readable checkpoint ({reason})") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
@@ -197,8 +221,8 @@ def load_model(ckpt_path: str, key: str = "ckpt_path") -> tuple[DictConfig, Any]
     return cfg, model.eval()
 
 
-def check_checkpoint(ckpt_path: str, model: Any, key: str = "ckpt_path") -> None:
-    """Fail in one line when ``ckpt_path`` is unreadable or was saved by another model."""
+def check_checkpoint(ckpt_path: str, model: Any, key: str = "ckpt_path") -> dict:
+    """The checkpoint; fails in one line when it is unreadable or was saved by another model."""
     ckpt = read_checkpoint(ckpt_path, key)
     saved = ckpt.get("genlab_config", {}).get("model", {}).get("_target_", "another model")
     expected = {k: v.shape for k, v in model.state_dict().items()}
@@ -209,3 +233,4 @@ def check_checkpoint(ckpt_path: str, model: Any, key: str = "ckpt_path") -> None
             f"{key}={ckpt_path}: saved by {saved} with different weights than this "
             f"{type(model).__name__} config (first mismatch: {diff[0]})"
         )
+    return ckpt

@@ -4,6 +4,7 @@ Every item is ``(image, label)``: a float image in [-1, 1] of shape (C, H, W) an
 label (0 for unlabeled sources, whose ``num_classes`` is 0).
 """
 
+import gzip
 import hashlib
 import itertools
 import json
@@ -34,11 +35,13 @@ Source = Literal[
     "folder",
     "synthetic",
     "prepared",  # genlab-prepare's output directory, data.path
+    "stacked_mnist",  # three MNIST-5k digits as RGB channels, 1000 modes (genlab.stacked_mnist)
 ]
 Split = Literal["train", "val", "test"]
 
 SOURCES: tuple[str, ...] = get_args(Source)
-NUM_CLASSES = {"mnist5k": 10, "mnist": 10, "fashion_mnist": 10, "cifar10": 10, "svhn": 10}
+NUM_CLASSES = {"mnist5k": 10, "mnist": 10, "fashion_mnist": 10, "cifar10": 10, "svhn": 10,
+               "stacked_mnist": 1000}  # fmt: skip
 # Where torchvision looks for each set's files below data.root (named in the missing-files error).
 TORCHVISION_DIRS = {
     "mnist": "MNIST/raw",
@@ -47,6 +50,13 @@ TORCHVISION_DIRS = {
     "svhn": ".",
     "celeba": "celeba",
 }
+# MNIST and Fashion-MNIST: four IDX files, read by genlab itself (gzipped or not) from data.root or
+# torchvision's data.root/<Set>/raw. Debian's recompressed .gz files fail torchvision's checksums.
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+IDX_SETS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}  # torchvision's class names
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, the weights PIL's convert("L") uses
 PREPARED_FORMAT = "genlab-prepared/1"  # genlab-prepare's output: DIR/manifest.json + DIR/SPLIT.npy
@@ -92,6 +102,38 @@ def pil_to_uint8(image: Image.Image, size: int, channels: int) -> Tensor:
     image = image.convert("L" if channels == 1 else "RGB")
     tensor = TF.pil_to_tensor(image).unsqueeze(0)  # (1, C, H, W)
     return fit_size(tensor, size)[0]
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """A uint8 IDX file (the MNIST format) as an array; gzipped when the name ends in .gz."""
+    try:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
+        raise GenlabError(f"{path}: not readable ({e})") from None
+    if len(data) < 4 or data[:2] != b"\0\0" or len(data) < 4 + 4 * data[3]:
+        raise GenlabError(f"{path}: not an IDX file (bad header)")
+    if data[2] != 0x08:
+        raise GenlabError(f"{path}: IDX element type 0x{data[2]:02x}, genlab reads uint8 (0x08)")
+    start = 4 + 4 * data[3]
+    shape = tuple(int(n) for n in np.frombuffer(data[4:start], ">i4"))
+    if len(data) - start != math.prod(shape):
+        raise GenlabError(
+            f"{path}: {len(data) - start} bytes of data where its shape {shape} needs "
+            f"{math.prod(shape)} (truncated or not an IDX file)"
+        )
+    # a bytearray is writable, so torch can take the array without copying or warning
+    return np.frombuffer(bytearray(data), np.uint8, offset=start).reshape(shape)
+
+
+class IDXSet:
+    """An MNIST-format split as torchvision's MNIST holds it: ``data`` (N, H, W), ``targets``."""
+
+    def __init__(self, data: np.ndarray, targets: np.ndarray, name: str):
+        self.data, self.targets, self.name = data, targets, name
+
+    def __len__(self) -> int:
+        return len(self.targets)
 
 
 class Batch(NamedTuple):
@@ -472,6 +514,7 @@ class ImageDataModule(pl.LightningDataModule):
         limit: int | None = None,
         synthetic_size: int = 2048,
         synthetic_classes: int = 4,
+        stacked_size: int = 25_600,
         num_classes: int | None = None,
         binarize: bool = False,
         pin_memory: bool | None = None,
@@ -505,6 +548,8 @@ class ImageDataModule(pl.LightningDataModule):
             raise GenlabError(f"data.synthetic_size={synthetic_size} must be >= 1")
         if source == "synthetic" and synthetic_classes < 1:
             raise GenlabError(f"data.synthetic_classes={synthetic_classes} must be >= 1")
+        if source == "stacked_mnist" and (channels, image_size) != (3, 28):
+            raise GenlabError("data.source=stacked_mnist needs data.channels=3, data.image_size=28")
         self.source = source
         self.root = Path(root).expanduser()
         self.image_size = image_size
@@ -517,6 +562,7 @@ class ImageDataModule(pl.LightningDataModule):
         self.limit = limit
         self.synthetic_size = synthetic_size
         self.synthetic_classes = synthetic_classes
+        self.stacked_size = stacked_size
         self.binarize = binarize
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.drop_last = drop_last
@@ -618,6 +664,11 @@ class ImageDataModule(pl.LightningDataModule):
         if self.source == "mnist5k":
             images, labels = mnist5k_raw()
             return self.in_memory(images, labels)
+        if self.source == "stacked_mnist":
+            from genlab.stacked_mnist import stacked_mnist
+
+            images, labels = stacked_mnist(*mnist5k_raw(), self.stacked_size, self.split_seed)
+            return TensorImages(images, labels)
         if self.source == "synthetic":
             images, labels = synthetic_images(
                 self.synthetic_size,
@@ -661,16 +712,51 @@ class ImageDataModule(pl.LightningDataModule):
         targets = base.labels if self.source == "svhn" else base.targets
         return self.in_memory(data.contiguous(), torch.as_tensor(np.asarray(targets)))
 
+    def idx_files(self, split: Literal["train", "test"]) -> list[Path]:
+        """The split's images and labels IDX files: in data.root or data.root/<Set>/raw, .gz or not.
+
+        Missing ones raise a one-line GenlabError naming data.root and the files expected.
+        """
+        dirs = [self.root / TORCHVISION_DIRS[self.source], self.root]
+        found, missing = [], []
+        for name in IDX_FILES[split]:
+            hits = [d / f for d in dirs for f in (name, f"{name}.gz") if (d / f).is_file()]
+            found.append(hits[0]) if hits else missing.append(f"{name}[.gz]")
+        if missing:
+            # the files are there whenever a download has been tried: suggest it only before
+            hint = "" if self.download else " or set data.download=true (needs a network)"
+            raise GenlabError(
+                f"data.source={self.source}: {' and '.join(missing)} not found in data.root="
+                f"{self.root.resolve()} nor in {dirs[0].resolve()}; put them there, point "
+                f"data.root elsewhere{hint}"
+            )
+        return found
+
+    def idx_split(self, split: Literal["train", "test"]) -> IDXSet:
+        """MNIST or Fashion-MNIST read from its IDX files, whatever compressed them."""
+        images_file, labels_file = self.idx_files(split)
+        images, labels = read_idx(images_file), read_idx(labels_file)
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise GenlabError(
+                f"data.root={self.root}: {images_file.name} holds {len(images)} images but "
+                f"{labels_file.name} {len(labels)} labels (shapes {images.shape}, {labels.shape})"
+            )
+        return IDXSet(images, labels, IDX_SETS[self.source])
+
     def torchvision_split(self, split: Literal["train", "test"], download: bool) -> Dataset:
         """The torchvision dataset; missing files become a GenlabError naming the directory."""
         from torchvision import datasets
 
         root = str(self.root)
+        if self.source in IDX_SETS:
+            try:
+                return self.idx_split(split)
+            except GenlabError:
+                if not download:
+                    raise
+            getattr(datasets, IDX_SETS[self.source])(root, train=split == "train", download=True)
+            return self.idx_split(split)
         try:
-            if self.source == "mnist":
-                return datasets.MNIST(root, train=split == "train", download=download)
-            if self.source == "fashion_mnist":
-                return datasets.FashionMNIST(root, train=split == "train", download=download)
             if self.source == "cifar10":
                 return datasets.CIFAR10(root, train=split == "train", download=download)
             if self.source == "svhn":

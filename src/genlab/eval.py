@@ -27,6 +27,7 @@ TYPES = {
     "ckpt_path": (str,),
     "seed": (int,),
     "nll_k": (int,),
+    "truncation": (int, float),
     "metrics.num_samples": (int, type(None)),
 }
 

@@ -20,7 +20,9 @@ from genlab.callbacks.sample_metrics import data_key
 from genlab.config import instantiate, load_model
 from genlab.errors import GenlabError
 from genlab.eval import check_split
+from genlab.loggers import evaluated_run, finish_evaluation
 from genlab.metrics import file_sha256
+from genlab.sampling import set_truncation
 from genlab.training import flat_config, prepare_wandb
 from genlab.vae import VAE
 
@@ -70,8 +72,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Score ``cfg.ckpt_path``; returns what metrics.json holds (written by rank 0)."""
     check_split(cfg.get("split"))
     run_cfg, model = load_model(cfg.ckpt_path)
+    if cfg.truncation != 1:
+        set_truncation(model, cfg.truncation)
     is_vae = isinstance(model, VAE)
-    if not is_vae and "_target_" not in cfg.metrics:
+    # autoencoders (VAE, VQ-VAE and its prior) score reconstructions and likelihoods themselves
+    if not hasattr(model, "reconstruct") and "_target_" not in cfg.metrics:
         raise GenlabError(
             "metrics=none leaves nothing to evaluate for a GAN (it has no likelihood): "
             "use metrics=default or metrics=fid"
@@ -87,17 +92,20 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     split = eval_split(cfg.get("split"), datamodule)
     split_size = score_split(datamodule, split)
     with open_dict(cfg):
+        evaluated = evaluated_run(cfg, run_cfg)  # joins the training run's W&B group
         prepare_wandb(cfg)
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     callbacks = [metrics] if metrics is not None else []
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     pl.seed_everything(cfg.seed, workers=True)
-    results = {}
+    results, scored = {}, False
     try:
         for logger in loggers:
-            logger.log_hyperparams(flat_config(cfg) if isinstance(logger, WandbLogger) else {})
+            flat = {**flat_config(cfg), **evaluated}
+            logger.log_hyperparams(flat if isinstance(logger, WandbLogger) else {})
         trainer.validate(model, datamodule=datamodule, verbose=False)
         results = dict(metrics.results) if metrics is not None else {}
+        scored = True
     finally:
         if loggers and "wandb" in sys.modules:
             import wandb
@@ -105,7 +113,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             if wandb.run is not None:
                 values = {k: float(v) for k, v in trainer.callback_metrics.items()}
                 wandb.run.summary.update({"eval/" + k: v for k, v in {**values, **results}.items()})
-            wandb.finish()
+            if not scored:
+                wandb.finish(exit_code=1)  # else after metrics.json, its artifact logged
     # the sample metrics come from the callback at full precision; the rest from the val loop
     logged = metrics.logged_keys() if metrics is not None else set()
     values = {k: float(v) for k, v in trainer.callback_metrics.items() if k not in logged}
@@ -130,6 +139,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if trainer.is_global_zero:
         atomic_json(result, out_dir / "metrics.json")
         log.info(f"wrote {out_dir / 'metrics.json'}: {json.dumps(result['metrics'])}")
+    finish_evaluation(out_dir / "metrics.json", result, metrics, datamodule, model)
     return result
 
 
@@ -141,4 +151,5 @@ def sample_protocol(cfg: DictConfig, metrics: Any, model: Any) -> dict[str, Any]
         "n_fake": metrics.num_samples,
         "sample_seed": cfg.metrics.seed,
         "sampling_generator": "ema" if getattr(model, "generator_ema", None) else "raw",
+        "truncation_psi": cfg.truncation,
     }

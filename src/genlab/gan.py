@@ -9,16 +9,18 @@ import torch
 from torch import Tensor, nn
 
 from genlab import losses
-from genlab.augment import diff_augment
+from genlab.augment import ADA, diff_augment
 from genlab.config import check_optimizer
-from genlab.errors import GenlabError, finite_or_skip
+from genlab.errors import GenlabError
 from genlab.loop import logs_written
+from genlab.models.manual import ManualOptimization
+from genlab.ramp import Ramp
 from genlab.rng import seeded
 from genlab.swd import sliced_wasserstein
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
-GANLoss = Literal["ns", "minimax", "hinge", "wgan", "ls"]
+GANLoss = Literal["ns", "minimax", "hinge", "wgan", "ls", "rpgan"]
 EMAStats = Literal["standing", "average"]
 
 # Real validation images kept for val/swd; enough for a stable estimate, cheap on CPU.
@@ -36,7 +38,37 @@ def _stale_standing(module: "GAN", incompatible_keys) -> None:
     module._standing_at = -1  # a module-level function, so the module still pickles (DDP spawn)
 
 
-class GAN(pl.LightningModule):
+def _check_stylegan2_options(generator: nn.Module, **options: float) -> None:
+    """StyleGAN2's lazy R1, path length and style mixing: values, and the generator they need."""
+    for key in ("r1_interval", "pl_interval", "pl_batch_shrink"):
+        if not (isinstance(options[key], int) and options[key] >= 1):
+            raise GenlabError(f"model.{key}={options[key]} must be an integer >= 1")
+    for key in ("pl_weight", "pl_decay", "style_mixing"):
+        if not options[key] >= 0 or (key != "pl_weight" and options[key] > 1):
+            bound = "must be >= 0" if key == "pl_weight" else "must be in [0, 1]"
+            raise GenlabError(f"model.{key}={options[key]} {bound}")
+        if key != "pl_decay" and options[key] and not hasattr(generator, "synthesis"):
+            raise GenlabError(
+                f"model.{key}={options[key]} needs a generator with mapping and synthesis "
+                f"(StyleGAN2Generator); {type(generator).__name__} has none"
+            )
+
+
+def _lazy_regularisation(optimizer: torch.optim.Optimizer, interval: int) -> None:
+    """StyleGAN2's correction for a penalty every ``interval`` steps: lr and betas ** (N / (N+1)).
+
+    As StyleGAN2-ADA's training_loop.py (and StudioGAN), whenever the interval is not 1.
+    """
+    if interval == 1:
+        return
+    ratio = interval / (interval + 1)
+    for group in optimizer.param_groups:
+        group["lr"] *= ratio
+        if "betas" in group:
+            group["betas"] = tuple(beta**ratio for beta in group["betas"])
+
+
+class GAN(ManualOptimization, pl.LightningModule):
     """Adversarial training of ``generator`` against ``discriminator``.
 
     Step counting: every batch makes one discriminator step; every ``n_critic``-th batch also
@@ -59,7 +91,18 @@ class GAN(pl.LightningModule):
         n_critic: int = 1,
         gp_weight: float = 0.0,
         r1_gamma: float = 0.0,
+        r2_gamma: float = 0.0,
+        ortho_reg: float = 0.0,
+        pack: int = 1,
+        ramp: dict | None = None,
+        r1_interval: int = 1,
+        pl_weight: float = 0.0,
+        pl_interval: int = 1,
+        pl_decay: float = 0.01,
+        pl_batch_shrink: int = 2,
+        style_mixing: float = 0.0,
         diffaugment: str = "",
+        ada: dict | None = None,
         ema_decay: float = 0.0,
         ema_stats: EMAStats = "standing",
         grad_clip: float = 0.0,
@@ -73,6 +116,19 @@ class GAN(pl.LightningModule):
             raise GenlabError(f"model.n_critic={n_critic} must be >= 1")
         if gp_weight < 0 or r1_gamma < 0:
             raise GenlabError("model.gp_weight and model.r1_gamma must be >= 0")
+        if not (r2_gamma >= 0 and ortho_reg >= 0):
+            raise GenlabError("model.r2_gamma and model.ortho_reg must be >= 0")
+        if not (isinstance(pack, int) and pack >= 1):
+            raise GenlabError(f"model.pack={pack} must be an integer >= 1 (1 = no packing)")
+        if pack > 1 and discriminator.num_classes:
+            raise GenlabError(f"model.pack={pack} needs an unconditional discriminator (PacGAN)")
+        self.ramp = Ramp(ramp)
+        if "lr" in self.ramp and (scheduler_g or scheduler_d):
+            raise GenlabError("model.ramp.lr and model.scheduler_g/scheduler_d are exclusive")
+        _check_stylegan2_options(
+            generator, r1_interval=r1_interval, pl_weight=pl_weight, pl_interval=pl_interval,
+            pl_decay=pl_decay, pl_batch_shrink=pl_batch_shrink, style_mixing=style_mixing,
+        )  # fmt: skip
         if nonfinite not in ("stop", "skip", "off"):
             raise GenlabError(f"model.nonfinite={nonfinite!r}: use stop, skip or off")
         if not 0.0 <= ema_decay < 1.0:
@@ -81,6 +137,14 @@ class GAN(pl.LightningModule):
             raise GenlabError(f"model.ema_stats={ema_stats!r}: use standing or average")
         if not grad_clip >= 0:
             raise GenlabError(f"model.grad_clip={grad_clip} must be >= 0 (0 = off)")
+        # ADA is on with a p or a target, the test StyleGAN2-ADA builds its pipeline on
+        ada_on = ada is not None and bool(ada.get("p") or ada.get("target") is not None)
+        if ada_on and diffaugment:
+            raise GenlabError(
+                f"model.ada and model.diffaugment={diffaugment!r} are exclusive: set "
+                "model.diffaugment='' or turn ADA off (model.ada.p=0 model.ada.target=null)"
+            )
+        self.ada = ADA(**ada) if ada_on else None
         self.save_hyperparameters(
             ignore=["generator", "discriminator", "optimizer_g", "optimizer_d"]
             + ["scheduler_g", "scheduler_d"],
@@ -89,7 +153,8 @@ class GAN(pl.LightningModule):
         self.automatic_optimization = False
         self.generator = generator
         self.discriminator = discriminator
-        self.generator_ema = copy.deepcopy(generator).requires_grad_(False) if ema_decay else None
+        use_ema = ema_decay or "ema_half_life" in self.ramp
+        self.generator_ema = copy.deepcopy(generator).requires_grad_(False) if use_ema else None
         self._ema_updates, self._standing_at = 0, -1  # standing stats are stale when they differ
         # loaded EMA weights (resume, genlab-eval, genlab-sample) need their own statistics
         self.register_load_state_dict_post_hook(_stale_standing)
@@ -107,7 +172,10 @@ class GAN(pl.LightningModule):
         g = torch.Generator().manual_seed(0)
         self.register_buffer("fixed_z", torch.randn(num_grid, self.latent_dim, generator=g))
         self.register_buffer("fixed_labels", self._grid_labels(num_grid))
+        if pl_weight:  # the running mean path length, state that must travel with the weights
+            self.register_buffer("pl_mean", torch.zeros(()))
         self.batches_seen = 0
+        self.images_seen = 0  # real images D saw, all ranks: the clock of model.ramp
         self.skipped_steps = 0
         self._last_g_loss: Tensor | None = None
         self._val_real: list[Tensor] = []
@@ -118,6 +186,8 @@ class GAN(pl.LightningModule):
     def configure_optimizers(self):
         opt_g = self.optimizer_g(self.generator.parameters())
         opt_d = self.optimizer_d(self.discriminator.parameters())
+        _lazy_regularisation(opt_g, self.hparams.pl_interval)  # before schedulers read the lr
+        _lazy_regularisation(opt_d, self.hparams.r1_interval)
         schedulers = [
             make(opt)
             for make, opt in ((self.scheduler_g, opt_g), (self.scheduler_d, opt_d))
@@ -125,27 +195,14 @@ class GAN(pl.LightningModule):
         ]
         return [opt_g, opt_d], schedulers
 
-    def configure_callbacks(self) -> list:
-        """No callbacks; refuses Trainer clipping, which manual optimisation cannot apply."""
-        # the first module hook of a fit, before Lightning's own check raises with a traceback
-        if self.trainer.gradient_clip_val:
-            raise GenlabError(
-                f"trainer.gradient_clip_val={self.trainer.gradient_clip_val} does not apply to "
-                "the GAN's manual optimisation; set model.grad_clip (max gradient norm) instead"
-            )
-        return []
-
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Clip the stepping network's gradient norm to ``model.grad_clip``."""
-        # runs after GradScaler.unscale_ under 16-mixed (GANMixedPrecision): true gradients
-        if self.hparams.grad_clip:
-            params = [p for group in optimizer.param_groups for p in group["params"]]
-            nn.utils.clip_grad_norm_(params, self.hparams.grad_clip)
-
     def double_backward_networks(self) -> dict[str, nn.Module]:
         """Networks a penalty differentiates twice (torch.compile cannot), by the keys that do."""
-        keys = [f"model.{k}" for k in ("gp_weight", "r1_gamma") if self.hparams[k]]
-        return {f"model.discriminator ({', '.join(keys)})": self.discriminator} if keys else {}
+        penalties = ("gp_weight", "r1_gamma", "r2_gamma")
+        keys = [f"model.{k}" for k in penalties if self.hparams[k] or k in self.ramp]
+        nets = {f"model.discriminator ({', '.join(keys)})": self.discriminator} if keys else {}
+        if self.hparams.pl_weight:
+            nets["model.generator (model.pl_weight)"] = self.generator
+        return nets
 
     def networks(self) -> list[nn.Module]:
         """The networks a speed-up (compile, channels-last) applies to."""
@@ -194,6 +251,12 @@ class GAN(pl.LightningModule):
             labels = torch.randint(self.num_classes, (n,), device=self.device)
         return self.sampling_generator(z, labels)
 
+    def shape_sample(self, n: int) -> Tensor:
+        """``n`` images of the raw generator: their shape is the EMA copy's, at no standing cost."""
+        z = torch.randn(n, self.latent_dim, device=self.device)
+        labels = torch.zeros(n, dtype=torch.long, device=self.device) if self.num_classes else None
+        return self.generator(z, labels)
+
     def grid_images(self) -> dict[str, Tensor]:
         """Images for the per-epoch grid: the fixed noise through the sampling generator."""
         labels = self.fixed_labels if self.num_classes else None
@@ -203,7 +266,86 @@ class GAN(pl.LightningModule):
         return labels if self.num_classes else None
 
     def _augment(self, x: Tensor) -> Tensor:
+        if self.ada is not None:
+            return self.ada(x)
         return diff_augment(x, self.hparams.diffaugment) if self.hparams.diffaugment else x
+
+    def _pack(self, x: Tensor) -> Tensor:
+        """PacGAN: each ``model.pack`` consecutive images stacked on channels (B/m, m*C, H, W)."""
+        m = self.hparams.pack
+        if m == 1:
+            return x
+        if x.shape[0] % m:
+            raise GenlabError(
+                f"model.pack={m} does not divide a batch of {x.shape[0]} images: "
+                "make data.batch_size a multiple of it"
+            )
+        return x.reshape(x.shape[0] // m, m * x.shape[1], *x.shape[2:])
+
+    def _critic(self, x: Tensor, y: Tensor | None) -> Tensor:
+        """D's logits (B / model.pack,) on images as D sees them: augmented, then packed."""
+        return self.discriminator(self._pack(self._augment(x)), y)
+
+    def _generate(self, z: Tensor, y: Tensor | None) -> Tensor:
+        """G(z) as training sees it: with ``model.style_mixing``, through mixed styles."""
+        if not self.hparams.style_mixing:
+            return self.generator(z, y)
+        return self.generator.synthesis(self._mixed_ws(z, y))
+
+    def _mixed_ws(self, z: Tensor, y: Tensor | None) -> Tensor:
+        """ws (B, num_ws, w_dim) of ``z``; with probability ``model.style_mixing`` the layers
+        from a random cutoff in [1, num_ws) on take the ws of fresh latents (StyleGAN2-ADA's
+        run_G; the second mapping leaves ``w_avg`` alone)."""
+        ws = self.generator.mapping(z, y)
+        p = self.hparams.style_mixing
+        if p and torch.rand(()) < p:
+            cutoff = int(torch.randint(1, ws.shape[1], ()))
+            other = self.generator.mapping(torch.randn_like(z), y, update_w_avg=False)
+            ws = torch.cat([ws[:, :cutoff], other[:, cutoff:]], 1)
+        return ws
+
+    def _path_length(self, z: Tensor, y: Tensor | None) -> Tensor:
+        """StyleGAN2's path length penalty on the first B / ``model.pl_batch_shrink`` latents."""
+        n = max(len(z) // self.hparams.pl_batch_shrink, 1)
+        ws = self._mixed_ws(z[:n], None if y is None else y[:n])
+        penalty, mean = losses.path_length_penalty(
+            self.generator.synthesis(ws), ws, self.pl_mean, self.hparams.pl_decay,
+            scale=self._loss_scale(),
+        )  # fmt: skip
+        self.pl_mean.copy_(mean)
+        return penalty
+
+    def set_truncation(self, psi: float) -> None:
+        """Sample with StyleGAN's truncation trick, w pulled toward ``w_avg`` (``psi`` 1 = off)."""
+        generators = [g for g in (self.generator, self.generator_ema) if g is not None]
+        if not all(hasattr(g, "truncation_psi") for g in generators):
+            if psi == 1:
+                return
+            raise GenlabError(
+                f"truncation={psi}: {type(self.generator).__name__} has no truncation "
+                "(StyleGAN2Generator has)"
+            )
+        for g in generators:
+            g.truncation_psi = psi
+
+    def _ramped(self, optimizers) -> dict[str, float]:
+        """``model.ramp``'s values at the images seen so far; lr and beta2 go to both optimizers."""
+        values = self.ramp.at(self.images_seen)
+        for group in (g for opt in optimizers for g in opt.param_groups):
+            if "lr" in values:
+                group["lr"] = values["lr"]
+            if "beta2" in values:
+                group["betas"] = (group["betas"][0], values["beta2"])
+        return values
+
+    def _ortho_weights(self) -> list[Tensor]:
+        """G's weights under BigGAN's orthogonal regulariser: 2-d and up, no embeddings."""
+        # BigGAN-PyTorch leaves out G.shared ("really we should blacklist any embeddings")
+        embedded = {
+            id(p) for m in self.generator.modules() if isinstance(m, nn.Embedding)
+            for p in m.parameters()
+        }  # fmt: skip
+        return [p for p in self.generator.parameters() if p.dim() >= 2 and id(p) not in embedded]
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         real, labels = batch  # (B, C, H, W), (B,)
@@ -212,44 +354,72 @@ class GAN(pl.LightningModule):
         hp = self.hparams
         log_now = logs_written(self.trainer)  # each self.log costs ~0.5 ms on a small CPU
         logged: dict[str, Tensor] = {}
+        ramped = self._ramped((opt_g, opt_d))
+        r1_gamma, r2_gamma = (ramped.get(k, hp[k]) for k in ("r1_gamma", "r2_gamma"))
 
         with self.toggled_optimizer(opt_d):
             z = torch.randn(real.shape[0], self.latent_dim, device=self.device)
             with torch.no_grad():
-                fake = self.generator(z, y)
-            if hp.r1_gamma:
+                fake = self._generate(z, y)
+            # lazy R1 (StyleGAN2): on every model.r1_interval-th D step, weighted by the interval
+            lazy_r1 = bool(r1_gamma) and self.batches_seen % hp.r1_interval == 0
+            if lazy_r1:
                 real.requires_grad_(True)
-            d_real = self.discriminator(self._augment(real), y)
-            d_fake = self.discriminator(self._augment(fake), y)
+            if r2_gamma:
+                fake.requires_grad_(True)
+            d_real = self._critic(real, y)
+            d_fake = self._critic(fake, y)
             d_loss = losses.d_loss(hp.loss, d_real, d_fake)
-            scale = self._loss_scale() if hp.gp_weight or hp.r1_gamma else None
+            scale = self._loss_scale() if hp.gp_weight or r1_gamma or r2_gamma else None
             if hp.gp_weight:
-                gp = losses.gradient_penalty(self.discriminator, real, fake, y, scale=scale)
+                gp = losses.gradient_penalty(
+                    self.discriminator, self._pack(real), self._pack(fake), y, scale=scale
+                )
                 d_loss = d_loss + hp.gp_weight * gp
                 logged["train/gp"] = gp
-            if hp.r1_gamma:
+            if lazy_r1:
                 r1 = losses.r1_penalty(d_real, real, scale=scale)
-                d_loss = d_loss + 0.5 * hp.r1_gamma * r1
+                d_loss = d_loss + 0.5 * r1_gamma * hp.r1_interval * r1
                 logged["train/r1"] = r1
+            if r2_gamma:
+                r2 = losses.r2_penalty(d_fake, fake, scale=scale)
+                d_loss = d_loss + 0.5 * r2_gamma * r2
+                logged["train/r2"] = r2
             self._step(opt_d, d_loss, "train/d_loss")
 
         self.batches_seen += 1
+        self.images_seen += real.shape[0] * self.trainer.world_size
         if self.batches_seen % hp.n_critic == 0:
             with self.toggled_optimizer(opt_g):
                 z = torch.randn(real.shape[0], self.latent_dim, device=self.device)
-                g_loss = losses.g_loss(
-                    hp.loss, self.discriminator(self._augment(self.generator(z, y)), y)
-                )
+                d_fake_g = self._critic(self._generate(z, y), y)
+                # rpgan pairs each fake logit with a real one, so G's loss needs D(real) too
+                d_real_g = self._critic(real.detach(), y) if hp.loss == "rpgan" else None
+                g_loss = losses.g_loss(hp.loss, d_fake_g, d_real_g)
+                if hp.ortho_reg:
+                    ortho = losses.orthogonal_reg(self._ortho_weights())
+                    g_loss = g_loss + hp.ortho_reg * ortho
+                    logged["train/ortho"] = ortho.detach()
+                # path length (StyleGAN2): on every model.pl_interval-th G step, x the interval
+                if hp.pl_weight and (self.batches_seen // hp.n_critic - 1) % hp.pl_interval == 0:
+                    pl_penalty = self._path_length(z, y)
+                    g_loss = g_loss + hp.pl_weight * hp.pl_interval * pl_penalty
+                    logged["train/pl"] = pl_penalty.detach()
+                    logged["train/pl_mean"] = self.pl_mean.clone()
                 self._step(opt_g, g_loss, "train/g_loss")
-            self._update_ema()
+            half_life = ramped.get("ema_half_life")
+            images = hp.n_critic * real.shape[0] * self.trainer.world_size
+            # R3GAN's EMA: beta = 0.5 ** (images per update / half-life in images)
+            self._update_ema(None if half_life is None else 0.5 ** (images / max(half_life, 1e-8)))
             # schedules count generator steps (mimicry's linear decay over G iterations)
             for scheduler in self._schedulers():
                 scheduler.step()
             # kept for the next written step, which may fall between G steps (n_critic > 1)
             self._last_g_loss = g_loss.detach()
-        update_scaler = getattr(self.trainer.precision_plugin, "update_scaler", None)
-        if update_scaler is not None:
-            update_scaler()  # 16-mixed: once per iteration, after D and G stepped
+        if self.ada is not None:  # after the batch, as StyleGAN2-ADA; one p on every DDP rank
+            signs = self.ada.real_signs(d_real, real.shape[0])
+            self.ada.update(self.trainer.strategy.reduce(signs, reduce_op="sum"))
+        self._update_scaler()  # 16-mixed: once per iteration, after D and G stepped
         if log_now:  # the progress bar's values refresh at the same steps
             self.log("train/d_loss", d_loss, prog_bar=True)
             if self._last_g_loss is not None:
@@ -258,23 +428,14 @@ class GAN(pl.LightningModule):
             self.log("train/d_fake", d_fake.mean())
             for name, value in logged.items():
                 self.log(name, value)
+            for name, value in ramped.items():  # model.ramp: the values this batch used
+                self.log(f"train/{name}", value)
             self.log("train/g_steps", float(self.batches_seen // hp.n_critic))
+            if self.ada is not None:
+                self.log("train/ada_p", self.ada.p)
+                self.log("train/ada_rt", self.ada.rt)
             if self.skipped_steps:
                 self.log("train/skipped_steps", float(self.skipped_steps))
-
-    def _loss_scale(self) -> float | None:
-        """The fp16 GradScaler's current scale, which the penalties' autograd.grad must apply."""
-        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
-        return scaler.get_scale() if scaler is not None and scaler.is_enabled() else None
-
-    def _step(self, optimizer, loss: Tensor, name: str) -> None:
-        """Backward and step ``optimizer`` on ``loss``; a non-finite loss stops or is skipped."""
-        if finite_or_skip(self, loss, name, self.hparams.nonfinite):
-            optimizer.zero_grad(set_to_none=True)
-            self.manual_backward(loss)
-            optimizer.step()
-        else:
-            self.skipped_steps += 1
 
     def _schedulers(self) -> list:
         schedulers = self.lr_schedulers()
@@ -283,10 +444,11 @@ class GAN(pl.LightningModule):
         return schedulers if isinstance(schedulers, list) else [schedulers]
 
     @torch.no_grad()
-    def _update_ema(self) -> None:
+    def _update_ema(self, decay: float | None = None) -> None:
+        """Average G into its EMA copy with ``decay`` (default ``model.ema_decay``)."""
         if self.generator_ema is None:
             return
-        decay = self.hparams.ema_decay
+        decay = self.hparams.ema_decay if decay is None else decay
         self._ema_updates += 1
         for ema_p, p in zip(
             self.generator_ema.parameters(), self.generator.parameters(), strict=True
@@ -320,8 +482,10 @@ class GAN(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["genlab_batches_seen"] = self.batches_seen
+        checkpoint["genlab_images_seen"] = self.images_seen
         checkpoint["genlab_skipped_steps"] = self.skipped_steps
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.batches_seen = checkpoint.get("genlab_batches_seen", 0)
+        self.images_seen = checkpoint.get("genlab_images_seen", 0)
         self.skipped_steps = checkpoint.get("genlab_skipped_steps", 0)

@@ -1,4 +1,4 @@
-"""Pure loss and penalty functions: GAN losses, WGAN-GP, R1, and VAE log-densities.
+"""Pure loss and penalty functions: GAN losses, WGAN-GP, R1/R2, orthogonality, VAE densities.
 
 GAN logits are (B,) and results are scalars; VAE terms are per example (B,), summed over
 latent or pixel dimensions. Pixels are in [-1, 1].
@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from genlab.errors import GenlabError
 
-GANLoss = Literal["ns", "minimax", "hinge", "wgan", "ls"]
+GANLoss = Literal["ns", "minimax", "hinge", "wgan", "ls", "rpgan"]
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -33,12 +33,22 @@ def d_loss(kind: GANLoss, real: Tensor, fake: Tensor) -> Tensor:
         return F.relu(1 - real).mean() + F.relu(1 + fake).mean()
     if kind == "wgan":
         return fake.mean() - real.mean()
+    if kind == "rpgan":  # relativistic pairing (R3GAN): softplus(-(D(real) - D(fake)))
+        return F.softplus(fake - real).mean()
     return 0.5 * ((real - 1) ** 2).mean() + 0.5 * (fake**2).mean()
 
 
-def g_loss(kind: GANLoss, fake: Tensor) -> Tensor:
-    """Generator loss from discriminator logits on fake images (B,); a scalar."""
+def g_loss(kind: GANLoss, fake: Tensor, real: Tensor | None = None) -> Tensor:
+    """Generator loss from discriminator logits on fake images (B,); a scalar.
+
+    Args:
+        real: logits on real images (B,), paired with ``fake``; only ``rpgan`` reads them.
+    """
     _check_kind(kind)
+    if kind == "rpgan":
+        if real is None:
+            raise ValueError("the rpgan generator loss needs the logits on real images too")
+        return F.softplus(real - fake).mean()
     if kind == "ns":
         return F.softplus(-fake).mean()  # -log(sigmoid(fake))
     if kind == "minimax":
@@ -90,7 +100,60 @@ def r1_penalty(real_logits: Tensor, real: Tensor, scale: float | None = None) ->
     ``scale`` as in ``input_grad`` (fp16 mixed precision).
     """
     grad = input_grad(real_logits, real, scale)
-    return grad.pow(2).flatten(1).sum(1).mean()
+    # per logit: with packing (model.pack) m images of ``real`` feed one logit
+    return grad.pow(2).reshape(len(real_logits), -1).sum(1).mean()
+
+
+def path_length_penalty(
+    images: Tensor,
+    ws: Tensor,
+    pl_mean: Tensor,
+    decay: float,
+    noise: Tensor | None = None,
+    scale: float | None = None,
+) -> tuple[Tensor, Tensor]:
+    """StyleGAN2's path length penalty E[(|J_w^T y| - a)^2] and the new running mean a.
+
+    As StyleGAN2-ADA's loss.py: y ~ N(0, I) / sqrt(H * W) (``noise`` replaces the N(0, I)
+    draw), |J_w^T y| is the root mean over the num_ws layers of the squared gradient norms, and
+    a = lerp(pl_mean, mean length, decay) keeps its graph in the penalty, as theirs does.
+
+    Args:
+        images: (B, C, H, W), computed from ``ws`` (B, num_ws, w_dim) with the graph kept.
+        pl_mean: the running mean (a scalar tensor) before this step.
+    Returns:
+        The penalty (a scalar, without pl_weight) and the new mean, detached.
+    """
+    if noise is None:
+        noise = torch.randn_like(images)
+    noise = noise / math.sqrt(images.shape[2] * images.shape[3])
+    grad = input_grad((images * noise).flatten(1).sum(1), ws, scale)  # (B, num_ws, w_dim)
+    lengths = grad.square().sum(2).mean(1).sqrt()  # (B,)
+    mean = pl_mean.lerp(lengths.mean(), decay)
+    return (lengths - mean).square().mean(), mean.detach()
+
+
+def r2_penalty(fake_logits: Tensor, fake: Tensor, scale: float | None = None) -> Tensor:
+    """R2 (R3GAN): R1's zero-centred penalty on fake images, E||grad_x D(x)||^2, without gamma / 2.
+
+    ``fake`` must have required grad (detached from G) before ``fake_logits`` were computed.
+    """
+    return r1_penalty(fake_logits, fake, scale)
+
+
+def orthogonal_reg(weights: list[Tensor]) -> Tensor:
+    """BigGAN's orthogonal regulariser: sum over W of 0.5 ||(W W^T) * (1 - I)||_F^2, a scalar.
+
+    W is each weight reshaped to (out, -1). The 0.5 makes its gradient BigGAN-PyTorch's
+    ``utils.ortho`` exactly: 2 ((W W^T) * (1 - I)) W; the caller multiplies by the strength.
+    """
+    total = weights[0].new_zeros(()) if weights else torch.zeros(())
+    for w in weights:
+        w = w.reshape(w.shape[0], -1)  # (out, in * kh * kw)
+        gram = w @ w.t()
+        off = gram - torch.diag_embed(torch.diagonal(gram))
+        total = total + 0.5 * off.pow(2).sum()
+    return total
 
 
 def kl_normal(mu: Tensor, logvar: Tensor) -> Tensor:

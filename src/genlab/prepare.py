@@ -34,8 +34,10 @@ def listing_sha256(root: Path, files: list[Path]) -> str:
 
 def torchvision_files(dm: Any) -> tuple[Path, list[Path]]:
     """The directory torchvision reads a set from, and its files (SVHN: its .mat files only)."""
-    from genlab.data import TORCHVISION_DIRS
+    from genlab.data import IDX_SETS, TORCHVISION_DIRS
 
+    if dm.source in IDX_SETS:  # the four IDX files, wherever below data.root they were found
+        return dm.root, sorted(dm.idx_files("train") + dm.idx_files("test"))
     where = dm.root / TORCHVISION_DIRS[dm.source]
     if dm.source == "svhn":
         return where, sorted(where.glob("*_32x32.mat"))
@@ -56,7 +58,7 @@ def split_identity(dm: Any, split: str) -> dict:
         where, files = torchvision_files(dm)
         return {
             "count": len(base),
-            "torchvision": f"{type(base).__name__} split={split}",
+            "torchvision": f"{getattr(base, 'name', type(base).__name__)} split={split}",
             "file_list_sha256": listing_sha256(where, files),
         }
     if dm.source == "mnist5k":

@@ -21,6 +21,7 @@ COUNTS = {"num_samples": 1, "nrow": 1, "interpolation.count": 1, "interpolation.
 def check(cfg: DictConfig) -> None:
     """Raise GenlabError naming the first value that cannot make a grid."""
     check_types(cfg, {"ckpt_path": (str,), "seed": (int,)} | {k: (int,) for k in COUNTS})
+    check_types(cfg, {"truncation": (int, float)})
     for key, least in COUNTS.items():
         value = OmegaConf.select(cfg, key)
         if value < least:

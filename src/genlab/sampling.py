@@ -82,6 +82,42 @@ def real_images(run_cfg: DictConfig, n: int) -> tuple[Tensor, Tensor]:
     return torch.stack(images), torch.stack(labels)
 
 
+def set_truncation(model: nn.Module, psi: float) -> None:
+    """Sample with truncation ``psi``; a one-line error for a model without it (a VAE too)."""
+    if not hasattr(model, "set_truncation"):
+        raise GenlabError(f"truncation={psi}: {type(model).__name__} has no truncation")
+    model.set_truncation(psi)
+
+
+def nearest_rows(cfg: DictConfig, run_cfg: DictConfig, model: nn.Module) -> Tensor:
+    """Rows of ``nrow`` samples, each above a row of their nearest reference (training) images.
+
+    Nearest in the feature space of the run's metrics config (``metrics.*`` here overrides it;
+    a run without one gets conf/metrics/default.yaml), reference split and cache included.
+    """
+    from omegaconf import OmegaConf
+
+    from genlab.callbacks.sample_metrics import single_process
+    from genlab.config import CONFIG_DIR
+
+    base = run_cfg.get("metrics") or {}
+    if "_target_" not in base:
+        base = OmegaConf.load(Path(CONFIG_DIR) / "metrics" / "default.yaml")
+    metrics_cfg = OmegaConf.merge(base, cfg.get("metrics") or {}, {"metrics": ["copies"]})
+    metrics_cfg.pop("defaults", None)
+    metrics = instantiate(metrics_cfg, batch_size=min(64, cfg.nearest_count))
+    datamodule = instantiate(run_cfg.data)
+    samples, neighbours = metrics.nearest_training(
+        single_process(datamodule), model, cfg.nearest_count
+    )
+    rows = [
+        part[i : i + cfg.nrow].cpu()
+        for i in range(0, len(samples), cfg.nrow)
+        for part in (samples, neighbours)
+    ]
+    return torch.cat(rows)
+
+
 def pick_device(name: str) -> torch.device:
     """``auto`` is CUDA when available, else CPU."""
     if name == "auto":
@@ -97,13 +133,18 @@ def sample(cfg: DictConfig) -> list[Path]:
     """Write every grid for ``cfg.ckpt_path`` into ``cfg.output_dir``; returns the PNG paths."""
     check(cfg)
     run_cfg, model = load_model(cfg.ckpt_path)
+    if cfg.truncation != 1:
+        set_truncation(model, cfg.truncation)
+        log.info(f"truncation psi={cfg.truncation}")
     model.to(pick_device(cfg.device))
     torch.manual_seed(cfg.seed)
     steps = cfg.interpolation.steps
     grids: dict[str, tuple[Tensor, int]] = {}
     with torch.no_grad():
         grids["samples"] = (model.sample(cfg.num_samples), cfg.nrow)
-        for name, images in interpolations(model, cfg.interpolation.count, steps).items():
+        # discrete-latent models (VQ-VAE, its prior) have no continuous latent to interpolate
+        paths = interpolations(model, cfg.interpolation.count, steps) if model.latent_dim else {}
+        for name, images in paths.items():
             grids[f"interpolation_{name}"] = (images, steps)
         if model.num_classes:
             grids["classes"] = (class_rows(model, cfg.nrow), cfg.nrow)
@@ -111,6 +152,8 @@ def sample(cfg: DictConfig) -> list[Path]:
             x, labels = real_images(run_cfg, 4 * cfg.nrow)
             x, labels = x.to(model.device), labels.to(model.device)
             grids["reconstructions"] = (reconstruction_rows(model, x, labels, cfg.nrow), cfg.nrow)
+    if cfg.get("nearest"):
+        grids["nearest"] = (nearest_rows(cfg, run_cfg, model), cfg.nrow)
     paths = []
     for name, (images, nrow) in grids.items():
         path = Path(cfg.output_dir) / f"{name}.png"

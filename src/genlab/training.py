@@ -20,6 +20,7 @@ from pytorch_lightning.plugins.environments import SLURMEnvironment
 from pytorch_lightning.utilities import rank_zero_info
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from genlab.callbacks.axes import CommonAxes, EvaluationTable
 from genlab.callbacks.checkpointing import (
     AtomicCheckpointIO,
     FinalValidation,
@@ -32,15 +33,16 @@ from genlab.callbacks.sample_metrics import SampleMetrics
 from genlab.callbacks.speed import FastPath
 from genlab.config import check_checkpoint, instantiate
 from genlab.errors import GenlabError
-from genlab.gan import GAN
+from genlab.keys import MAXIMISED
+from genlab.loggers import GenlabWandbLogger, checkpoint_wandb, choose_run_id
 from genlab.metrics import MetricsUnavailable
+from genlab.models.manual import ManualOptimization
+from genlab.redact import redact
 
 log = logging.getLogger("genlab")
 
-# Metrics where larger is better; every other monitored key is minimised.
-MAXIMISED = {"val/elbo", "val/is", "train/elbo", "train/iwae_bound"}
-# Keys logged by SampleMetrics, on its own schedule.
-SAMPLE_METRICS = {"val/fid", "val/is", "val/kid"}
+# Keys logged by SampleMetrics, on its own schedule (val/fid, val/precision, val/modes, ...).
+SAMPLE_METRICS = SampleMetrics.logged_keys()
 
 
 def monitor_of(
@@ -48,9 +50,10 @@ def monitor_of(
 ) -> tuple[str, str]:
     """The key (and its mode) that picks the best checkpoint and that sweepers optimise."""
     metric = cfg.get("optimized_metric") or type(module).default_monitor
-    if metric in SAMPLE_METRICS and metrics is None:
+    if metric in SAMPLE_METRICS and (metrics is None or not metrics.computes(metric)):
         fallback = type(module).fallback_monitor
-        log.warning(f"{metric} is not computed (sample metrics are off); monitoring {fallback}")
+        why = "sample metrics are off" if metrics is None else "not in metrics.metrics"
+        log.warning(f"{metric} is not computed ({why}); monitoring {fallback}")
         metric = fallback
     return metric, "max" if metric in MAXIMISED else "min"
 
@@ -109,6 +112,16 @@ def prepare_wandb(cfg: DictConfig) -> None:
             "W&B: no credentials found, logging offline; sync later with: "
             f"wandb sync {Path(wandb_cfg.save_dir).resolve()}/wandb/offline-run-*"
         )
+
+
+def continue_wandb_run(cfg: DictConfig, ckpt: dict | None) -> None:
+    """One W&B run per training run: the id (and group) of the run resumed, ``resume="allow"``."""
+    wandb_cfg = (cfg.get("logger") or {}).get("wandb")
+    if wandb_cfg is None:
+        return
+    wandb_cfg.id = choose_run_id(wandb_cfg, Path(cfg.paths.output_dir), ckpt)
+    if wandb_cfg.get("group") is None:  # a run of its own is its group: eval runs join it
+        wandb_cfg.group = checkpoint_wandb(ckpt).get("group") or wandb_cfg.id
 
 
 def spawn_ddp_in_sweeps(cfg: DictConfig) -> None:
@@ -171,7 +184,11 @@ def check_shapes(model: pl.LightningModule, datamodule: pl.LightningDataModule) 
     """The model's images must have the data's channels and size (a mixed-up override)."""
     was_training = model.training
     with torch.no_grad(), torch.random.fork_rng(devices=[]):
-        shape = tuple(model.eval().sample(2).shape[1:])  # eval: BatchNorm takes any batch
+        # a GAN samples through its raw generator here: the EMA copy's standing statistics
+        # would cost 1024 generator passes at every build
+        sample = getattr(model, "shape_sample", model.sample)
+        model.eval()  # BatchNorm takes any batch
+        shape = tuple(sample(2).shape[1:])
     model.train(was_training)
     data = (datamodule.channels, datamodule.image_size, datamodule.image_size)
     if shape != data:
@@ -214,15 +231,18 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     last = last_checkpoint(callbacks, cfg)
     with open_dict(cfg):
         cfg.ckpt_path = resume_path(cfg, last.path)
-    if cfg.ckpt_path:
-        check_checkpoint(cfg.ckpt_path, model)
+    ckpt = check_checkpoint(cfg.ckpt_path, model) if cfg.ckpt_path else None
     with open_dict(cfg):
         prepare_wandb(cfg)
+        continue_wandb_run(cfg, ckpt)
         spawn_ddp_in_sweeps(cfg)
+    del ckpt  # a whole checkpoint: not kept through fit
     setup_data_early(cfg, datamodule)
     # first: its on_train_end validation runs before other callbacks (progress bar) end training
     callbacks.insert(0, FinalValidation(last, metrics))
-    callbacks.append(RunConfig(OmegaConf.to_container(cfg, resolve=True)))
+    callbacks.append(RunConfig(redact(OmegaConf.to_container(cfg, resolve=True))))
+    axes = CommonAxes()
+    callbacks.append(axes)
     callbacks.append(ResumeState())
     speed = cfg.get("speed") or {}
     if speed.get("num_threads"):
@@ -233,8 +253,13 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     if metrics is not None:
         callbacks.append(metrics)
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    for logger in loggers:
+        if isinstance(logger, GenlabWandbLogger):
+            logger.monitor = (metric, mode)  # its summary keeps the best value
+            callbacks.append(EvaluationTable(axes))
     plugins: list = [AtomicCheckpointIO()]
-    if str(cfg.trainer.get("precision")) in ("16-mixed", "16") and isinstance(model, GAN):
+    two_optimizers = isinstance(model, ManualOptimization)  # GAN, VQGAN
+    if str(cfg.trainer.get("precision")) in ("16-mixed", "16") and two_optimizers:
         accelerator = str(cfg.trainer.get("accelerator", "auto"))
         device = "cpu" if accelerator == "cpu" or not torch.cuda.is_available() else "cuda"
         plugins.append(GANMixedPrecision("16-mixed", device=device))
@@ -259,10 +284,15 @@ def train(cfg: DictConfig) -> float:
         for logger in trainer.loggers:
             flat = isinstance(logger, WandbLogger)
             logger.log_hyperparams(
-                flat_config(cfg) if flat else OmegaConf.to_container(cfg, resolve=True)
+                redact(flat_config(cfg) if flat else OmegaConf.to_container(cfg, resolve=True))
             )
         try:
-            trainer.fit(objs["model"], datamodule=objs["datamodule"], ckpt_path=cfg.ckpt_path)
+            trainer.fit(
+                objs["model"],
+                datamodule=objs["datamodule"],
+                ckpt_path=cfg.ckpt_path,
+                weights_only=True,  # read_checkpoint refused pickled code already, in one line
+            )
         except SIGTERMException:
             raise SystemExit(143) from None  # 128 + SIGTERM: interrupted, last.ckpt saved
         failed = False
@@ -279,6 +309,8 @@ def train(cfg: DictConfig) -> float:
 
 def record_best(trainer: pl.Trainer, monitor: str) -> None:
     """Put the best monitored value and its checkpoint into the W&B run summary."""
+    if not trainer.is_global_zero:  # other ranks' W&B experiment is a stand-in without summary
+        return
     best = next((c for c in trainer.checkpoint_callbacks if c.monitor == monitor), None)
     for logger in trainer.loggers:
         if (

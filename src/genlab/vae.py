@@ -13,11 +13,13 @@ from genlab import losses
 from genlab.config import check_optimizer
 from genlab.errors import GenlabError, finite_or_skip
 from genlab.loop import logs_written
+from genlab.priors import VampPrior, log_normal_mixture
 
 log = logging.getLogger("genlab")
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 Likelihood = Literal["bernoulli", "gaussian", "discretized_gaussian", "categorical"]
+Prior = Literal["standard", "vamp"]
 # likelihoods of the 8-bit data themselves: val/nll is a probability, val/nll_bpd the papers' bpd
 DISCRETE = ("discretized_gaussian", "categorical")
 
@@ -29,6 +31,11 @@ def reconstruction_rows(model: nn.Module, x: Tensor, labels: Tensor, nrow: int) 
     pairs = torch.stack([x, model.reconstruct(x, labels)])  # (2, N, C, H, W)
     rows = pairs.view(2, n // nrow, nrow, *x.shape[1:]).transpose(0, 1)  # (R, 2, nrow, C, H, W)
     return rows.reshape(-1, *x.shape[1:])
+
+
+def reparameterize(mu: Tensor, logvar: Tensor) -> Tensor:
+    """A draw of N(mu, exp(logvar)) that gradients flow through: (B, Z)."""
+    return mu + torch.randn_like(mu) * (0.5 * logvar).exp()
 
 
 def check_iwae(iwae_k: int, beta: float, kl_warmup_steps: int) -> None:
@@ -74,7 +81,8 @@ class VAE(pl.LightningModule):
     Discretized Gaussian: the same mean and scale, scored as the mass of each pixel's 8-bit bin.
     Categorical: the decoder gives 256 logits per subpixel, (B, 256 * C, H, W).
     ``binarized`` says the data are binary (``data.binarize``): only then is Bernoulli a
-    probability of the data.
+    probability of the data. Stochastic layers above z1 come from the nets (``encoder.upper``,
+    ``decoder.priors``: genlab.nets.hvae); ``prior=vamp`` puts a VampPrior on the top layer.
     """
 
     default_monitor = "val/elbo"
@@ -95,8 +103,15 @@ class VAE(pl.LightningModule):
         binarized: bool = False,
         nonfinite: Literal["stop", "skip", "off"] = "stop",
         num_grid: int = 64,
+        prior: Prior = "standard",
+        prior_components: int = 500,
+        pseudo_inputs_mean: float = 0.05,
+        pseudo_inputs_std: float = 0.01,
+        image_shape: tuple[int, int, int] | None = None,
     ) -> None:
         super().__init__()
+        if prior not in Prior.__args__:
+            raise GenlabError(f"model.prior={prior!r} is not one of {', '.join(Prior.__args__)}")
         if likelihood not in Likelihood.__args__:
             choices = ", ".join(Likelihood.__args__)
             raise GenlabError(f"model.likelihood={likelihood!r} is not one of {choices}")
@@ -121,6 +136,17 @@ class VAE(pl.LightningModule):
             raise GenlabError("model.encoder.num_classes and model.decoder.num_classes differ")
         self.latent_dim: int = encoder.latent_dim
         self.num_classes: int = getattr(decoder, "num_classes", 0)
+        dims = [getattr(encoder, "latent_dims", [encoder.latent_dim])]
+        dims.append(getattr(decoder, "latent_dims", dims[0]))
+        if len(self.upper) != len(self.priors) or dims[0] != dims[1]:
+            raise GenlabError(
+                f"model.encoder's stochastic layers {dims[0]} and model.decoder's {dims[1]} differ"
+                " (latent_dim, upper_dims)"
+            )
+        self.top_dim: int = dims[0][-1]
+        self.vamp = None
+        if prior == "vamp":
+            self.vamp = self.build_vamp(prior_components, image_shape)
         if not self.nll_is_probability():
             log.warning(density_warning(likelihood))
         learned = likelihood in ("gaussian", "discretized_gaussian") and gaussian_std is None
@@ -129,6 +155,23 @@ class VAE(pl.LightningModule):
         self.register_buffer("fixed_z", torch.randn(num_grid, self.latent_dim, generator=g))
         self.register_buffer("fixed_labels", torch.arange(num_grid) % max(self.num_classes, 1))
         self._grid_batch: tuple[Tensor, Tensor] | None = None
+
+    def build_vamp(self, components: int, image_shape: tuple[int, int, int] | None) -> VampPrior:
+        """The VampPrior over z1 of a one-stochastic-layer, unconditional encoder."""
+        if components < 1:
+            raise GenlabError(f"model.prior_components={components} must be >= 1")
+        if self.num_classes:
+            raise GenlabError("model.prior=vamp needs an unconditional model (num_classes=0)")
+        if self.upper:
+            # q(z2 | u) = integral of q(z2 | z1) q(z1 | u) has no closed form in this hierarchy
+            raise GenlabError(
+                "model.prior=vamp needs one stochastic layer (model=vae or iwae), but "
+                f"model.encoder.upper_dims={self.encoder.latent_dims[1:]} adds more"
+            )
+        if image_shape is None:
+            raise GenlabError("model.prior=vamp needs model.image_shape (channels, size, size)")
+        hp = self.hparams
+        return VampPrior(components, image_shape, hp.pseudo_inputs_mean, hp.pseudo_inputs_std)
 
     def configure_optimizers(self):
         optimizer = self.optimizer(self.parameters())
@@ -166,7 +209,55 @@ class VAE(pl.LightningModule):
         """Decode ``n`` prior draws to mean images (B, C, H, W) in [-1, 1]."""
         if self.num_classes and labels is None:
             labels = torch.randint(self.num_classes, (n,), device=self.device)
-        return self.decode_mean(torch.randn(n, self.latent_dim, device=self.device), labels)
+        return self.decode_mean(self.prior_draw(n), labels)
+
+    def prior_draw(self, n: int) -> Tensor:
+        """z1 (n, Z1) from the generative model: the top prior, then each p(z_l | z_l+1) down."""
+        if self.vamp is not None:
+            z = self.vamp.sample(n, self.encoder)
+        else:
+            z = torch.randn(n, self.top_dim, device=self.device)
+        for layer in reversed(self.priors):
+            z = reparameterize(*layer(z))
+        return z
+
+    def posterior_draw(self, first: tuple[Tensor, Tensor]) -> tuple[list[Tensor], Tensor]:
+        """One reparameterised draw [z1, ..., zL] of q(z | x) and its log q (B,).
+
+        ``first`` is q(z1 | x)'s (mu, logvar), computed once for all draws.
+        """
+        zs = [reparameterize(*first)]
+        log_q = losses.log_normal(zs[0], *first)
+        for layer in self.upper:
+            mu, logvar = layer(zs[-1])
+            zs.append(reparameterize(mu, logvar))
+            log_q = log_q + losses.log_normal(zs[-1], mu, logvar)
+        return zs, log_q
+
+    def log_prior(self, zs: list[Tensor], top: tuple[Tensor, Tensor] | None) -> Tensor:
+        """log p(zL) + sum_l log p(z_l | z_l+1) per example (B,); ``top``: VampPrior components."""
+        if top is not None:
+            log_p = log_normal_mixture(zs[-1], *top)
+        else:
+            log_p = losses.log_standard_normal(zs[-1])
+        for layer, z, above in zip(self.priors, zs, zs[1:], strict=False):
+            log_p = log_p + losses.log_normal(z, *layer(above))
+        return log_p
+
+    @property
+    def upper(self) -> nn.ModuleList | tuple:
+        """q(z_l+1 | z_l) for the stochastic layers above z1 (HierarchicalEncoder), else ()."""
+        return getattr(self.encoder, "upper", ())
+
+    @property
+    def priors(self) -> nn.ModuleList | tuple:
+        """p(z_l | z_l+1) for the stochastic layers above z1 (HierarchicalDecoder), else ()."""
+        return getattr(self.decoder, "priors", ())
+
+    @property
+    def analytic_kl(self) -> bool:
+        """One Gaussian layer under N(0, I): the KL term has a closed form."""
+        return self.vamp is None and not self.upper
 
     def reconstruct(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         """Decode the posterior mean of ``x``."""
@@ -186,21 +277,33 @@ class VAE(pl.LightningModule):
         return losses.gaussian_nll(out, x, self._log_std())
 
     def elbo_terms(self, x: Tensor, labels: Tensor | None = None) -> dict[str, Tensor]:
-        """Reconstruction NLL and KL per example (B,), one reparameterised draw."""
+        """Reconstruction NLL and KL per example (B,), one reparameterised draw.
+
+        The KL is in closed form for one layer under N(0, I), else the one-draw estimate
+        log q(z | x) - log p(z), so that recon + kl is -log_weights(x, 1) for the same draw.
+        """
         y = self._y(labels)
-        mu, logvar = self.encoder(x, y)  # (B, Z) each
-        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
-        return {"recon": self.nll(self.decoder(z, y), x), "kl": losses.kl_normal(mu, logvar)}
+        first = self.encoder(x, y)  # (mu, logvar) of q(z1 | x), (B, Z) each
+        if self.analytic_kl:
+            z = reparameterize(*first)
+            return {"recon": self.nll(self.decoder(z, y), x), "kl": losses.kl_normal(*first)}
+        zs, log_q = self.posterior_draw(first)
+        kl = log_q - self.log_prior(zs, self.vamp_components())
+        return {"recon": self.nll(self.decoder(zs[0], y), x), "kl": kl}
+
+    def vamp_components(self) -> tuple[Tensor, Tensor] | None:
+        """The VampPrior's component means and log-variances (K, Z), or None (standard prior)."""
+        return None if self.vamp is None else self.vamp.components(self.encoder)
 
     def log_weights(self, x: Tensor, k: int, labels: Tensor | None = None) -> Tensor:
         """Importance weights log p(x, z_i) - log q(z_i | x) for k posterior draws: (k, B)."""
         y = self._y(labels)
-        mu, logvar = self.encoder(x, y)
+        first, top = self.encoder(x, y), self.vamp_components()  # shared by the k draws
         out = []
         for _ in range(k):
-            z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
-            log_px_z = -self.nll(self.decoder(z, y), x)
-            out.append(log_px_z + losses.log_standard_normal(z) - losses.log_normal(z, mu, logvar))
+            zs, log_q = self.posterior_draw(first)
+            log_px_z = -self.nll(self.decoder(zs[0], y), x)
+            out.append(log_px_z + self.log_prior(zs, top) - log_q)
         return torch.stack(out)
 
     def iw_nll(self, x: Tensor, k: int, labels: Tensor | None = None) -> Tensor:
@@ -258,7 +361,13 @@ class VAE(pl.LightningModule):
     def grid_images(self) -> dict[str, Tensor]:
         """Prior samples from the fixed noise; validation inputs above their reconstructions."""
         labels = self.fixed_labels if self.num_classes else None
-        images = {"samples": self.decode_mean(self.fixed_z, labels)}
+        z = self.fixed_z
+        if not self.analytic_kl:  # a VampPrior or layers above z1: the same seeded draw each time
+            cuda = [self.device] if self.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=cuda):
+                torch.manual_seed(0)
+                z = self.prior_draw(len(self.fixed_z))
+        images = {"samples": self.decode_mean(z, labels)}
         if self._grid_batch is not None and len(self._grid_batch[0]) >= 8:
             x, y = (t[:32].to(self.device) for t in self._grid_batch)
             images["reconstructions"] = reconstruction_rows(self, x, y, nrow=8)

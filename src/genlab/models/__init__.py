@@ -1,0 +1,1 @@
+"""LightningModules of the discrete-latent line: VQ-VAE, its autoregressive prior, VQGAN."""

@@ -1,0 +1,56 @@
+"""The manual-optimisation idiom of the two-optimizer modules (GAN, VQGAN), written once."""
+
+import torch
+from torch import Tensor, nn
+
+from genlab.errors import GenlabError, finite_or_skip
+
+
+class ManualOptimization:
+    """Mixin for a LightningModule that steps its optimizers itself.
+
+    Needs ``hparams.grad_clip`` and ``hparams.nonfinite``; counts ``skipped_steps``. The module
+    sets ``automatic_optimization = False``, calls ``_step`` per optimizer and
+    ``_update_scaler`` once at the end of each iteration.
+    """
+
+    skipped_steps = 0
+
+    def configure_callbacks(self) -> list:
+        """No callbacks; refuses Trainer clipping, which manual optimisation cannot apply."""
+        # the first module hook of a fit, before Lightning's own check raises with a traceback
+        if self.trainer.gradient_clip_val:
+            raise GenlabError(
+                f"trainer.gradient_clip_val={self.trainer.gradient_clip_val} does not apply to "
+                f"the {type(self).__name__}'s manual optimisation; set model.grad_clip "
+                "(max gradient norm) instead"
+            )
+        return []
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Clip the stepping network's gradient norm to ``model.grad_clip``."""
+        # runs after GradScaler.unscale_ under 16-mixed (GANMixedPrecision): true gradients
+        if self.hparams.grad_clip:
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            nn.utils.clip_grad_norm_(params, self.hparams.grad_clip)
+
+    def _loss_scale(self) -> float | None:
+        """The fp16 GradScaler's current scale, which the penalties' autograd.grad must apply."""
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        return scaler.get_scale() if scaler is not None and scaler.is_enabled() else None
+
+    def _step(self, optimizer, loss: Tensor, name: str) -> bool:
+        """Backward and step ``optimizer`` on ``loss``; a non-finite loss stops or is skipped."""
+        if finite_or_skip(self, loss, name, self.hparams.nonfinite):
+            optimizer.zero_grad(set_to_none=True)
+            self.manual_backward(loss)
+            optimizer.step()
+            return True
+        self.skipped_steps += 1
+        return False
+
+    def _update_scaler(self) -> None:
+        """16-mixed: update the loss scale once per iteration, after every optimizer stepped."""
+        update_scaler = getattr(self.trainer.precision_plugin, "update_scaler", None)
+        if update_scaler is not None:
+            update_scaler()

@@ -1,0 +1,492 @@
+"""StyleGAN2 generator and discriminator (Karras et al. 2020), as in StyleGAN2-ADA's PyTorch code.
+
+Follows NVlabs/stylegan2-ada-pytorch, ``training/networks.py``: a mapping network (z normalised
+to unit second moment, a class embedding concatenated for conditional models), modulated and
+demodulated 3x3 convolutions with per-pixel noise, a skip-connection generator (toRGB at every
+resolution, images upsampled with the [1, 3, 3, 1] FIR filter), and a residual (or ``orig``)
+discriminator with minibatch standard deviation and the class projection ("cmap") output.
+Every layer keeps its weights at unit variance and scales them at run time (equalised learning
+rate); the mapping layers do so with an lr multiplier of 0.01.
+
+Channels are ``min(channel_base // resolution, channel_max)``; StyleGAN2-ADA's ``cifar``
+configuration (channel_base 32768, channel_max 512) is 512 wide at every resolution of a 32 px
+model. Their CUDA kernels (bias_act, upfirdn2d, fused modulated conv) are replaced by the same
+arithmetic in plain PyTorch ops: the modulated conv scales activations before and after one
+ordinary convolution (their ``fused_modconv=False`` path), which is the faster one on CPU.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from genlab.errors import GenlabError
+from genlab.nets.layers import check_args, one_hot, require_labels
+
+FIR = (1.0, 3.0, 3.0, 1.0)  # the binomial low-pass filter of every up/downsampling
+LRELU_GAIN = math.sqrt(2)  # leaky ReLU (slope 0.2) with this gain keeps activations unit-variance
+SQRT_HALF = math.sqrt(0.5)  # residual D: the sum of two branches keeps unit variance
+
+
+def normalize_2nd_moment(x: Tensor, eps: float = 1e-8) -> Tensor:
+    """``x`` (B, F) scaled so that each row's mean square is 1."""
+    return x * (x.square().mean(1, keepdim=True) + eps).rsqrt()
+
+
+def _fir(channels: int, like: Tensor, gain: float = 1.0) -> Tensor:
+    """The 4x4 FIR filter (outer product of FIR, sums to ``gain``) as a depthwise conv weight."""
+    f = torch.tensor(FIR, dtype=like.dtype, device=like.device)
+    f = torch.outer(f, f)
+    return (f * (gain / f.sum())).expand(channels, 1, 4, 4)
+
+
+def _filter(x: Tensor, pad: tuple[int, int], gain: float = 1.0) -> Tensor:
+    """Zero-pad (before, after) on both axes, then apply the FIR filter to each channel."""
+    x = F.pad(x, (pad[0], pad[1], pad[0], pad[1]))
+    return F.conv2d(x, _fir(x.shape[1], x, gain), groups=x.shape[1])
+
+
+def upsample2d(x: Tensor) -> Tensor:
+    """(B, C, H, W) -> (B, C, 2H, 2W): zeros inserted after each pixel, then FIR-filtered."""
+    b, c, h, w = x.shape
+    x = F.pad(x.reshape(b, c, h, 1, w, 1), (0, 1, 0, 0, 0, 1)).reshape(b, c, 2 * h, 2 * w)
+    return _filter(x, (2, 1), gain=4.0)  # upfirdn2d.upsample2d's padding for a 4-tap filter
+
+
+def downsample2d(x: Tensor) -> Tensor:
+    """(B, C, H, W) -> (B, C, H/2, W/2): FIR-filtered, then every second pixel."""
+    return _filter(x, (1, 1))[:, :, ::2, ::2]
+
+
+def bias_act(
+    x: Tensor, bias: Tensor | None, lrelu: bool, gain: float = 1.0, clamp: float | None = None
+) -> Tensor:
+    """Add a per-channel bias, apply leaky ReLU (0.2) times sqrt(2) and ``gain``, then clamp."""
+    if bias is not None:
+        x = x + bias.view(1, -1, *([1] * (x.dim() - 2)))
+    if lrelu:
+        x = F.leaky_relu(x, 0.2) * (LRELU_GAIN * gain)
+    elif gain != 1:
+        x = x * gain
+    return x.clamp(-clamp * gain, clamp * gain) if clamp is not None else x
+
+
+class FullyConnected(nn.Module):
+    """Equalised-lr linear: N(0, 1 / lr_mul^2) weights, scaled by lr_mul / sqrt(in) at run time."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        lrelu: bool = False,
+        lr_multiplier: float = 1.0,
+        bias_init: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.lrelu = lrelu
+        self.weight = nn.Parameter(torch.randn(out_features, in_features) / lr_multiplier)
+        self.bias = nn.Parameter(torch.full((out_features,), float(bias_init)))
+        self.weight_gain = lr_multiplier / math.sqrt(in_features)
+        self.bias_gain = lr_multiplier
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x @ (self.weight * self.weight_gain).t()  # (B, out)
+        return bias_act(x, self.bias * self.bias_gain, self.lrelu)
+
+
+class Conv2d(nn.Module):
+    """Equalised-lr convolution with optional 2x FIR downsampling, leaky ReLU and clamping."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        bias: bool = True,
+        lrelu: bool = True,
+        down: bool = False,
+        conv_clamp: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.lrelu, self.down, self.conv_clamp = lrelu, down, conv_clamp
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        self.weight_gain = 1 / math.sqrt(in_channels * kernel_size**2)
+
+    def forward(self, x: Tensor, gain: float = 1.0) -> Tensor:
+        w = self.weight * self.weight_gain
+        k = w.shape[-1]
+        if not self.down:
+            x = F.conv2d(x, w, padding=k // 2)
+        elif k == 1:  # conv2d_resample's order for 1x1: downsample, then convolve
+            x = F.conv2d(downsample2d(x), w)
+        else:  # filter with conv2d_resample's padding, then a strided convolution
+            x = F.conv2d(_filter(x, (k // 2 + 1, k // 2 + 1)), w, stride=2)
+        return bias_act(x, self.bias, self.lrelu, gain, self.conv_clamp)
+
+
+def modulated_conv2d(
+    x: Tensor, weight: Tensor, styles: Tensor, demodulate: bool = True, up: bool = False
+) -> Tensor:
+    """Convolve each example with ``weight`` modulated by its styles (B, I), demodulated per output.
+
+    Args:
+        x: (B, I, H, W) activations.
+        weight: (O, I, k, k) raw weight; demodulation makes its scale irrelevant.
+        up: a transposed stride-2 convolution followed by the FIR filter: (B, O, 2H, 2W).
+    """
+    x = x * styles[:, :, None, None]
+    k = weight.shape[-1]
+    if up:  # conv2d_resample for up=2: transposed conv, then the filter with gain 4
+        x = F.conv_transpose2d(x, weight.transpose(0, 1), stride=2)
+        x = _filter(x, ((k - 1) // 2, (k - 1) // 2), gain=4.0)
+    else:
+        x = F.conv2d(x, weight, padding=k // 2)
+    if demodulate:  # 1 / the L2 norm of each example's modulated weights per output channel:
+        # sum over i, kh, kw of (w s_i)^2 = sum_i s_i^2 sum_kk w^2: no (B, O, I, k, k) tensor
+        norms = styles.square() @ weight.square().sum((2, 3)).t()  # (B, O)
+        x = x * (norms + 1e-8).rsqrt()[:, :, None, None]
+    return x
+
+
+class MappingNetwork(nn.Module):
+    """z (and labels) -> w: normalise, embed, ``num_layers`` leaky-ReLU layers at lr x 0.01.
+
+    Tracks the average w during training (``w_avg``), the centre of the truncation trick.
+    The discriminator's label mapping is the same network without z and without ``w_avg``.
+    """
+
+    def __init__(
+        self,
+        z_dim: int,
+        num_classes: int,
+        w_dim: int,
+        num_layers: int,
+        lr_multiplier: float = 0.01,
+        w_avg_beta: float | None = 0.995,
+    ) -> None:
+        super().__init__()
+        self.z_dim, self.num_classes, self.w_avg_beta = z_dim, num_classes, w_avg_beta
+        embed = w_dim if num_classes else 0
+        self.embed = FullyConnected(num_classes, embed) if num_classes else None
+        sizes = [z_dim + embed] + [w_dim] * num_layers
+        self.layers = nn.Sequential(
+            *(
+                FullyConnected(i, o, lrelu=True, lr_multiplier=lr_multiplier)
+                for i, o in zip(sizes[:-1], sizes[1:], strict=True)
+            )
+        )
+        if w_avg_beta is not None:
+            self.register_buffer("w_avg", torch.zeros(w_dim))
+
+    def forward(self, z: Tensor | None, labels: Tensor | None, update_w_avg: bool = True) -> Tensor:
+        parts = [normalize_2nd_moment(z)] if self.z_dim else []
+        if self.embed is not None:
+            like = z if z is not None else self.embed.weight
+            parts.append(normalize_2nd_moment(self.embed(one_hot(labels, self.num_classes, like))))
+        w = self.layers(torch.cat(parts, 1))  # (B, w_dim)
+        if self.w_avg_beta is not None and self.training and update_w_avg:
+            with torch.no_grad():
+                self.w_avg.copy_(w.detach().mean(0).lerp(self.w_avg, self.w_avg_beta))
+        return w
+
+
+class SynthesisLayer(nn.Module):
+    """Modulated 3x3 conv (optionally upsampling), per-pixel noise, bias, leaky ReLU."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        w_dim: int,
+        up: bool = False,
+        conv_clamp: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.up, self.conv_clamp = up, conv_clamp
+        self.affine = FullyConnected(w_dim, in_channels, bias_init=1.0)
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, 3, 3))
+        self.noise_strength = nn.Parameter(torch.zeros([]))
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+
+    def forward(self, x: Tensor, w: Tensor) -> Tensor:
+        x = modulated_conv2d(x, self.weight, self.affine(w), up=self.up)  # (B, O, H', W')
+        noise = torch.randn(x.shape[0], 1, *x.shape[2:], device=x.device, dtype=x.dtype)
+        return bias_act(x + noise * self.noise_strength, self.bias, True, clamp=self.conv_clamp)
+
+
+class ToRGB(nn.Module):
+    """Modulated 1x1 conv to image channels, without demodulation."""
+
+    def __init__(
+        self, in_channels: int, channels: int, w_dim: int, conv_clamp: float | None = None
+    ) -> None:
+        super().__init__()
+        self.conv_clamp = conv_clamp
+        self.affine = FullyConnected(w_dim, in_channels, bias_init=1.0)
+        self.weight = nn.Parameter(torch.randn(channels, in_channels, 1, 1))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.weight_gain = 1 / math.sqrt(in_channels)
+
+    def forward(self, x: Tensor, w: Tensor) -> Tensor:
+        styles = self.affine(w) * self.weight_gain
+        x = modulated_conv2d(x, self.weight, styles, demodulate=False)
+        return bias_act(x, self.bias, False, clamp=self.conv_clamp)
+
+
+class SynthesisBlock(nn.Module):
+    """One resolution of the skip generator: (up)conv, conv, and a toRGB added to the image."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        w_dim: int,
+        channels: int,
+        conv_clamp: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.first = in_channels == 0
+        if self.first:  # the learned 4x4 constant input
+            self.const = nn.Parameter(torch.randn(out_channels, 4, 4))
+        else:
+            self.conv0 = SynthesisLayer(in_channels, out_channels, w_dim, True, conv_clamp)
+        self.conv1 = SynthesisLayer(out_channels, out_channels, w_dim, conv_clamp=conv_clamp)
+        self.torgb = ToRGB(out_channels, channels, w_dim, conv_clamp)
+        self.num_conv = 1 if self.first else 2
+
+    def forward(self, x: Tensor | None, img: Tensor | None, ws: Tensor) -> tuple[Tensor, Tensor]:
+        """ws (B, num_conv + 1, w_dim): one w per conv, the last also for toRGB."""
+        x = self.const.expand(ws.shape[0], -1, -1, -1) if self.first else self.conv0(x, ws[:, 0])
+        x = self.conv1(x, ws[:, self.num_conv - 1])
+        y = self.torgb(x, ws[:, self.num_conv])
+        return x, y if img is None else upsample2d(img) + y
+
+
+class SynthesisNetwork(nn.Module):
+    """ws (B, num_ws, w_dim) -> images (B, C, H, W), from 4x4 up to ``image_size``."""
+
+    def __init__(
+        self,
+        w_dim: int,
+        image_size: int,
+        channels: int,
+        channel_base: int,
+        channel_max: int,
+        conv_clamp: float | None = None,
+    ) -> None:
+        super().__init__()
+        widths = _widths(image_size, channel_base, channel_max)
+        resolutions = [2**i for i in range(2, int(math.log2(image_size)) + 1)]
+        self.blocks = nn.ModuleList(
+            SynthesisBlock(widths[r // 2] if r > 4 else 0, widths[r], w_dim, channels, conv_clamp)
+            for r in resolutions
+        )
+        # toRGB of one block shares its w with the next block's first conv, as in the reference
+        self.num_ws = sum(b.num_conv for b in self.blocks) + 1
+
+    def forward(self, ws: Tensor) -> Tensor:
+        x = img = None
+        i = 0
+        for block in self.blocks:
+            x, img = block(x, img, ws[:, i : i + block.num_conv + 1])
+            i += block.num_conv
+        return img
+
+
+def _widths(image_size: int, channel_base: int, channel_max: int) -> dict[int, int]:
+    """Channels at each resolution 4 .. image_size."""
+    resolutions = [2**i for i in range(2, int(math.log2(image_size)) + 1)]
+    return {r: min(channel_base // r, channel_max) for r in resolutions}
+
+
+def _check(owner: str, role: str, image_size: int, channels: int, num_classes: int, **kw) -> None:
+    check_args(owner, role, image_size, channels, num_classes, **kw)
+    if image_size < 8 or image_size & (image_size - 1):
+        raise GenlabError(
+            f"data.image_size={image_size} is not supported by {owner} (a power of two >= 8)"
+        )
+    if kw["channel_base"] < image_size:  # channels at image_size: channel_base // image_size
+        raise GenlabError(
+            f"{role}.channel_base={kw['channel_base']} must be >= data.image_size={image_size}"
+        )
+
+
+class StyleGAN2Generator(nn.Module):
+    """Mapping network then synthesis network; ``truncation_psi`` < 1 pulls w toward ``w_avg``.
+
+    ``style_mixing`` is the training's job: it calls ``mapping`` and ``synthesis`` itself.
+    """
+
+    def __init__(
+        self,
+        latent_dim: int,
+        image_size: int,
+        channels: int,
+        num_classes: int = 0,
+        w_dim: int = 512,
+        mapping_layers: int = 8,
+        channel_base: int = 32768,
+        channel_max: int = 512,
+        conv_clamp: float | None = None,
+        truncation_psi: float = 1.0,
+    ) -> None:
+        super().__init__()
+        _check(
+            type(self).__name__, "model.generator", image_size, channels, num_classes,
+            latent_dim=latent_dim, w_dim=w_dim, mapping_layers=mapping_layers,
+            channel_base=channel_base, channel_max=channel_max,
+        )  # fmt: skip
+        self.latent_dim, self.num_classes = latent_dim, num_classes
+        self.truncation_psi = truncation_psi
+        self.synthesis_net = SynthesisNetwork(
+            w_dim, image_size, channels, channel_base, channel_max, conv_clamp
+        )
+        self.num_ws = self.synthesis_net.num_ws
+        self.mapping_net = MappingNetwork(latent_dim, num_classes, w_dim, mapping_layers)
+
+    @property
+    def w_avg(self) -> Tensor:
+        return self.mapping_net.w_avg
+
+    def mapping(
+        self,
+        z: Tensor,
+        labels: Tensor | None = None,
+        truncation_psi: float = 1.0,
+        update_w_avg: bool = True,
+    ) -> Tensor:
+        """Latents z (B, latent_dim) -> ws (B, num_ws, w_dim), truncated toward ``w_avg``."""
+        require_labels(type(self).__name__, self.num_classes, labels)
+        w = self.mapping_net(z, labels, update_w_avg)
+        if truncation_psi != 1:
+            w = self.w_avg.lerp(w, truncation_psi)
+        return w.unsqueeze(1).repeat(1, self.num_ws, 1)
+
+    def synthesis(self, ws: Tensor) -> Tensor:
+        """ws (B, num_ws, w_dim) -> images (B, C, H, W), about [-1, 1] (no tanh, as the paper)."""
+        return self.synthesis_net(ws)
+
+    def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
+        return self.synthesis(self.mapping(z, labels, self.truncation_psi))
+
+
+class DiscriminatorBlock(nn.Module):
+    """conv3x3, conv3x3 with 2x FIR downsampling; ``resnet`` adds a 1x1 downsampled skip."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        tmp_channels: int,
+        out_channels: int,
+        channels: int,
+        resnet: bool,
+        conv_clamp: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.fromrgb = (
+            Conv2d(channels, tmp_channels, 1, conv_clamp=conv_clamp) if not in_channels else None
+        )
+        self.conv0 = Conv2d(tmp_channels, tmp_channels, 3, conv_clamp=conv_clamp)
+        self.conv1 = Conv2d(tmp_channels, out_channels, 3, down=True, conv_clamp=conv_clamp)
+        self.skip = Conv2d(tmp_channels, out_channels, 1, False, False, True) if resnet else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.fromrgb is not None:
+            x = self.fromrgb(x)
+        if self.skip is None:
+            return self.conv1(self.conv0(x))
+        return self.skip(x, gain=SQRT_HALF) + self.conv1(self.conv0(x), gain=SQRT_HALF)
+
+
+def minibatch_std(x: Tensor, group_size: int) -> Tensor:
+    """Append one channel: the feature stddev over groups of examples, averaged (B, C+1, H, W).
+
+    Groups take every (B / G)-th example, as the reference's reshape does. When ``group_size``
+    does not divide the batch, the largest group size that does is used (the reference asserts).
+    """
+    n, c, h, w = x.shape
+    g = max(d for d in range(1, min(group_size, n) + 1) if n % d == 0)
+    y = x.reshape(g, -1, c, h, w)
+    y = (y - y.mean(0)).square().mean(0).add(1e-8).sqrt()  # (B/G, C, H, W)
+    y = y.mean((1, 2, 3)).view(-1, 1, 1, 1).repeat(g, 1, h, w)  # (B, 1, H, W)
+    return torch.cat([x, y], 1)
+
+
+class StyleGAN2Discriminator(nn.Module):
+    """Blocks down to 4x4, then minibatch stddev, conv, dense, and the logit (B,).
+
+    A conditional D maps labels through its own 8-layer mapping network to ``cmap`` and
+    outputs <out(x), cmap> / sqrt(cmap_dim), as the reference's conditional model.
+
+    Args:
+        architecture: ``resnet`` (the paper's) or ``orig`` (no skips; the ``cifar`` config's).
+        mbstd_group_size: examples per minibatch-stddev group (4 in the paper, 32 for CIFAR).
+        spectral_norm: refused (true); accepted so that gan.yaml's defaults compose.
+    """
+
+    def __init__(
+        self,
+        image_size: int,
+        channels: int,
+        num_classes: int = 0,
+        architecture: str = "resnet",
+        channel_base: int = 32768,
+        channel_max: int = 512,
+        mbstd_group_size: int = 4,
+        mapping_layers: int = 8,
+        conv_clamp: float | None = None,
+        spectral_norm: bool = False,
+    ) -> None:
+        super().__init__()
+        if spectral_norm:  # the key comes with gan.yaml's defaults
+            raise GenlabError(
+                "model.discriminator.spectral_norm=true: StyleGAN2Discriminator has no spectral "
+                "norm (equalised lr and R1 instead)"
+            )
+        _check(
+            type(self).__name__, "model.discriminator", image_size, channels, num_classes,
+            channel_base=channel_base, channel_max=channel_max,
+            mbstd_group_size=mbstd_group_size, mapping_layers=mapping_layers,
+        )  # fmt: skip
+        if architecture not in ("resnet", "orig"):
+            raise GenlabError(
+                f"model.discriminator.architecture={architecture!r}: use resnet or orig"
+            )
+        self.num_classes, self.mbstd_group_size = num_classes, mbstd_group_size
+        widths = _widths(image_size, channel_base, channel_max)
+        resolutions = sorted(widths, reverse=True)[:-1]  # image_size .. 8
+        self.blocks = nn.Sequential(
+            *(
+                DiscriminatorBlock(
+                    widths[r] if r < image_size else 0,
+                    widths[r],
+                    widths[r // 2],
+                    channels,
+                    architecture == "resnet",
+                    conv_clamp,
+                )  # fmt: skip
+                for r in resolutions
+            )
+        )
+        c4 = widths[4]
+        self.cmap_dim = c4 if num_classes else 0
+        self.mapping = (
+            MappingNetwork(0, num_classes, c4, mapping_layers, w_avg_beta=None)
+            if num_classes
+            else None
+        )
+        self.conv = Conv2d(c4 + 1, c4, 3, conv_clamp=conv_clamp)
+        self.fc = FullyConnected(c4 * 16, c4, lrelu=True)
+        self.out = FullyConnected(c4, self.cmap_dim or 1)
+
+    def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        require_labels(type(self).__name__, self.num_classes, labels)
+        h = self.blocks(x)  # (B, C4, 4, 4)
+        h = self.conv(minibatch_std(h, self.mbstd_group_size))
+        out = self.out(self.fc(h.flatten(1)))  # (B, cmap_dim or 1)
+        if self.mapping is None:
+            return out.squeeze(1)
+        cmap = self.mapping(None, labels)  # (B, cmap_dim)
+        return (out * cmap).sum(1) / math.sqrt(self.cmap_dim)

@@ -1,0 +1,206 @@
+"""R3GAN: networks vs the authors' counts and init, RpGAN and R2 values, the ramps, learning."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from genlab import losses
+from genlab.errors import GenlabError
+from genlab.nets import R3GANDiscriminator, R3GANGenerator
+from genlab.nets.r3gan import LRELU_GAIN, Resample, ResidualBlock
+from genlab.ramp import ramp_value
+from genlab.training import build
+from tests.conftest import fit_built
+from tests.zoo_checks import count, limit, swd_before_after
+
+QUIET = ["data=synthetic", "callbacks=none", "metrics=none"]
+TINY_WIDTH = [
+    "model.generator.width=16", "model.discriminator.width=16",
+    "model.generator.blocks_per_stage=1", "model.discriminator.blocks_per_stage=1",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("size", [32, 64])
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("classes", [0, 10])
+def test_shapes(size, channels, classes):
+    g = R3GANGenerator(64, size, channels, classes, width=16, cardinality=2, embed_dim=8)
+    d = R3GANDiscriminator(size, channels, classes, width=16, cardinality=2, embed_dim=8)
+    z, y = torch.randn(3, 64), (torch.tensor([0, 4, 9]) if classes else None)
+    x = g(z, y)
+    assert x.shape == (3, channels, size, size)
+    assert d(x, y).shape == (3,)
+    assert (g.latent_dim, g.num_classes, d.num_classes) == (64, classes, classes)
+
+
+# Reference counts: brownvc/R3GAN R3GAN/Networks.py Generator/Discriminator built with train.py's
+# presets: CIFAR10 (widths 4 x 768, cardinality 96, 2 blocks per stage, expansion 2, z 64; --cond:
+# embeddings 64 in G, 768 in D, 10 classes) and FFHQ-64 (a fifth stage of 384, cardinality 48).
+# The same script also showed our forward passes equal theirs (their reference, non-CUDA
+# activation and resamplers) on copied weights, to 1.2e-7 for G and exactly for D.
+REFERENCE = [
+    # (image size, classes, G params, D params)
+    (32, 10, 20_781_952, 21_280_512),
+    (32, 0, 20_732_160, 20_683_776),
+    (64, 0, 22_429_824, 22_381_440),
+]
+
+
+@pytest.mark.parametrize(("size", "classes", "g_ref", "d_ref"), REFERENCE)
+def test_parameter_counts_match_the_authors(size, classes, g_ref, d_ref):
+    g, d = R3GANGenerator(64, size, 3, classes), R3GANDiscriminator(size, 3, classes)
+    assert abs(count(g) - g_ref) <= 0.01 * g_ref and abs(count(d) - d_ref) <= 0.01 * d_ref
+    assert (count(g), count(d)) == (g_ref, d_ref)  # in fact exact
+
+
+def test_fixup_init_and_grouped_inverted_bottleneck():
+    g = R3GANGenerator(64, 32, 3, width=32, cardinality=4)
+    blocks = [m for m in g.modules() if isinstance(m, ResidualBlock)]
+    assert len(blocks) == 8  # 4 stages x 2
+    block = blocks[0]
+    assert block.conv1.out_channels == 64 and block.conv2.groups == 4  # expansion 2, 4 groups
+    assert torch.count_nonzero(block.conv3.weight) == 0  # every branch starts at zero
+    x = torch.randn(2, 32, 4, 4)
+    assert torch.equal(block(x), x)  # so each block starts as the identity
+    # MSR std gain / sqrt(fan_in) with the fix-up gain L^(-1/4), L = 8 blocks in all
+    w = torch.cat([b.conv2.weight.flatten() for b in blocks])
+    want = LRELU_GAIN * 8**-0.25 / math.sqrt(16 * 9)  # fan_in: 64 / 4 groups x 3 x 3
+    assert w.std().item() == pytest.approx(want, rel=0.02)
+    assert all(m.bias is None for m in g.modules() if isinstance(m, torch.nn.Conv2d))
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in g.modules())
+
+
+def test_resampling_is_bilinear_with_the_1_2_1_filter():
+    """Interior pixels equal torch's bilinear 2x resize ([1, 3, 3, 1] weights either way)."""
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    up = Resample(up=True)(x)
+    ref = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+    assert up.shape == (2, 3, 16, 16)
+    assert torch.allclose(up[..., 1:-1, 1:-1], ref[..., 1:-1, 1:-1], atol=1e-6)
+    down = Resample(up=False)(x)
+    ref = F.interpolate(x, scale_factor=0.5, mode="bilinear", antialias=True, align_corners=False)
+    assert down.shape == (2, 3, 4, 4)
+    assert torch.allclose(down[..., 1:-1, 1:-1], ref[..., 1:-1, 1:-1], atol=1e-6)
+
+
+def test_bad_arguments_name_their_key():
+    with pytest.raises(GenlabError, match="model.generator.cardinality=5"):
+        R3GANGenerator(64, 32, 3, width=16, cardinality=5)
+    with pytest.raises(GenlabError, match="data.image_size=16"):
+        R3GANDiscriminator(16, 3)
+
+
+def test_rpgan_losses_hand_computed():
+    real, fake = torch.tensor([2.0, 0.0]), torch.tensor([0.0, 1.0])
+    # D: mean softplus(fake - real) = (log(1 + e^-2) + log(1 + e)) / 2
+    assert losses.d_loss("rpgan", real, fake).item() == pytest.approx(0.7200948493)
+    # G: mean softplus(real - fake) = (log(1 + e^2) + log(1 + e^-1)) / 2
+    assert losses.g_loss("rpgan", fake, real).item() == pytest.approx(1.2200948493)
+    with pytest.raises(ValueError, match="real images"):
+        losses.g_loss("rpgan", fake)
+
+
+def test_r2_penalty_hand_computed():
+    """D(x) = ||x||^2 / 2 per image has gradient x: R2 = mean ||x||^2 = (5 + 9) / 2."""
+    fake = torch.tensor([[[[1.0, 2.0]]], [[[3.0, 0.0]]]]).requires_grad_(True)  # (2, 1, 1, 2)
+    logits = 0.5 * fake.pow(2).sum((1, 2, 3))
+    assert losses.r2_penalty(logits, fake).item() == pytest.approx(7.0)
+
+
+def test_rpgan_generator_step_sees_real_images_and_r2_is_on_fakes(cfg_tiny):
+    cfg = cfg_tiny(
+        "model=gan_mlp", *QUIET, "data.image_size=16", "model.loss=rpgan", "model.r1_gamma=1",
+        "model.r2_gamma=1",
+    )  # fmt: skip
+    objs = build(limit(cfg, 1, 1))
+    module = objs["model"]
+    seen: list[torch.Tensor] = []
+    module.discriminator.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    fit_built(objs)
+    # D step: real, fake; G step: fake, then real again (D's first input), for the pairing
+    assert len(seen) == 4 and torch.equal(seen[3], seen[0].detach())
+    logged = objs["trainer"].callback_metrics
+    assert logged["train/r2"] > 0 and logged["train/r1"] > 0
+    assert module.double_backward_networks()  # R2 differentiates D twice too
+
+
+def test_cosine_ramp_hand_values():
+    # R3GAN's cosine_decay_with_warmup, no warm-up: start + (1 - cos(pi t / T)) / 2 (end - start)
+    assert ramp_value(2e-4, 5e-5, 0, 100, "cosine") == pytest.approx(2e-4)
+    assert ramp_value(2e-4, 5e-5, 25, 100, "cosine") == pytest.approx(2e-4 - 0.1464466 * 1.5e-4)
+    assert ramp_value(2e-4, 5e-5, 50, 100, "cosine") == pytest.approx(1.25e-4)
+    assert ramp_value(0.9, 0.99, 100, 100, "cosine") == pytest.approx(0.99)
+    assert ramp_value(0.9, 0.99, 500, 100, "cosine") == pytest.approx(0.99)  # holds the end
+    assert ramp_value(1.0, 0.0, 25, 100, "linear") == pytest.approx(0.75)
+
+
+def _ramped_gan(cfg_tiny, batches: int, epochs: int = 1):
+    cfg = cfg_tiny(
+        "model=gan_mlp", *QUIET, "data.image_size=16", "model.r1_gamma=0",
+        "+model.ramp.images=64", "+model.ramp.shape=linear", "+model.ramp.lr=[1e-3,0]",
+        "+model.ramp.beta2=[0.9,0.99]", "+model.ramp.r1_gamma=[1,0]",
+        "+model.ramp.ema_half_life=[0,1000]",
+    )  # fmt: skip
+    return build(limit(cfg, epochs, batches))
+
+
+def test_ramps_set_optimizers_penalties_and_ema_and_are_logged(cfg_tiny):
+    objs = fit_built(_ramped_gan(cfg_tiny, batches=3))  # batches of 16: the last at 32 images
+    module, logged = objs["model"], objs["trainer"].callback_metrics
+    assert module.images_seen == 48
+    assert logged["train/lr"].item() == pytest.approx(5e-4)
+    assert logged["train/beta2"].item() == pytest.approx(0.945)
+    assert logged["train/r1_gamma"].item() == pytest.approx(0.5) and "train/r1" in logged
+    assert logged["train/ema_half_life"].item() == pytest.approx(500)
+    for opt in objs["trainer"].optimizers:
+        assert opt.param_groups[0]["lr"] == pytest.approx(5e-4)
+        assert opt.param_groups[0]["betas"] == pytest.approx((0.5, 0.945))
+    assert module.generator_ema is not None  # ema_half_life turns the EMA on
+
+
+def test_ramps_continue_from_a_checkpoint(cfg_tiny, tmp_path):
+    objs = fit_built(_ramped_gan(cfg_tiny, batches=2))
+    ckpt = tmp_path / "ramp.ckpt"
+    objs["trainer"].save_checkpoint(ckpt)
+    resumed = _ramped_gan(cfg_tiny, batches=2, epochs=2)
+    resumed["trainer"].fit(resumed["model"], datamodule=resumed["datamodule"], ckpt_path=ckpt)
+    # the 4th batch starts at 48 images: lr 1e-3 * (1 - 48 / 64); from scratch it would be 7.5e-4
+    assert resumed["model"].images_seen == 64
+    assert resumed["trainer"].callback_metrics["train/lr"].item() == pytest.approx(2.5e-4)
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ("+model.ramp.gamma=[1,0]", "model.ramp.gamma: not a ramped value"),
+        ("+model.ramp.lr=[1]", r"model.ramp.lr=\[1\] must be \[start, end\]"),
+        ("+model.ramp.lr=[1,0]", "model.ramp.images=None must be > 0"),
+    ],
+)
+def test_bad_ramps_name_their_key(override, match, cfg_tiny):
+    with pytest.raises(GenlabError, match=match):
+        build(cfg_tiny("model=gan_mlp", *QUIET, override))
+
+
+def test_r3gan_option_is_the_cifar10_preset(cfg_tiny):
+    module = build(cfg_tiny("model=r3gan", *QUIET, *TINY_WIDTH))["model"]
+    hp = module.hparams
+    assert (hp.loss, hp.n_critic, module.ramp.length, module.ramp.shape) == (
+        "rpgan", 1, 20_000_000, "cosine",
+    )  # fmt: skip
+    assert module.ramp.values == {
+        "lr": (2e-4, 5e-5), "beta2": (0.9, 0.99), "r1_gamma": (0.05, 0.005),
+        "r2_gamma": (0.05, 0.005), "ema_half_life": (0.0, 5e6),
+    }  # fmt: skip
+
+
+@pytest.mark.slow
+def test_short_run_moves_samples_toward_data(cfg_tiny):
+    """Tiny-width R3GAN (rpgan, R1 + R2, the ramps) on the synthetic shapes: val/swd halves."""
+    cfg = cfg_tiny(
+        "model=r3gan", *QUIET, *TINY_WIDTH, "data.limit=null", "model.ramp.lr=[1e-3,1e-3]"
+    )
+    start, end = swd_before_after(limit(cfg, 2, 40, val_batches=4))
+    assert end < 0.5 * start, (start, end)
