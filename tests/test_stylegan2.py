@@ -384,7 +384,7 @@ def test_conditional_samples_follow_their_labels(tmp_path):
         tmp_path,
     )  # fmt: skip
     cfg.data.limit = None
-    objs = fit_built(build(limit(cfg, epochs=3, batches=50)))
+    objs = fit_built(build(limit(cfg, epochs=5, batches=50)))
     module, dm = objs["model"].eval(), objs["datamodule"]
     x, y = _stack(dm.dataset("train"))
     means = torch.stack([pixels(x[y == k]).mean(0) for k in range(dm.num_classes)])  # (K, HW)

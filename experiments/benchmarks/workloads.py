@@ -250,6 +250,7 @@ def attribute(model: str, batches: int, out: Path) -> None:
     from pytorch_lightning.loops import fetchers
 
     import genlab.gan
+    import genlab.models.manual
     import genlab.vae
     from genlab.config import instantiate
 
@@ -274,7 +275,8 @@ def attribute(model: str, batches: int, out: Path) -> None:
     wrap(fetchers._PrefetchDataFetcher, "__next__", "DataLoader: next batch")
     wrap(module_cls, "training_step", "training_step (all of it)")
     wrap(pl.LightningModule, "log", "self.log")
-    wrap(genlab.vae if model == "vae" else genlab.gan, "finite_or_skip", "finite_or_skip")
+    # the GAN checks losses in the manual-optimisation mixin it shares with VQGAN
+    wrap(genlab.vae if model == "vae" else genlab.models.manual, "finite_or_skip", "finite_or_skip")
     wrap(RichProgressBar, "on_train_batch_end", "progress bar")
     cfg = train_config(f"model={model}", "metrics=none")
     module = instantiate(cfg.model, _convert_="object")

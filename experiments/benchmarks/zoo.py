@@ -2,7 +2,7 @@
 
     python experiments/benchmarks/zoo.py               # every conf/model option -> zoo.md, zoo.json
     python experiments/benchmarks/zoo.py --models gan sngan stylegan2
-    python experiments/benchmarks/zoo.py --quick --out DIR   # batch 8, 3 timed batches: each runs
+    python experiments/benchmarks/zoo.py --quick --out DIR   # batch 8: checks that each runs
 
 Each model is built by genlab's own ``genlab.training.build`` from ``conf/train.yaml`` with its
 option's defaults (the published widths), fed procedural images (``data=synthetic``), and fit on
@@ -142,7 +142,8 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    batch, timed, warmup = (8, 3, 1) if args.quick else (64, 10, 3)
+    # full: a few batches, as the largest nets (R3GAN, StyleGAN2) take tens of seconds a batch here
+    batch, timed, warmup = (8, 3, 1) if args.quick else (64, 3, 1)
     size = 32
     models = args.models or model_options()
     results: dict = {
