@@ -7,7 +7,7 @@
 Each model is built by genlab's own ``genlab.training.build`` from ``conf/train.yaml`` with its
 option's defaults (the published widths), fed procedural images (``data=synthetic``), and fit on
 the CPU with no logger, callbacks or metrics. A callback records the wall time of every training
-batch; the first ``--warmup`` batches (allocator warm-up, first-call overhead) are left out.
+batch; the first (allocator warm-up, first-call overhead) is left out and 3 are timed (quick: 1, 3).
 For a GAN one batch is one discriminator step plus, every ``n_critic`` batches, one generator
 step, and the timed batches span whole multiples of ``n_critic``; "images/s" counts the real
 images of those batches. Threads: torch's default (one per core) unless ``--threads``.
@@ -106,11 +106,12 @@ def markdown(results: dict) -> str:
         "# Training-step cost of each model option",
         "",
         f"`python experiments/benchmarks/zoo.py{' --quick' if results['quick'] else ''}` on "
-        f"{m['cpu']} ({m['cores']} cores, torch {m['torch']}, {m['threads']} threads), "
-        f"{m['date_utc']}. Batch {results['batch']}, {results['image_size']} px, 3 channels, "
-        "each option's default widths; steady state after "
-        f"{results['warmup']} warm-up batches. A GAN batch is one D step plus a G step every "
-        "n_critic batches.",
+        f"{m['cpu']} ({m['cores']} cores, torch {m['torch']}, {m['threads']} thread(s)), "
+        f"{m['date_utc']}, load average {m['loadavg_start'][0]:.1f} at the start and "
+        f"{m['loadavg_end'][0]:.1f} at the end. Batch {results['batch']}, "
+        f"{results['image_size']} px, 3 channels, each option's default widths; steady state "
+        f"after {results['warmup']} warm-up batch(es). A GAN batch is one D step plus a G step "
+        "every n_critic batches.",
         "",
         "| model | module | trainable params | n_critic | s/batch | images/s | vs gan |",
         "|---|---|---:|---:|---:|---:|---:|",
@@ -120,7 +121,7 @@ def markdown(results: dict) -> str:
         if "error" in r:
             lines.append(f"| {name} | failed: {r['error']} | | | | | |")
             continue
-        ratio = f"{r['images_per_s'] / base:.2f}" if base else ""
+        ratio = f"{r['images_per_s'] / base:.3g}" if base else ""
         lines.append(
             f"| {name} | {r['module']} | {r['trainable_params'] / 1e6:.2f} M | {r['n_critic']} "
             f"| {r['seconds_per_batch']:.3f} | {r['images_per_s']:.1f} | {ratio} |"
