@@ -32,7 +32,7 @@ from genlab.augment.ada import (
     translate3d,
 )
 from genlab.errors import GenlabError
-from genlab.gan import GAN
+from genlab.models.gan import GAN
 from genlab.training import build, train
 from tests.conftest import BIN, REPO, TINY, cli_env, compose_train, fit_built, load_ckpt, ok
 from tests.test_reliability import _same_training_state, _signal_at

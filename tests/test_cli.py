@@ -178,4 +178,4 @@ def test_user_configs_through_hydra_searchpath(run_cli, tmp_path):
         "debug=fdr", "logger=csv", "metrics=none", "--cfg", "job",
     )  # fmt: skip
     ok(proc)
-    assert "_target_: genlab.vae.VAE" in proc.stdout and "seed: 123" in proc.stdout
+    assert "_target_: genlab.models.vae.VAE" in proc.stdout and "seed: 123" in proc.stdout

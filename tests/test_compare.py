@@ -9,7 +9,10 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
-from genlab import compare as C
+from genlab.cli import compare as cli
+from genlab.comparison import plots as P
+from genlab.comparison import runs as R
+from genlab.comparison import tables as T
 from tests.conftest import BIN, TINY, cli_env
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -78,7 +81,7 @@ def vae_sweep(tmp_path: Path) -> Path:
 
 
 def test_parse_overrides():
-    got = C.parse_overrides(["model=vae", "+x.y=1", "++trainer.a=b=c", "~callbacks.lr", "seed=3"])
+    got = R.parse_overrides(["model=vae", "+x.y=1", "++trainer.a=b=c", "~callbacks.lr", "seed=3"])
     assert got == {
         "model": "vae",
         "x.y": "1",
@@ -90,40 +93,40 @@ def test_parse_overrides():
 
 def test_flatten_keeps_lists_and_interpolations():
     node = {"a": {"b": 1, "c": [0.5, 0.9], "d": {}}, "p": "${hydra:runtime.output_dir}"}
-    assert C.flatten(node) == {"a.b": 1, "a.c": [0.5, 0.9], "a.d": {}, "p": node["p"]}
+    assert R.flatten(node) == {"a.b": 1, "a.c": [0.5, 0.9], "a.d": {}, "p": node["p"]}
 
 
 def test_differing_keys():
     params = [{"lr": "1", "seed": "1", "x": "a"}, {"lr": "2", "seed": "1", "x": "a"}, {"lr": "1"}]
     # a key missing in one run differs from a present one
-    assert C.differing_keys(params) == ["lr", "seed", "x"]
-    assert C.differing_keys(params[:2]) == ["lr"]
-    assert C.differing_keys([{"a": 1}]) == []
+    assert T.differing_keys(params) == ["lr", "seed", "x"]
+    assert T.differing_keys(params[:2]) == ["lr"]
+    assert T.differing_keys([{"a": 1}]) == []
 
 
 def test_final_and_best():
     values = pd.Series([np.nan, 3.0, np.nan, 1.0, 2.0])
-    assert C.final_and_best(values, "min") == (2.0, 1.0)
-    assert C.final_and_best(values, "max") == (2.0, 3.0)
-    final, best = C.final_and_best(pd.Series([np.nan]), "min")
+    assert T.final_and_best(values, "min") == (2.0, 1.0)
+    assert T.final_and_best(values, "max") == (2.0, 3.0)
+    final, best = T.final_and_best(pd.Series([np.nan]), "min")
     assert np.isnan(final) and np.isnan(best)
 
 
 def test_metric_mode():
-    assert C.metric_mode("val/elbo") == "max"
-    assert C.metric_mode("val/is") == "max"
-    assert C.metric_mode("val/fid") == "min"
-    assert C.metric_mode("val/fid", "max") == "max"
+    assert T.metric_mode("val/elbo") == "max"
+    assert T.metric_mode("val/is") == "max"
+    assert T.metric_mode("val/fid") == "min"
+    assert T.metric_mode("val/fid", "max") == "max"
 
 
 def test_defaults_match_training():
-    from genlab.gan import GAN
+    from genlab.models.gan import GAN
+    from genlab.models.vae import VAE
     from genlab.training import MAXIMISED
-    from genlab.vae import VAE
 
-    assert C.MAXIMISED == MAXIMISED
-    assert C.MODEL_METRICS["GAN"] == (GAN.default_monitor, GAN.fallback_monitor)
-    assert C.MODEL_METRICS["VAE"] == (VAE.default_monitor,)
+    assert T.MAXIMISED == MAXIMISED
+    assert T.MODEL_METRICS["GAN"] == (GAN.default_monitor, GAN.fallback_monitor)
+    assert T.MODEL_METRICS["VAE"] == (VAE.default_monitor,)
 
 
 def per_run_frame() -> pd.DataFrame:
@@ -139,7 +142,7 @@ def per_run_frame() -> pd.DataFrame:
 
 
 def test_aggregate_groups_runs_that_differ_only_in_seed():
-    table = C.aggregate(per_run_frame(), ["lr", "seed"])
+    table = T.aggregate(per_run_frame(), ["lr", "seed"])
     assert list(table.columns) == [
         "lr", "n", "runs", "val/fid final", "val/fid final std", "val/fid best", "val/fid best std",
     ]  # fmt: skip
@@ -154,15 +157,15 @@ def test_aggregate_groups_runs_that_differ_only_in_seed():
 
 
 def test_aggregate_without_other_keys_is_one_group():
-    table = C.aggregate(per_run_frame().drop(columns="lr"), ["seed"])
+    table = T.aggregate(per_run_frame().drop(columns="lr"), ["seed"])
     assert table["n"].tolist() == [5]
     assert table["val/fid final"].iloc[0] == pytest.approx(np.mean([10, 12, 20, 23, 29]))
     # runs that differ in nothing at all are one group too
-    assert C.aggregate(per_run_frame().drop(columns=["lr", "seed"]), [])["n"].tolist() == [5]
+    assert T.aggregate(per_run_frame().drop(columns=["lr", "seed"]), [])["n"].tolist() == [5]
 
 
 def test_aggregate_single_runs_have_no_std():
-    table = C.aggregate(per_run_frame().iloc[1:3], ["lr", "seed"])
+    table = T.aggregate(per_run_frame().iloc[1:3], ["lr", "seed"])
     assert table["n"].tolist() == [1, 1]
     assert table["val/fid final"].tolist() == [12.0, 20.0]
     assert table["val/fid final std"].isna().all()
@@ -170,19 +173,19 @@ def test_aggregate_single_runs_have_no_std():
 
 def test_display_table_and_markdown():
     per_run = per_run_frame()
-    comparison = C.Comparison(
+    comparison = T.Comparison(
         runs=[],
         metrics=["val/fid"],
         modes={"val/fid": "min"},
         keys=["lr", "seed"],
         per_run=per_run,
-        table=C.aggregate(per_run.iloc[:3], ["lr", "seed"]),
+        table=T.aggregate(per_run.iloc[:3], ["lr", "seed"]),
     )
-    shown = C.display_table(comparison)
+    shown = T.display_table(comparison)
     assert list(shown.columns) == ["lr", "n", "val/fid final", "val/fid best (min)", "runs"]
     assert shown.iloc[0].tolist() == ["1e-4", "2", "11 ± 1.4", "10 ± 1.4", "0 1"]
     assert shown.iloc[1].tolist() == ["2e-4", "1", "20", "19", "2"]
-    md = C.markdown(pd.DataFrame({"a|b": ["x|y"], "c": ["1"]})).splitlines()
+    md = T.markdown(pd.DataFrame({"a|b": ["x|y"], "c": ["1"]})).splitlines()
     assert md == ["| a\\|b | c |", "| --- | --- |", "| x\\|y | 1 |"]
 
 
@@ -196,24 +199,24 @@ def test_bootstrap_intervals_show_as_plus_minus(tmp_path: Path):
              "val/fid_ci_high": [None, high]},
             config={"model": {"_target_": "genlab.vae.VAE", "beta": float(seed + 1)}},
         )  # fmt: skip
-    comparison = C.compare(tmp_path, ["val/fid"])
-    shown = C.display_table(comparison)
+    comparison = T.compare(tmp_path, ["val/fid"])
+    shown = T.display_table(comparison)
     assert shown["val/fid 95% CI"].tolist() == ["± 1", "± 2"]
-    assert C.csv_table(comparison)["val/fid ci"].tolist() == [1.0, 2.0]
+    assert T.csv_table(comparison)["val/fid ci"].tolist() == [1.0, 2.0]
     # no interval logged: no column
-    assert "val/fid 95% CI" not in C.display_table(C.compare(tmp_path, ["val/fid_ci_low"]))
+    assert "val/fid 95% CI" not in T.display_table(T.compare(tmp_path, ["val/fid_ci_low"]))
 
 
 def test_plot_file_names_are_safe():
-    assert C.plot_file(Path("out"), "val/fid") == Path("out/compare_val_fid.png")
-    assert C.plot_file(Path("out"), "lr-Adam 1") == Path("out/compare_lr-Adam_1.png")
+    assert P.plot_file(Path("out"), "val/fid") == Path("out/compare_val_fid.png")
+    assert P.plot_file(Path("out"), "lr-Adam 1") == Path("out/compare_lr-Adam_1.png")
 
 
 # ---------------------------------------------------------------- runs on disk
 
 
 def test_compare_vae_sweep(vae_sweep: Path):
-    result = C.compare(vae_sweep)
+    result = T.compare(vae_sweep)
     assert [r.name for r in result.runs] == ["0", "1", "2", "3"]  # the eval dir is not a run
     assert result.metrics == ["val/elbo"] and result.modes == {"val/elbo": "max"}
     assert result.keys == ["model.beta", "seed"]  # debug=tiny is the same everywhere
@@ -225,7 +228,7 @@ def test_compare_vae_sweep(vae_sweep: Path):
     assert table["val/elbo best"].tolist() == pytest.approx([-245.0, -125.0])  # maxima
     assert table["val/elbo best std"].tolist() == pytest.approx([np.std([-250, -240], ddof=1)] * 2)
     # --mode min turns best into the minimum
-    low = C.compare(vae_sweep, ["val/elbo", "val/mse"], "min").table
+    low = T.compare(vae_sweep, ["val/elbo", "val/mse"], "min").table
     assert low["val/elbo best"].tolist() == pytest.approx([-305.0, -205.0])
     assert low["val/mse best"].tolist() == pytest.approx([0.1, 0.1])
 
@@ -234,14 +237,14 @@ def test_default_metric_per_model(tmp_path: Path):
     gan = {"model": {"_target_": "genlab.gan.GAN"}}
     write_run(tmp_path / "a", ["seed=1"], {"val/fid": [5.0], "val/swd": [0.5]}, gan)
     write_run(tmp_path / "b", ["seed=2"], {"val/swd": [0.4], "train/d_loss": [1.0]}, gan)
-    runs = C.load_runs(tmp_path)
+    runs = R.load_runs(tmp_path)
     # FID where it was computed, SWD where FID was off
-    assert C.default_metrics(runs) == ["val/fid", "val/swd"]
-    assert C.default_metrics(runs[1:]) == ["val/swd"]
+    assert T.default_metrics(runs) == ["val/fid", "val/swd"]
+    assert T.default_metrics(runs[1:]) == ["val/swd"]
     runs[1].config["optimized_metric"] = "train/d_loss"
-    assert C.default_metrics(runs[1:]) == ["train/d_loss"]
+    assert T.default_metrics(runs[1:]) == ["train/d_loss"]
     write_run(tmp_path / "c", [], {"val/elbo": [-1.0], "val/fid": [3.0]})
-    assert C.default_metrics(C.load_runs(tmp_path / "c")) == ["val/elbo"]
+    assert T.default_metrics(R.load_runs(tmp_path / "c")) == ["val/elbo"]
 
 
 def test_keys_read_from_config_and_group_choices(tmp_path: Path):
@@ -249,7 +252,7 @@ def test_keys_read_from_config_and_group_choices(tmp_path: Path):
     # no override here: the value comes from the run's config
     write_run(tmp_path / "1", [], {"val/elbo": [2.0]}, {"model": {"beta": 1.0}})
     write_run(tmp_path / "2", ["model=gan"], {"val/elbo": [3.0]}, choices={"model": "gan"})
-    result = C.compare(tmp_path)
+    result = T.compare(tmp_path)
     assert result.keys == ["model.beta", "model"]
     assert result.per_run["model.beta"].tolist() == ["4.0", "1.0", "1.0"]
     assert result.per_run["model"].tolist() == ["vae", "vae", "gan"]
@@ -259,7 +262,7 @@ def test_without_overrides_the_configs_are_diffed(tmp_path: Path):
     for name, beta in [("a", 1.0), ("b", 2.0)]:
         cfg = {"model": {"_target_": "genlab.vae.VAE", "beta": beta}}
         write_run(tmp_path / name, [], {"val/elbo": [beta]}, cfg)
-    result = C.compare(tmp_path)
+    result = T.compare(tmp_path)
     assert result.keys == ["model.beta"]
     assert result.table["model.beta"].tolist() == ["1.0", "2.0"]
 
@@ -267,14 +270,14 @@ def test_without_overrides_the_configs_are_diffed(tmp_path: Path):
 def test_runs_sort_naturally(tmp_path: Path):
     for job in (10, 9, 2):
         write_run(tmp_path / str(job), [f"seed={job}"], {"val/elbo": [float(job)]})
-    assert [r.name for r in C.load_runs(tmp_path)] == ["2", "9", "10"]
+    assert [r.name for r in R.load_runs(tmp_path)] == ["2", "9", "10"]
     # a run directory itself is a (one-run) comparison
-    assert [r.name for r in C.load_runs(tmp_path / "9")] == ["9"]
+    assert [r.name for r in R.load_runs(tmp_path / "9")] == ["9"]
 
 
 def one_line_error(capsys, argv: list[str]) -> str:
     with pytest.raises(SystemExit) as exc:
-        C.main(argv)
+        cli.main(argv)
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
@@ -300,14 +303,14 @@ def test_errors_are_one_line(tmp_path: Path, capsys):
 
 def test_main_writes_outputs(vae_sweep: Path, tmp_path: Path, capsys):
     out = tmp_path / "out"
-    C.main([str(vae_sweep), "--out", str(out), "--format", "md", "--metric", "val/mse"])
+    cli.main([str(vae_sweep), "--out", str(out), "--format", "md", "--metric", "val/mse"])
     stdout = capsys.readouterr().out
     assert stdout == (out / "compare.md").read_text()
     assert (
         stdout.splitlines()[0] == "| model.beta | n | val/mse final | val/mse best (min) | runs |"
     )
     assert (out / "compare_val_mse.png").read_bytes().startswith(PNG_MAGIC)
-    C.main([str(vae_sweep), "--format", "csv"])  # default --out is the compared directory
+    cli.main([str(vae_sweep), "--format", "csv"])  # default --out is the compared directory
     stdout = capsys.readouterr().out
     assert stdout == (vae_sweep / "compare.csv").read_text()
     assert pd.read_csv(vae_sweep / "compare.csv")["n"].tolist() == [2, 2]
@@ -460,13 +463,13 @@ def test_cli_empty_dir(tmp_path: Path):
 def test_group_curve_is_the_seed_mean_and_std_on_shared_x():
     a = pd.Series([1.0, 3.0], index=[16, 32])
     b = pd.Series([3.0, 5.0], index=[16, 32])
-    curve = C.group_curve([a, b])
+    curve = P.group_curve([a, b])
     assert curve.index.tolist() == [16, 32]
     assert curve["mean"].tolist() == [2.0, 4.0] and curve["n"].tolist() == [2, 2]
     assert curve["std"].tolist() == pytest.approx([2**0.5, 2**0.5])  # ddof=1
     # x values of another run: interpolated inside its range, absent outside it
     d = pd.Series([0.0, 2.0], index=[24, 40])
-    c = C.group_curve([a, d])
+    c = P.group_curve([a, d])
     assert c.index.tolist() == [16, 24, 32, 40]
     assert c["n"].tolist() == [1, 2, 2, 1]
     # at 24: a is 2 (halfway), d is 0; at 32: a is 3, d is 1 (halfway)
@@ -486,9 +489,9 @@ def test_plot_draws_the_chosen_axis_with_a_std_band(tmp_path: Path, x: str):
     from matplotlib.figure import Figure
 
     _axis_runs(tmp_path)
-    comparison = C.compare(tmp_path, ["val/elbo"])
+    comparison = T.compare(tmp_path, ["val/elbo"])
     ax = Figure().add_subplot()
-    C.plot_curves(ax, comparison, "val/elbo", x, per_run=True)
+    P.plot_curves(ax, comparison, "val/elbo", x, per_run=True)
     mean, *per_run = ax.lines
     want_x = {"images_seen": [128, 256, 384], "step": [3, 7, 11], "epoch": [0, 1, 2]}[x]
     assert mean.get_xdata().tolist() == want_x
@@ -532,7 +535,7 @@ def test_runs_with_only_wandb_offline_files(tmp_path: Path, monkeypatch):
         run.log({"images/samples": wandb.Image(np.zeros((4, 4, 3), np.uint8))})
         run.finish()
     assert not list(sweep.rglob("metrics.csv"))
-    comparison = C.compare(sweep)
+    comparison = T.compare(sweep)
     assert comparison.metrics == ["val/swd"]
     table = comparison.table
     assert table["n"].tolist() == [2, 1]
@@ -541,10 +544,10 @@ def test_runs_with_only_wandb_offline_files(tmp_path: Path, monkeypatch):
     from matplotlib.figure import Figure
 
     ax = Figure().add_subplot()
-    C.plot_curves(ax, comparison, "val/swd", "images_seen")
+    P.plot_curves(ax, comparison, "val/swd", "images_seen")
     first, second = ax.lines
     # seeds 0 and 1 of lr=1e-4 saw 64 and 128 images a step: interpolated onto both grids
     assert first.get_xdata().tolist() == [64, 128, 192, 256, 384]
     assert second.get_xdata().tolist() == [192, 384, 576]
-    C.write_outputs(comparison, tmp_path / "o", "images_seen")
+    P.write_outputs(comparison, tmp_path / "o", "images_seen")
     assert (tmp_path / "o" / "compare_val_swd.png").read_bytes().startswith(PNG_MAGIC)

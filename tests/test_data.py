@@ -7,7 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from genlab.data import Batch, ImageDataModule, fetch, fit_size, synthetic_images
+from genlab.data import ImageDataModule
+from genlab.data.datasets import Batch, fetch
+from genlab.data.sources import synthetic_images
+from genlab.data.transforms import fit_size
 from genlab.errors import GenlabError
 
 TORCHVISION_SOURCES = ["mnist", "fashion_mnist", "cifar10", "svhn", "celeba"]

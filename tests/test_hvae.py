@@ -15,9 +15,9 @@ from torch import nn
 from torch.distributions import Bernoulli, Normal
 
 from genlab.errors import GenlabError
+from genlab.models.vae import VAE
 from genlab.nets import HierarchicalDecoder, HierarchicalEncoder
 from genlab.training import build
-from genlab.vae import VAE
 from tests.conftest import fit_built
 
 
@@ -29,7 +29,7 @@ def hvae2(**kw) -> VAE:
 
 def binary_digits(n: int, seed: int = 0) -> torch.Tensor:
     """``n`` MNIST-5k digits binarised once with a seed: (n, 1, 28, 28) in {-1, 1}."""
-    from genlab.data import mnist5k_raw
+    from genlab.data.sources import mnist5k_raw
 
     g = torch.Generator().manual_seed(seed)
     pixels = mnist5k_raw()[0][:n].float() / 255

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from genlab.data import ImageDataModule, fetch, read_idx
+from genlab.data import ImageDataModule
+from genlab.data.datasets import fetch
+from genlab.data.idx import read_idx
 from genlab.errors import GenlabError
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist

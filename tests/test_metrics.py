@@ -487,7 +487,8 @@ class Replay:
 @pytest.mark.slow  # 48 Inception passes of synthetic images, ~30 s
 def test_callback_ifid_copies_and_intervals(weights, tmp_path):
     from genlab.callbacks.sample_metrics import SampleMetrics, single_process
-    from genlab.data import ImageDataModule, fetch
+    from genlab.data import ImageDataModule
+    from genlab.data.datasets import fetch
 
     dm = ImageDataModule("synthetic", image_size=32, synthetic_size=400, synthetic_classes=2)
     callback = SampleMetrics(

@@ -11,10 +11,10 @@ import torch
 
 from genlab.callbacks.sample_metrics import data_key
 from genlab.data import ImageDataModule
+from genlab.data.sources import stacked_mnist
 from genlab.errors import GenlabError
 from genlab.metrics import ImageMetrics
 from genlab.metrics.modes import ModeClassifier, mode_kl
-from genlab.stacked_mnist import stacked_mnist
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +82,6 @@ def test_modes_need_no_backbone_and_rgb(classifier):
 
 
 def _mnist():
-    from genlab.data import mnist5k_raw
+    from genlab.data.sources import mnist5k_raw
 
     return mnist5k_raw()

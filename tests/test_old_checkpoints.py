@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from genlab.config import load_model
+from genlab.checkpoints import load_model
 from tests.conftest import load_ckpt, ok
 
 FIXTURES = Path(__file__).parent / "fixtures" / "v0.1-layout"
@@ -46,7 +46,11 @@ def test_old_checkpoint_samples_what_it_sampled_before_the_move(name):
 @pytest.mark.slow
 def test_genlab_sample_reads_an_old_checkpoint(run_cli, tmp_path):
     ckpt = run_of("gan_mlp", tmp_path)
-    ok(run_cli("genlab-sample", f"ckpt_path={ckpt}", "num_samples=8", f"hydra.run.dir={tmp_path}/s"))
+    ok(
+        run_cli(
+            "genlab-sample", f"ckpt_path={ckpt}", "num_samples=8", f"hydra.run.dir={tmp_path}/s"
+        )
+    )
     assert (tmp_path / "s" / "samples.png").is_file()
 
 

@@ -208,7 +208,7 @@ def test_resample_counts_are_seeded_multinomials():
 def test_every_sample_metric_can_be_monitored_in_its_direction(metric, mode):
     from omegaconf import OmegaConf
 
-    from genlab.gan import GAN
+    from genlab.models.gan import GAN
     from genlab.training import SAMPLE_METRICS, monitor_of
 
     assert metric in SAMPLE_METRICS

@@ -14,9 +14,11 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from genlab.config import CONFIG_DIR
-from genlab.data import Batch, ImageDataModule, fetch, manifest_hash, read_manifest
+from genlab.data import ImageDataModule
+from genlab.data.datasets import Batch, fetch
+from genlab.data.prepared import manifest_hash, read_manifest
 from genlab.errors import GenlabError
-from genlab.prepare import prepare
+from genlab.preparation import prepare
 from tests.conftest import cli_env
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -126,12 +128,12 @@ def test_corrupt_image_is_named_and_nothing_is_written(tmp_path):
 def test_cli_errors_are_one_line_exit_2(tmp_path):
     env = cli_env(tmp_path)
     for args, message in (
-        ([], "You must specify 'data'"),
+        ([], "data: choose the source to prepare"),
         (["data=prepared"], "data=prepared is prepared already"),
         (["data=folder", f"data.root={tmp_path / 'nowhere'}"], "is not a directory"),
     ):
         done = subprocess.run(
-            [sys.executable, "-m", "genlab.prepare", *args],
+            [sys.executable, "-m", "genlab.cli.prepare", *args],
             cwd=tmp_path,
             env=env,
             capture_output=True,
@@ -142,9 +144,23 @@ def test_cli_errors_are_one_line_exit_2(tmp_path):
         assert len(done.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "outputs").exists()  # nothing but OUT/ is ever written
     # --help and config errors answer before torch is imported
-    check = "import sys, genlab.prepare; assert 'torch' not in sys.modules, 'torch imported'"
+    check = "import sys, genlab.cli.prepare; assert 'torch' not in sys.modules, 'torch imported'"
     done = subprocess.run([sys.executable, "-c", check], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_a_refused_preparation_leaves_the_working_directory_alone(tmp_path):
+    """genlab-prepare runs in "." (hydra.run.dir): a failed start must not discard it as an empty
+    run directory. It did when "." held only *.log files, and the error became a traceback."""
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "slurm-1234.log").write_text("a job's log\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "genlab.cli.prepare", "data=prepared"],
+        cwd=work, env=cli_env(tmp_path), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2 and "data=prepared is prepared already" in done.stderr, done.stderr
+    assert (work / "slurm-1234.log").read_text() == "a job's log\n"
 
 
 @pytest.mark.skipif(not FASHION.is_dir(), reason="needs Debian's dataset-fashion-mnist")

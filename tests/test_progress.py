@@ -175,3 +175,23 @@ def test_batch_job_log_shows_progress_and_no_noise(tmp_path: Path):
         assert [ln.split(" batch")[0] for ln in lines] == ["epoch 1/2", "epoch 2/2"], where
         assert all(re.fullmatch(FIELDS, ln) for ln in lines), lines
     assert not [ln for ln in out.splitlines() if any(n in ln for n in NOISE)], out
+
+
+@pytest.mark.slow
+def test_warnings_reach_the_user_as_one_genlab_line(tmp_path: Path):
+    """genlab's own warning in one line of its own, no library file path; no Lightning advice."""
+    proc = subprocess.run(
+        [
+            str(BIN / "genlab-train"), *TINY, "model=vqgan", "data=synthetic", "metrics=default",
+            "metrics.kid_subset_size=1000", "model.encoder.hidden=32", "model.encoder.res_hidden=8",
+            "model.quantizer.num_codes=16", "model.discriminator.base_channels=8",
+            "trainer.max_epochs=1", "trainer.limit_train_batches=1", f"hydra.run.dir={tmp_path}/r",
+        ],  # fmt: skip
+        cwd=tmp_path, env=cli_env(tmp_path), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    kid = [ln for ln in out.splitlines() if "kid_subset_size" in ln]
+    assert len(kid) == 1 and "[genlab][WARNING]" in kid[0], out[-3000:]
+    assert ".py:" not in kid[0] and "UserWarning" not in kid[0], kid
+    assert "is an instance of `nn.Module`" not in out, out[-3000:]

@@ -8,9 +8,9 @@ import torch.nn.functional as F
 
 from genlab import losses
 from genlab.errors import GenlabError
+from genlab.models.ramp import ramp_value
 from genlab.nets import R3GANDiscriminator, R3GANGenerator
 from genlab.nets.r3gan import LRELU_GAIN, Resample, ResidualBlock
-from genlab.ramp import ramp_value
 from genlab.training import build
 from tests.conftest import fit_built
 from tests.zoo_checks import count, limit, swd_before_after

@@ -5,7 +5,7 @@ pickled code are refused."""
 import pytest
 import torch
 
-from genlab.config import load_model, read_checkpoint
+from genlab.checkpoints import load_model, read_checkpoint
 from genlab.errors import GenlabError
 from genlab.redact import REDACTED, env_secrets, redact, redact_argv
 from tests.conftest import BIN, TINY, cli_env, load_ckpt, ok, train_checkpoint

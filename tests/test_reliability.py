@@ -301,7 +301,8 @@ def test_checkpoint_of_another_model_or_corrupt_is_refused(run_cli, cfg_tiny, tm
     gan_ckpt = tmp_path / "checkpoints" / "last.ckpt"
     corrupt = tmp_path / "corrupt.ckpt"
     corrupt.write_bytes(gan_ckpt.read_bytes()[:1000])
-    for ckpt, expected in [(gan_ckpt, "saved by genlab.gan.GAN"), (corrupt, "not a readable")]:
+    saved_by = "saved by genlab.models.gan.GAN"
+    for ckpt, expected in [(gan_ckpt, saved_by), (corrupt, "not a readable")]:
         proc = run_cli("genlab-train", *TINY, "model=vae", "data=synthetic", f"ckpt_path={ckpt}",
                        f"hydra.run.dir={tmp_path / 'r2'}")  # fmt: skip
         assert proc.returncode == 2

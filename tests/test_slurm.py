@@ -44,7 +44,7 @@ def test_submitit_job_for_two_nodes_of_four_gpus(tmp_path, monkeypatch):
     argv = ["genlab-train", "-m", *TWO_BY_FOUR, "seed=1", f"hydra.sweep.dir={sweep}"]
     monkeypatch.setattr(sys, "argv", argv)
     GlobalHydra.instance().clear()
-    from genlab.train import _main
+    from genlab.cli.train import _main
 
     _main()
     GlobalHydra.instance().clear()

@@ -3,11 +3,12 @@
 import json
 import subprocess
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY, cli_env
+from tests.conftest import REPO, TINY, cli_env
 
 HEAVY = ("torch", "pytorch_lightning", "lightning_fabric", "torchmetrics", "wandb", "matplotlib")
 # Runs an entry point's main() in this interpreter, then records which heavy modules it loaded.
@@ -41,23 +42,30 @@ def probe(tmp_path: Path, module: str, *args: str) -> tuple[dict, subprocess.Com
 
 
 LIGHT = [
-    ("genlab.train", ["--help"], 0),
-    ("genlab.train", ["--cfg", "job"], 0),
-    ("genlab.train", ["--cfg", "hydra"], 0),
-    ("genlab.train", ["--info"], 0),
-    ("genlab.train", ["nosuch=1"], 2),
-    ("genlab.train", ["model=nosuch"], 2),
-    ("genlab.train", ["seed=abc"], 2),
-    ("genlab.train", ["ckpt_path=/nonexistent/last.ckpt", *TINY], 2),
-    ("genlab.eval", ["--help"], 0),
-    ("genlab.eval", ["--cfg", "job", "ckpt_path=/x/checkpoints/last.ckpt"], 0),
-    ("genlab.eval", ["ckpt_path=nonexistent/checkpoints/last.ckpt"], 2),
-    ("genlab.eval", ["ckpt_path=nonexistent/checkpoints/last.ckpt", "split=testing"], 2),
-    ("genlab.sample", ["--help"], 0),
-    ("genlab.sample", ["ckpt_path=/nonexistent/last.ckpt"], 2),
-    ("genlab.sample", ["ckpt_path=/nonexistent/last.ckpt", "nrow=0"], 2),
-    ("genlab.compare", ["--help"], 0),
+    ("genlab.cli.train", ["--help"], 0),
+    ("genlab.cli.train", ["--cfg", "job"], 0),
+    ("genlab.cli.train", ["--cfg", "hydra"], 0),
+    ("genlab.cli.train", ["--info"], 0),
+    ("genlab.cli.train", ["nosuch=1"], 2),
+    ("genlab.cli.train", ["model=nosuch"], 2),
+    ("genlab.cli.train", ["seed=abc"], 2),
+    ("genlab.cli.train", ["ckpt_path=/nonexistent/last.ckpt", *TINY], 2),
+    ("genlab.cli.eval", ["--help"], 0),
+    ("genlab.cli.eval", ["--cfg", "job", "ckpt_path=/x/checkpoints/last.ckpt"], 0),
+    ("genlab.cli.eval", ["ckpt_path=nonexistent/checkpoints/last.ckpt"], 2),
+    ("genlab.cli.eval", ["ckpt_path=nonexistent/checkpoints/last.ckpt", "split=testing"], 2),
+    ("genlab.cli.sample", ["--help"], 0),
+    ("genlab.cli.sample", ["ckpt_path=/nonexistent/last.ckpt"], 2),
+    ("genlab.cli.sample", ["ckpt_path=/nonexistent/last.ckpt", "nrow=0"], 2),
+    ("genlab.cli.compare", ["--help"], 0),
+    ("genlab.cli.prepare", ["--help"], 0),
+    ("genlab.cli.prepare", [], 2),
+    ("genlab.cli.prepare", ["data=prepared"], 2),
 ]
+CLI = REPO / "src" / "genlab" / "cli"
+SCRIPTS = {
+    ep.name: ep.value for ep in entry_points(group="console_scripts") if ep.dist.name == "genlab"
+}
 
 
 @pytest.mark.parametrize(
@@ -75,9 +83,30 @@ def test_answers_without_heavy_imports(module, args, status, tmp_path):
         assert sorted(p.name for p in tmp_path.iterdir()) == ["probe.json"]
 
 
+@pytest.mark.parametrize("module", sorted(f"genlab.cli.{p.stem}" for p in CLI.glob("[!_]*.py")))
+def test_no_module_of_the_cli_folder_imports_anything_heavy(module, tmp_path):
+    """One folder, one rule: importing any module under cli/ loads none of HEAVY."""
+    check = (
+        f"import json, sys, {module}; print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
+    )
+    proc = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout) == [], f"{module} imported {proc.stdout.strip()}"
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_every_door_answers_help_with_its_own_help(script, tmp_path):
+    """Each console script lives in cli/ and its --help names it, before any config is needed."""
+    module, _, function = SCRIPTS[script].partition(":")
+    assert module.startswith("genlab.cli.") and function == "main", SCRIPTS[script]
+    result, proc = probe(tmp_path, module, "--help")
+    assert result["status"] == 0 and result["heavy"] == [], proc.stderr[-2000:]
+    assert proc.stdout.lstrip().startswith((f"{script}:", f"usage: {script}")), proc.stdout[:500]
+
+
 def test_python_dash_m_help_lists_groups(tmp_path):
     """The thin entry point still reaches Hydra's help (the groups come from conf/)."""
-    result, proc = probe(tmp_path, "genlab.train", "--help")
+    result, proc = probe(tmp_path, "genlab.cli.train", "--help")
     assert result["status"] == 0
     assert "model: " in proc.stdout and "gan" in proc.stdout
 
@@ -110,7 +139,7 @@ def test_unreadable_checkpoint_leaves_no_eval_dir(run_cli, tmp_path):
 
 def test_run_dir_with_results_is_kept(tmp_path):
     """Only Hydra's own files make a run directory disposable."""
-    from genlab.config import discard_empty_run_dir
+    from genlab.cli.report import discard_empty_run_dir
 
     run = tmp_path / "a" / "run"
     (run / ".hydra").mkdir(parents=True)

@@ -12,16 +12,14 @@ from PIL import Image
 from genlab import losses
 from genlab.config import CONFIG_DIR, instantiate
 from genlab.errors import GenlabError
-from genlab.nets.stylegan2 import (
+from genlab.nets.equalized import (
     Conv2d,
     FullyConnected,
-    StyleGAN2Discriminator,
-    StyleGAN2Generator,
     downsample2d,
-    minibatch_std,
     modulated_conv2d,
     upsample2d,
 )
+from genlab.nets.stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator, minibatch_std
 from genlab.sampling import sample
 from genlab.training import build
 from tests.conftest import compose_train, fit_built, train_checkpoint

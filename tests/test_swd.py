@@ -2,7 +2,7 @@
 
 import torch
 
-from genlab.swd import sliced_wasserstein
+from genlab.metrics.swd import sliced_wasserstein
 
 
 def test_one_dimensional_shift_is_the_shift():

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from genlab.errors import GenlabError
+from genlab.models.vae import VAE
 from genlab.nets import ConvDecoder, ConvEncoder
-from genlab.vae import VAE
 from tests.conftest import compose_train
 
 
@@ -237,7 +237,7 @@ def test_categorical_names_the_decoder_channels_it_needs():
         model.elbo_terms(x)
     assert "256" in str(err.value)
     with pytest.raises(GenlabError, match="model.decoder.channels"):
-        model.sample(2)  # what train.py's shape check runs first
+        model.sample(2)  # what training.py's shape check runs first
 
 
 def test_discretized_gaussian_vae_trains_its_scale_and_samples_in_range():

@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from genlab.errors import GenlabError
-from genlab.priors import VampPrior, log_normal_mixture
+from genlab.models.vae import VAE
+from genlab.nets.priors import VampPrior, log_normal_mixture
 from genlab.training import build
-from genlab.vae import VAE
 from tests.conftest import fit_built
 from tests.test_hvae import learning_gain
 

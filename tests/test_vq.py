@@ -197,7 +197,7 @@ def test_vqvae_learns_on_synthetic_data(codebook, tmp_path):
 
 def test_codebook_state_travels_in_the_checkpoint(tmp_path):
     """EMA averages, restart counters and codes are buffers: genlab-eval and resume get them."""
-    from genlab.config import load_model
+    from genlab.checkpoints import load_model
     from tests.conftest import load_ckpt, train_checkpoint
 
     extra = ["model.quantizer.restart_after=3"]

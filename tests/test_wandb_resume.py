@@ -163,8 +163,7 @@ def test_evaluations_table_artifacts_and_eval_run_joining_the_training_run(
 ):
     from hydra import compose, initialize_config_dir
 
-    import genlab.eval  # noqa: F401  (registers the run-directory resolver of eval.yaml)
-    from genlab.config import CONFIG_DIR
+    from genlab.config import CONFIG_DIR  # registers eval.yaml's run-directory resolver too
     from genlab.evaluation import evaluate
 
     metrics = [f"metrics.inception_weights={weights}", "metrics.inception_sha256=null",

@@ -11,7 +11,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch.nn.utils import parametrize
 
-from genlab.config import CONFIG_DIR, load_model
+from genlab.checkpoints import load_model
+from genlab.config import CONFIG_DIR
 from genlab.training import build
 from tests.conftest import REPO, compose_train, fit_built, train_checkpoint
 
@@ -349,8 +350,8 @@ def test_experiment_starts_with_command_and_target(name):
 def test_experiment_runs_one_batch_on_synthetic_data_of_its_shape(name, tmp_path, monkeypatch):
     # standing statistics of a full-width EMA generator (BigGAN: 1024 passes) are not what this
     # test is about, and would cost a minute on the CPU: one small batch of them here
-    monkeypatch.setattr("genlab.gan.STANDING_BATCHES", 1)
-    monkeypatch.setattr("genlab.gan.STANDING_BATCH_SIZE", 8)
+    monkeypatch.setattr("genlab.models.ema.STANDING_BATCHES", 1)
+    monkeypatch.setattr("genlab.models.ema.STANDING_BATCH_SIZE", 8)
     real = compose_train([f"experiment={name}"], tmp_path)
     resolved = OmegaConf.to_container(real, resolve=True)
     shape = [

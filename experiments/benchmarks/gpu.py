@@ -21,7 +21,16 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from run import BIN, REPO, machine, pair_stats, run, steady, thread_env, timer_overrides  # noqa: E402
+from measure import (  # noqa: E402
+    BIN,
+    REPO,
+    machine,
+    pair_stats,
+    run,
+    steady,
+    thread_env,
+    timer_overrides,
+)
 
 SIZES = {
     "full": {
@@ -144,7 +153,7 @@ def bench_metrics(size: dict, work: Path) -> dict:
     import torch
     import torch_fidelity
 
-    from genlab.data import synthetic_images
+    from genlab.data.sources import synthetic_images
     from genlab.metrics import ImageMetrics
 
     n, bs = size["metrics_n"], size["metrics_batch"]
@@ -217,11 +226,11 @@ def bench_metrics(size: dict, work: Path) -> dict:
 
 def bench_feed(size: dict, work: Path) -> dict:
     """DCGAN-64 training images/s fed by data=folder (2 workers) and by data=prepared."""
-    from workloads import photo_folder
+    from data_workloads import photo_folder
 
     root = photo_folder(work / "feed_png", size["feed_files"], ".png")
     prepared = work / "feed_prepared"
-    prep = [sys.executable, "-m", "genlab.prepare", "data=folder", f"data.root={root}"]
+    prep = [sys.executable, "-m", "genlab.cli.prepare", "data=folder", f"data.root={root}"]
     run(
         [*prep, "data.image_size=64", f"out={prepared}"],
         work / "feed_prepare.log",
@@ -262,7 +271,7 @@ def bench_feed(size: dict, work: Path) -> dict:
 
 def markdown(r: dict) -> str:
     """The tables of results.json."""
-    from report import fmt, table, tidy
+    from md_tables import fmt, table, tidy
 
     m = r["machine"]
     out = [f"# genlab GPU benchmark ({r['mode']} run)\n"]

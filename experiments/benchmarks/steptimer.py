@@ -6,48 +6,19 @@
 It only reads the clock (and, on a thread, the process RSS), so the run it times is otherwise the
 user's run: same CLI, progress bar, loggers and callbacks.
 
-With ``+callbacks.step_timer.pair=true`` it also runs the hand-written step (workloads.py) on
+With ``+callbacks.step_timer.pair=true`` it also runs the hand-written step (hand_loop.py) on
 copies of the module's networks after every genlab step, on the same batch, and times both: a
 pair of steps a few milliseconds apart sees the same machine, so their ratio survives a shared,
 noisy machine far better than two separate runs do.
 """
 
 import json
-import os
-import threading
 import time
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-
-PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-def rss_bytes() -> int:
-    """Resident set size of this process, from /proc (cheap enough to poll every 50 ms)."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * PAGE
-
-
-class PeakRSS:
-    """Polls this process's RSS on a daemon thread; ``peak`` is the largest value seen."""
-
-    def __init__(self, interval: float = 0.05) -> None:
-        self.interval, self.peak = interval, rss_bytes()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.peak = max(self.peak, rss_bytes())
-
-    def stop(self) -> int:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, rss_bytes())
-        return self.peak
+from peak_rss import PeakRSS
 
 
 class StepTimer(pl.Callback):
@@ -71,7 +42,7 @@ class StepTimer(pl.Callback):
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         if self.pair:
-            from workloads import twin_step
+            from hand_loop import twin_step
 
             self.twin = twin_step(pl_module)
 

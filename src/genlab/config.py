@@ -1,24 +1,20 @@
-"""Where the shipped configs live, instantiation, and one-line error reporting for entry points."""
+"""The shipped configs: where they live, the resolvers they use, instantiation, and the checks of
+their values that need no torch (entry points run them before anything heavy loads)."""
 
-import os
-import pickle
-import re
-import shutil
-import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.errors import HydraException, InstantiationException, MissingConfigException
-from hydra.types import RunMode
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from genlab.errors import GenlabError, check_type
 
-T = TypeVar("T")
+SPLITS = ("train", "val", "test")  # genlab-eval split=
+DEVICES = ("auto", "cpu", "cuda")  # genlab-sample device=
+# genlab-sample: each count and the least value that still makes a grid
+SAMPLE_COUNTS = {"num_samples": 1, "nrow": 1, "interpolation.count": 1, "interpolation.steps": 2}
 
 
 def _config_dir() -> str:
@@ -40,8 +36,14 @@ def packed_channels(channels: int, pack: Any) -> int:
     return channels * pack
 
 
+def run_dir_of(ckpt: str) -> str:
+    """The run a checkpoint belongs to: RUN/checkpoints/x.ckpt -> RUN (genlab-eval writes there)."""
+    return str(Path(ckpt).expanduser().resolve().parent.parent)
+
+
 # registered at import, before any entry point or test composes a config
 OmegaConf.register_new_resolver("genlab_packed", packed_channels, replace=True)
+OmegaConf.register_new_resolver("genlab_run_dir", run_dir_of, replace=True)
 
 
 def instantiate(cfg: Any, **kwargs: Any) -> Any:
@@ -64,101 +66,6 @@ def instantiate(cfg: Any, **kwargs: Any) -> Any:
         raise
 
 
-def one_line(error: BaseException) -> str:
-    """A config or input error as one line: Hydra's first line plus its cause and options."""
-    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
-    text = lines[0] if lines else type(error).__name__
-    if isinstance(error, MissingConfigException) and error.options:
-        text += f" (available: {', '.join(error.options)})"
-    elif isinstance(error, HydraException) and isinstance(error.__cause__, OmegaConfBaseException):
-        cause = str(error.__cause__).splitlines()[0]
-        text += f" {cause}"
-    elif isinstance(error, OmegaConfBaseException) and len(lines) > 1:
-        text += f" ({'; '.join(lines[1:])})"
-    return text
-
-
-# Numbers of the sweep jobs of this process that failed with bad input (run_task).
-FAILED_JOBS: list[int] = []
-
-
-def report_errors(hydra_main: Callable[[], Any], prog: str) -> None:
-    """Run a ``@hydra.main`` function; bad config exits 2 with one line on stderr, no traceback."""
-    # Hydra would print its own multi-line report; we want the exception to word it ourselves.
-    os.environ["HYDRA_FULL_ERROR"] = "1"
-    try:
-        hydra_main()
-        if FAILED_JOBS:  # each already said why in its one line
-            sys.exit(2)
-    except (GenlabError, HydraException, OmegaConfBaseException) as e:
-        if isinstance(e, InstantiationException):
-            raise  # a bug in a constructor, not bad input: keep the traceback
-        fail(prog, e)
-    except OSError as e:  # e.g. an output directory that cannot be created
-        if e.filename is None:
-            raise
-        fail(prog, GenlabError(f"cannot write {e.filename}: {e.strerror} (hydra.run.dir?)"))
-
-
-def fail(prog: str, error: BaseException) -> NoReturn:
-    """Print ``error`` as one line and exit 2."""
-    print(f"{prog}: error: {one_line(error)}", file=sys.stderr)
-    sys.exit(2)
-
-
-def run_task(task: Callable[[DictConfig], T], cfg: DictConfig, prog: str) -> T:
-    """Run a Hydra task; bad input found while running it exits 2 with one line.
-
-    Caught inside the task so that Hydra adds no report of its own. In a sweep (``-m``) only
-    the job fails: one line naming it, a NaN result (a failed trial for Optuna), and the sweep
-    goes on; ``report_errors`` exits 2 at its end.
-    """
-    try:
-        return task(cfg)
-    except (GenlabError, OmegaConfBaseException) as e:
-        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-            job = HydraConfig.get().job
-            FAILED_JOBS.append(job.num)
-            overrides = job.override_dirname or "no overrides"
-            print(f"{prog}: error: job {job.num} ({overrides}): {one_line(e)}", file=sys.stderr)
-            # Hydra's own report of a raised job would repeat the error and add a line
-            return float("nan")  # type: ignore[return-value]
-        discard_empty_run_dir()
-        fail(prog, e)
-
-
-def discard_empty_run_dir(run_dir: Path | None = None, stop: Path | None = None) -> bool:
-    """Remove a failed run's directory when it holds only Hydra's own files; True if removed.
-
-    Hydra makes the directory (default: this run's) before the task can check its input, so a
-    bad ``ckpt_path`` would leave an empty run behind. Parents left empty go too, up to ``stop``
-    (default: the working directory), which stays.
-    """
-    if run_dir is None:
-        if not HydraConfig.initialized():
-            return False
-        run_dir = Path(HydraConfig.get().runtime.output_dir)
-    if not run_dir.is_dir():
-        return False
-    # what Hydra writes before the task starts: .hydra/ and the job's log file; and .genlab/,
-    # the W&B id genlab-train stores while it builds
-    if not all(p.name in (".hydra", ".genlab") or p.suffix == ".log" for p in run_dir.iterdir()):
-        return False
-    shutil.rmtree(run_dir)
-    stop = (stop or Path.cwd()).resolve()
-    parent = run_dir.resolve().parent
-    while stop in parent.parents and not any(parent.iterdir()):
-        parent.rmdir()
-        parent = parent.parent
-    return True
-
-
-def require_file(path: str, key: str = "ckpt_path") -> None:
-    """A missing checkpoint fails in one line, checked before torch is imported."""
-    if not Path(path).is_file():
-        raise GenlabError(f"{key}={path}: no such checkpoint file")
-
-
 def check_types(cfg: DictConfig, types: dict[str, tuple[type, ...]]) -> None:
     """Reject a value of the wrong type (``seed=abc``) by its key, before anything is built."""
     for key, wanted in types.items():
@@ -175,62 +82,35 @@ def check_optimizer(factory: Callable[..., Any], key: str) -> None:
         raise GenlabError(f"{key}: {e}") from None
 
 
-def read_checkpoint(ckpt_path: str, key: str = "ckpt_path") -> dict:
-    """A Lightning checkpoint as a dict (weights only, no pickled code), or a one-line error."""
-    import torch
-
-    require_file(ckpt_path, key)
-    try:
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        # torch's weights-only unpickler names the class it refused; a damaged file names none
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-        if found is None:
-            reason = "UnpicklingError"
-            raise GenlabError(f"{key}={ckpt_path}: not a readable checkpoint ({reason})") from None
+def check_split(split: str | None) -> None:
+    """Reject an unknown genlab-eval ``split`` before anything is loaded."""
+    if split is not None and split not in SPLITS:
         raise GenlabError(
-            f"{key}={ckpt_path}: holds pickled code ({found.group(1)}), which could run on load; "
-            "genlab reads checkpoints with weights_only=True"
-        ) from None
-    except Exception as e:  # truncated file, not a torch file
-        reason = type(e).__name__
-        raise GenlabError(f"{key}={ckpt_path}: not a readable checkpoint ({reason})") from None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise GenlabError(f"{key}={ckpt_path}: not a Lightning checkpoint (no state_dict)")
-    return ckpt
-
-
-def load_model(ckpt_path: str, key: str = "ckpt_path") -> tuple[DictConfig, Any]:
-    """Rebuild a trained module from a genlab checkpoint: its saved config, then its weights.
-
-    Returns the run's resolved config and the module (on CPU, eval mode).
-    """
-    from omegaconf import OmegaConf
-
-    ckpt = read_checkpoint(ckpt_path, key)
-    if "genlab_config" not in ckpt:
-        raise GenlabError(f"{key}={ckpt_path}: not a genlab checkpoint (no saved run config)")
-    cfg = OmegaConf.create(ckpt["genlab_config"])
-    model = instantiate(cfg.model, _convert_="object")
-    try:
-        model.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as e:
-        first = str(e).splitlines()[0]
-        msg = f"{key}={ckpt_path}: weights do not fit the saved model config ({first})"
-        raise GenlabError(msg) from None
-    return cfg, model.eval()
-
-
-def check_checkpoint(ckpt_path: str, model: Any, key: str = "ckpt_path") -> dict:
-    """The checkpoint; fails in one line when it is unreadable or was saved by another model."""
-    ckpt = read_checkpoint(ckpt_path, key)
-    saved = ckpt.get("genlab_config", {}).get("model", {}).get("_target_", "another model")
-    expected = {k: v.shape for k, v in model.state_dict().items()}
-    got = {k: v.shape for k, v in ckpt["state_dict"].items()}
-    if expected != got:
-        diff = sorted(set(expected) ^ set(got)) or [k for k in expected if expected[k] != got[k]]
-        raise GenlabError(
-            f"{key}={ckpt_path}: saved by {saved} with different weights than this "
-            f"{type(model).__name__} config (first mismatch: {diff[0]})"
+            f"split={split!r}: use train, val or test (null: test where the source has an "
+            "official test split, else val)"
         )
-    return ckpt
+
+
+def check_sample(cfg: DictConfig) -> None:
+    """Raise GenlabError naming the first genlab-sample value that cannot make a grid."""
+    check_types(cfg, {"ckpt_path": (str,), "seed": (int,)} | {k: (int,) for k in SAMPLE_COUNTS})
+    check_types(cfg, {"truncation": (int, float)})
+    for key, least in SAMPLE_COUNTS.items():
+        value = OmegaConf.select(cfg, key)
+        if value < least:
+            raise GenlabError(f"{key}={value} must be >= {least}")
+    if cfg.device not in DEVICES:
+        raise GenlabError(f"device={cfg.device!r} is not one of {', '.join(DEVICES)}")
+
+
+def check_prepare(cfg: DictConfig) -> None:
+    """genlab-prepare's values: a source that needs preparing, workers and chunk size."""
+    if cfg.get("data") is None:
+        raise GenlabError(
+            "data: choose the source to prepare (data=folder data.root=DIR, data=cifar10, ...; "
+            "genlab-prepare --help lists them)"
+        )
+    if cfg.data.source == "prepared":
+        raise GenlabError("data=prepared is prepared already; choose its source (data=folder ...)")
+    if cfg.num_workers < 0 or cfg.chunk < 1:
+        raise GenlabError(f"num_workers={cfg.num_workers} must be >= 0 and chunk={cfg.chunk} >= 1")

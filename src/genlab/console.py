@@ -1,4 +1,5 @@
-"""What reaches the console: the libraries' noise filtered out, genlab's own warnings kept.
+"""What reaches the console: the libraries' noise filtered out, genlab's own warnings kept, each
+as one ``[genlab][WARNING]`` line.
 
 Imports nothing heavy: entry points call ``quiet_libraries()`` before Lightning loads, and
 Hydra's job logging builds ``ConsoleHandler`` (conf/hydra/default.yaml).
@@ -9,6 +10,8 @@ import re
 import sys
 import warnings
 from typing import IO, Any
+
+from genlab.errors import GenlabWarning
 
 # Lightning's advertisements, logged through its rank-zero logger (one of these names,
 # depending on which package imported it last).
@@ -43,8 +46,25 @@ TIP_FILTER = DropMessages(TIP)
 WEIGHTS_ONLY_FILTER = DropMessages(WEIGHTS_ONLY)
 
 
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """``warnings.showwarning`` that logs a GenlabWarning on the ``genlab`` logger.
+
+    Python's own form names the file and line ``stacklevel`` lands in (often Hydra's
+    instantiate) and repeats the source line; other warnings keep it.
+    """
+    if issubclass(category, GenlabWarning):
+        logging.getLogger("genlab").warning(str(message))
+    else:
+        PYTHON_SHOWWARNING(message, category, filename, lineno, file, line)
+
+
+PYTHON_SHOWWARNING = warnings.showwarning
+
+
 def quiet_libraries() -> None:
-    """Silence exactly the library lines that say nothing about this run; idempotent."""
+    """Silence exactly the library lines that say nothing about this run, and show genlab's
+    warnings as log lines; idempotent."""
+    warnings.showwarning = show_warning
     for name in TIP_LOGGERS:
         logging.getLogger(name).addFilter(TIP_FILTER)
     logging.getLogger(CHECKPOINT_LOGGER).addFilter(WEIGHTS_ONLY_FILTER)

@@ -1,4 +1,4 @@
-"""The one exception type for bad user input."""
+"""The one exception type for bad user input, genlab's warning category, and the type check."""
 
 
 class GenlabError(Exception):
@@ -9,31 +9,12 @@ class GenlabError(Exception):
     """
 
 
-def finite_or_skip(module, loss, name: str, policy: str) -> bool:
-    """True when ``loss`` is finite on every rank; else False ("skip") or GenlabError ("stop").
+class GenlabWarning(UserWarning):
+    """A warning about this run's input or numbers (a biased FID, a clamped KID subset).
 
-    ``policy="off"`` skips the check.
-
-    One host sync per step: the price of stopping at the step a loss diverges, before NaNs
-    spread into every weight and the next checkpoint. Ranks decide together, so under DDP all
-    of them skip or stop at the same step instead of hanging in the next all-reduce.
+    Entry points show it as one ``[genlab][WARNING]`` log line (``genlab.console``), without the
+    file path of whichever library frame ``stacklevel`` lands in.
     """
-    import torch
-
-    if policy == "off":  # no check, no host sync: the fastest step
-        return True
-    finite = bool(torch.isfinite(loss.detach()).all())
-    trainer = module.trainer
-    finite = trainer.strategy.reduce_boolean_decision(finite, all=True)
-    if finite:
-        return True
-    if policy == "skip":
-        return False
-    value = float(loss.detach())
-    raise GenlabError(
-        f"non-finite {name}={value} at step {trainer.global_step}; training stopped with the "
-        "last checkpoint untouched (lower the learning rate, or set model.nonfinite=skip)"
-    )
 
 
 NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}

@@ -1,6 +1,6 @@
 """What genlab-eval runs: a checkpoint's FID/IS/KID and (VAE) NLL on a split, to metrics.json.
 
-Imported by the entry point (eval.py) only once Hydra has composed a valid config.
+Imported by the entry point (``genlab.cli.eval``) only once Hydra has composed a valid config.
 """
 
 import json
@@ -17,14 +17,14 @@ from pytorch_lightning.loggers import WandbLogger
 import genlab
 from genlab.atomic import atomic_json
 from genlab.callbacks.sample_metrics import data_key
-from genlab.config import instantiate, load_model
+from genlab.checkpoints import load_model
+from genlab.config import check_split, instantiate
 from genlab.errors import GenlabError
-from genlab.eval import check_split
 from genlab.loggers import evaluated_run, finish_evaluation
 from genlab.metrics import file_sha256
+from genlab.models.vae import VAE
 from genlab.sampling import set_truncation
 from genlab.training import flat_config, prepare_wandb
-from genlab.vae import VAE
 
 log = logging.getLogger("genlab")
 

@@ -1,5 +1,6 @@
-"""Which way is better for each metric key: one list for the best checkpoint, sweeps, the W&B
-summary and genlab-compare. Imports nothing, so genlab-compare can read it without Lightning."""
+"""The names genlab logs under, and which way is better for each metric: one list for the best
+checkpoint, sweeps, the W&B summary and genlab-compare. Imports nothing, so genlab-compare can
+read it without Lightning."""
 
 # Larger is better; every other monitored key is minimised.
 MAXIMISED = frozenset(
@@ -10,3 +11,16 @@ MAXIMISED = frozenset(
 # losses, copies); the maximised keys keep their maximum.
 SUMMARY_MIN = ("val/fid", "val/swd", "val/kid", "val/nll", "val/nll_bpd", "val/mse", "val/recon",
                "val/ifid", "val/copies", "val/mode_kl")  # fmt: skip
+
+# The axes every logged row carries (genlab.callbacks.axes), W&B's x axis being images seen.
+IMAGES_SEEN = "trainer/images_seen"
+G_STEPS = "trainer/g_steps"
+TRAIN_TIME = "trainer/time"
+# genlab-compare --x choice -> logged column
+X_AXES = {
+    "images_seen": IMAGES_SEEN,
+    "g_steps": G_STEPS,
+    "step": "step",
+    "epoch": "epoch",
+    "time": TRAIN_TIME,
+}

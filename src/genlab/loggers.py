@@ -19,14 +19,11 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 from pytorch_lightning.utilities import rank_zero_only
 
-from genlab.keys import MAXIMISED, SUMMARY_MIN
+from genlab.keys import G_STEPS, IMAGES_SEEN, MAXIMISED, SUMMARY_MIN, TRAIN_TIME
 from genlab.redact import redact, redact_argv
 
 log = logging.getLogger("genlab")
 
-IMAGES_SEEN = "trainer/images_seen"
-G_STEPS = "trainer/g_steps"
-TRAIN_TIME = "trainer/time"
 # Summary "best" of each key, next to its last value (genlab.keys: min or max).
 SUMMARY_MAX = tuple(sorted(MAXIMISED))
 # The file of a run directory holding its W&B run id: every start in the directory reuses it.
@@ -207,7 +204,7 @@ def evaluation_row(run: Any, result: dict, model: Any) -> None:
     import wandb
 
     from genlab.callbacks.images import grid_uint8
-    from genlab.config import read_checkpoint
+    from genlab.checkpoints import read_checkpoint
 
     ckpt = read_checkpoint(result["checkpoint"])
     axes = (ckpt.get("callbacks") or {}).get("CommonAxes") or {}

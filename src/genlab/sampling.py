@@ -1,6 +1,6 @@
 """What genlab-sample runs: sample grids, latent interpolations, per-class rows, reconstructions.
 
-Imported by the entry point (sample.py) only once Hydra has composed a valid config.
+Imported by the entry point (``genlab.cli.sample``) only once Hydra has composed a valid config.
 """
 
 import logging
@@ -12,10 +12,10 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from genlab.callbacks.images import grid_uint8, save_png
-from genlab.config import instantiate, load_model
+from genlab.checkpoints import load_model
+from genlab.config import DEVICES, check_sample, instantiate
 from genlab.errors import GenlabError
-from genlab.sample import DEVICES, check
-from genlab.vae import reconstruction_rows
+from genlab.models.vae import reconstruction_rows
 
 log = logging.getLogger("genlab")
 
@@ -131,7 +131,7 @@ def pick_device(name: str) -> torch.device:
 
 def sample(cfg: DictConfig) -> list[Path]:
     """Write every grid for ``cfg.ckpt_path`` into ``cfg.output_dir``; returns the PNG paths."""
-    check(cfg)
+    check_sample(cfg)
     run_cfg, model = load_model(cfg.ckpt_path)
     if cfg.truncation != 1:
         set_truncation(model, cfg.truncation)

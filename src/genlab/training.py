@@ -1,6 +1,6 @@
 """What genlab-train runs: build data, model, callbacks, loggers and Trainer from a config, fit.
 
-Imported by the entry point (train.py) only once Hydra has composed a valid config.
+Imported by the entry point (``genlab.cli.train``) only once Hydra has composed a valid config.
 """
 
 import logging
@@ -31,7 +31,8 @@ from genlab.callbacks.checkpointing import (
 from genlab.callbacks.precision import GANMixedPrecision
 from genlab.callbacks.sample_metrics import SampleMetrics
 from genlab.callbacks.speed import FastPath
-from genlab.config import check_checkpoint, instantiate
+from genlab.checkpoints import check_checkpoint
+from genlab.config import instantiate
 from genlab.errors import GenlabError
 from genlab.keys import MAXIMISED
 from genlab.loggers import GenlabWandbLogger, checkpoint_wandb, choose_run_id

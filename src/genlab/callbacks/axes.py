@@ -13,8 +13,9 @@ from pytorch_lightning.utilities.seed import isolate_rng
 
 from genlab.callbacks.images import grid_uint8
 from genlab.callbacks.sample_metrics import SampleMetrics
-from genlab.loggers import G_STEPS, IMAGES_SEEN, TRAIN_TIME, log_reference
-from genlab.loop import logs_written
+from genlab.keys import G_STEPS, IMAGES_SEEN, TRAIN_TIME
+from genlab.loggers import log_reference
+from genlab.models.loop import logs_written
 
 
 def generator_steps(trainer: pl.Trainer, pl_module: pl.LightningModule) -> int:

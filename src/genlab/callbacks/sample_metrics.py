@@ -12,8 +12,8 @@ from torch import Tensor
 
 from genlab.callbacks.checkpointing import fit_ends
 from genlab.callbacks.images import save_images
-from genlab.data import fetch
-from genlab.errors import GenlabError
+from genlab.data.datasets import fetch
+from genlab.errors import GenlabError, GenlabWarning
 from genlab.metrics import (
     LABEL,
     LOGITS,
@@ -125,6 +125,7 @@ class SampleMetrics(pl.Callback):
             warnings.warn(
                 f"metrics.kid_subset_size={kid_subset_size} > metrics.num_samples={num_samples};"
                 " KID uses subsets of the sample count instead",
+                GenlabWarning,
                 stacklevel=2,
             )
         modes_classifier = dict(modes_classifier or {})

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from genlab.atomic import atomic_torch_save
+from genlab.errors import GenlabWarning
 
 CACHE_VERSION = 2  # 2: labels stored beside the features (iFID), backbone in the key
 
@@ -29,10 +30,18 @@ def load_reference_entry(key: dict[str, Any], cache_dir: str | Path) -> dict[str
         stored = torch.load(path, map_location="cpu", weights_only=True)
         if stored["key"] == text:
             return {k: v for k, v in stored.items() if k != "key" and v is not None}
-        warnings.warn(f"{path}: stored key differs from the one asked; recomputing", stacklevel=2)
+        warnings.warn(
+            f"{path}: stored key differs from the one asked; recomputing",
+            GenlabWarning,
+            stacklevel=2,
+        )
     except Exception as err:  # truncated or garbage files raise many types
         reason = type(err).__name__
-        warnings.warn(f"{path}: unreadable reference cache ({reason}); recomputing", stacklevel=2)
+        warnings.warn(
+            f"{path}: unreadable reference cache ({reason}); recomputing",
+            GenlabWarning,
+            stacklevel=2,
+        )
     return None
 
 

@@ -6,7 +6,7 @@ import warnings
 import torch
 from torch import Tensor
 
-from genlab.errors import GenlabError
+from genlab.errors import GenlabError, GenlabWarning
 
 
 def feature_stats(features: Tensor) -> tuple[Tensor, Tensor]:
@@ -55,6 +55,7 @@ def fid_from_features(real: Tensor, fake: Tensor, warn: bool = True) -> float:
         warnings.warn(
             f"FID from {n} real and {m} fake samples of {d}-d features: the covariance is singular "
             f"(fewer samples than dimensions) and FID is biased upward; compare equal counts only",
+            GenlabWarning,
             stacklevel=2,
         )
     if max(n, m) > d:
@@ -87,7 +88,9 @@ def ifid_from_features(
         scores.append(fid_from_features(r, f, warn=False))
     if skipped:
         warnings.warn(
-            f"iFID leaves out classes with < 2 real or fake images: {skipped}", stacklevel=2
+            f"iFID leaves out classes with < 2 real or fake images: {skipped}",
+            GenlabWarning,
+            stacklevel=2,
         )
     if not scores:
         raise GenlabError("iFID: no class has 2 real and 2 fake images (metrics.num_samples)")

@@ -9,7 +9,7 @@ import torch_fidelity
 import torchmetrics
 from torch import Tensor
 
-from genlab.errors import GenlabError
+from genlab.errors import GenlabError, GenlabWarning
 from genlab.metrics import bootstrap as boot
 from genlab.metrics.dinov2 import DINOv2Backbone
 from genlab.metrics.features import RESIZES, Resize, numerics, to_uint8
@@ -218,7 +218,9 @@ class ImageMetrics:
         if "ifid" in self.metrics:
             if real_labels is None or fake_labels is None:
                 warnings.warn(
-                    "iFID needs a conditional model and labelled data: skipped", stacklevel=2
+                    "iFID needs a conditional model and labelled data: skipped",
+                    GenlabWarning,
+                    stacklevel=2,
                 )
             else:
                 out[IFID] = ifid_from_features(real_pool, real_labels, fake_pool, fake_labels)

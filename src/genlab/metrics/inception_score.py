@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from genlab.errors import GenlabWarning
 from genlab.metrics.kid import SEED
 
 
@@ -15,7 +16,9 @@ def inception_score_from_logits(
     """Inception Score mean and std over `splits` chunks of (N, 1008) unbiased logits."""
     n = len(logits)
     if splits > n:
-        warnings.warn(f"IS with {splits} splits of {n} samples: using {n} splits", stacklevel=2)
+        warnings.warn(
+            f"IS with {splits} splits of {n} samples: using {n} splits", GenlabWarning, stacklevel=2
+        )
         splits = n
     # torch-fidelity shuffles with this seed before splitting (torchmetrics uses torch.randperm).
     order = torch.from_numpy(np.random.RandomState(seed).permutation(n)).to(logits.device)

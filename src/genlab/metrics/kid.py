@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from genlab.errors import GenlabWarning
 from genlab.metrics.fid import check_counts
 
 SEED = 2020  # torch-fidelity's rng_seed: the same KID subsets and IS splits, so the same numbers
@@ -35,6 +36,7 @@ def kid_from_features(
         warnings.warn(
             f"KID subset size {subset_size} > {min(n, m)} samples: using {min(n, m)} "
             f"(lower metrics.kid_subset_size or raise metrics.num_samples)",
+            GenlabWarning,
             stacklevel=2,
         )
         subset_size = min(n, m)

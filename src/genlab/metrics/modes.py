@@ -96,7 +96,7 @@ class ModeClassifier:
 
     def train(self, text: str) -> dict[str, Any]:
         """Train on MNIST-5k minus the held-out digits; assert the held-out accuracy."""
-        from genlab.data import mnist5k_raw
+        from genlab.data.sources import mnist5k_raw
 
         images, labels = mnist5k_raw()
         x = images.float() / 127.5 - 1  # (5000, 1, 28, 28) in [-1, 1]

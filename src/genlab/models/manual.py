@@ -3,7 +3,8 @@
 import torch
 from torch import Tensor, nn
 
-from genlab.errors import GenlabError, finite_or_skip
+from genlab.errors import GenlabError
+from genlab.models.loop import finite_or_skip
 
 
 class ManualOptimization:

@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genlab.config import check_optimizer, load_model
-from genlab.errors import GenlabError, finite_or_skip
-from genlab.loop import logs_written
+from genlab.checkpoints import load_model
+from genlab.config import check_optimizer
+from genlab.errors import GenlabError
+from genlab.models.loop import finite_or_skip, logs_written
 from genlab.models.vqvae import NONFINITE, VQVAE, check_choice, sample_grids
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from genlab import losses
 from genlab.config import check_optimizer
 from genlab.errors import GenlabError
-from genlab.loop import logs_written
+from genlab.models.loop import logs_written
 from genlab.models.manual import ManualOptimization
 from genlab.models.vqvae import VQVAE, OptimizerFactory, check_choice
 

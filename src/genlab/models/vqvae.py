@@ -10,10 +10,10 @@ from torch import Tensor, nn
 
 from genlab import losses
 from genlab.config import check_optimizer
-from genlab.errors import GenlabError, finite_or_skip
-from genlab.loop import logs_written
+from genlab.errors import GenlabError
+from genlab.models.loop import finite_or_skip, logs_written
+from genlab.models.vae import reconstruction_rows
 from genlab.rng import seeded
-from genlab.vae import reconstruction_rows
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 Likelihood = Literal["gaussian", "discretized_gaussian"]
@@ -88,8 +88,12 @@ class VQVAE(pl.LightningModule):
                 f"model.encoder.embedding_dim={encoder.embedding_dim} but "
                 f"model.quantizer.embedding_dim={quantizer.embedding_dim}"
             )
+        # Lightning reads the init arguments of every subclass frame too: VQGAN's discriminator
+        # and optimizer_d would be saved (and warned about) here otherwise
         self.save_hyperparameters(
-            ignore=["encoder", "quantizer", "decoder", "optimizer", "scheduler"], logger=False
+            ignore=["encoder", "quantizer", "decoder", "optimizer", "scheduler"]
+            + ["discriminator", "optimizer_d"],
+            logger=False,
         )
         self.encoder, self.quantizer, self.decoder = encoder, quantizer, decoder
         check_optimizer(optimizer, "model.optimizer")

@@ -1,4 +1,4 @@
-"""Plain nn.Modules: generators, discriminators, VAE encoders and decoders."""
+"""Plain nn.Modules: generators, discriminators, VAE encoders and decoders, the VampPrior."""
 
 from genlab.nets.biggan import BigGANDiscriminator, BigGANGenerator
 from genlab.nets.dcgan import DCGANDiscriminator, DCGANGenerator

@@ -1,21 +1,36 @@
-"""genlab-prepare: decode, convert and resize a source once into memory-mapped uint8 arrays.
+"""What genlab-prepare runs: decode, convert and resize a source once into memory-mapped arrays.
 
 ``OUT/SPLIT.npy`` holds uint8 (N, H, W, C) images, ``OUT/SPLIT_labels.npy`` int64 (N,) labels and
-``OUT/manifest.json`` what they were made from; ``data=prepared data.path=OUT`` reads them. Heavy
-imports (torch, numpy, genlab.data) stay inside the functions, so ``--help`` and config errors
-answer at once.
+``OUT/manifest.json`` what they were made from (``genlab.data.prepared`` is the format);
+``data=prepared data.path=OUT`` reads them. Imported by the entry point (``genlab.cli.prepare``)
+only once Hydra has composed a valid config.
 """
 
+import hashlib
 import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import hydra
+import numpy as np
+import torch
 from omegaconf import DictConfig
+from torch.utils.data import DataLoader
 
-from genlab.config import CONFIG_DIR, report_errors, run_task
+from genlab import __version__
+from genlab.atomic import atomic_json
+from genlab.config import check_prepare, instantiate
+from genlab.data.datasets import TensorImages, image_files
+from genlab.data.idx import IDX_SETS
+from genlab.data.prepared import (
+    MANIFEST,
+    PREPARED_FORMAT,
+    check_array,
+    manifest_hash,
+    read_manifest,
+)
+from genlab.data.sources import TORCHVISION_DIRS, mnist5k_raw
 from genlab.errors import GenlabError
 
 PROG = "genlab-prepare"
@@ -24,8 +39,6 @@ RESIZE = "shorter side to image_size (bilinear, antialiased), center crop; EXIF 
 
 def listing_sha256(root: Path, files: list[Path]) -> str:
     """sha256 of the sorted file list below ``root``: relative path and size of each file."""
-    import hashlib
-
     digest = hashlib.sha256()
     for file in sorted(files):
         digest.update(f"{file.relative_to(root).as_posix()}\t{file.stat().st_size}\n".encode())
@@ -34,8 +47,6 @@ def listing_sha256(root: Path, files: list[Path]) -> str:
 
 def torchvision_files(dm: Any) -> tuple[Path, list[Path]]:
     """The directory torchvision reads a set from, and its files (SVHN: its .mat files only)."""
-    from genlab.data import IDX_SETS, TORCHVISION_DIRS
-
     if dm.source in IDX_SETS:  # the four IDX files, wherever below data.root they were found
         return dm.root, sorted(dm.idx_files("train") + dm.idx_files("test"))
     where = dm.root / TORCHVISION_DIRS[dm.source]
@@ -46,8 +57,6 @@ def torchvision_files(dm: Any) -> tuple[Path, list[Path]]:
 
 def split_identity(dm: Any, split: str) -> dict:
     """What a split is made from, known before decoding: count and a content-free fingerprint."""
-    from genlab.data import TORCHVISION_DIRS, image_files, mnist5k_raw
-
     if dm.source == "folder":
         if not dm.root.is_dir():
             raise GenlabError(f"data.root={dm.root} is not a directory")
@@ -71,13 +80,10 @@ def split_identity(dm: Any, split: str) -> dict:
 
 def build_manifest(dm: Any) -> dict:
     """The manifest ``dm`` would be prepared under (no decoding yet)."""
-    from genlab import __version__
-    from genlab.data import TORCHVISION_DIRS
-
     splits = ["train", "test"] if dm.source in TORCHVISION_DIRS else ["train"]
     root = None if dm.source in ("mnist5k", "synthetic") else str(dm.root.resolve())
     return {
-        "format": "genlab-prepared/1",
+        "format": PREPARED_FORMAT,
         "genlab_version": __version__,
         "source": dm.source,
         "root": root,
@@ -103,8 +109,6 @@ class Decoded:
         return len(self.base)
 
     def __getitem__(self, i: int) -> tuple[Any, str]:
-        import torch
-
         try:
             image = self.base[i][0]  # float [-1, 1] (C, H, W): exact inverse below
         except Exception as e:  # GenlabError names the file; PIL's own errors do not
@@ -121,11 +125,6 @@ class Decoded:
 
 def write_split(dataset: Any, images: Any, labels: Any, workers: int, chunk: int) -> None:
     """Decode every item of ``dataset`` into the open memmaps ``images`` and ``labels``."""
-    import torch
-    from torch.utils.data import DataLoader
-
-    from genlab.data import TensorImages
-
     if isinstance(dataset, TensorImages):  # already uint8 in memory: one conversion
         images[:] = dataset.images.permute(0, 2, 3, 1).numpy()
         labels[:] = dataset.labels.numpy()
@@ -145,8 +144,6 @@ def write_split(dataset: Any, images: Any, labels: Any, workers: int, chunk: int
 
 def existing(out: Path) -> tuple[dict | None, str]:
     """The manifest already in ``out`` when it and its arrays are whole, else why not."""
-    from genlab.data import MANIFEST, check_array, read_manifest
-
     if not (out / MANIFEST).is_file():
         return None, ""
     try:
@@ -164,8 +161,6 @@ def existing(out: Path) -> tuple[dict | None, str]:
 
 def temp_array(out: Path, name: str, shape: tuple[int, ...], dtype: str) -> tuple[Path, Any]:
     """A .npy memmap under a hidden temp name in ``out``, renamed into place when complete."""
-    import numpy as np
-
     tmp = out / f".{name}.{os.getpid()}.tmp"
     return tmp, np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
 
@@ -177,14 +172,7 @@ def fsync(path: Path) -> None:
 
 def prepare(cfg: DictConfig) -> Path:
     """Write ``cfg.out`` from ``cfg.data``, or say that it already holds this source."""
-    from genlab.atomic import atomic_json
-    from genlab.config import instantiate
-    from genlab.data import MANIFEST, manifest_hash
-
-    if cfg.data.source == "prepared":
-        raise GenlabError("data=prepared is prepared already; choose its source (data=folder ...)")
-    if cfg.num_workers < 0 or cfg.chunk < 1:
-        raise GenlabError(f"num_workers={cfg.num_workers} must be >= 0 and chunk={cfg.chunk} >= 1")
+    check_prepare(cfg)
     out = Path(cfg.out).expanduser()
     dm = instantiate(cfg.data)
     manifest = build_manifest(dm)
@@ -234,17 +222,3 @@ def prepare(cfg: DictConfig) -> Path:
     print(f"{PROG}: wrote {out} (manifest sha256 {manifest_hash(manifest)[:12]})")
     print(f"  train on it: data=prepared data.path={out} data.image_size={size} data.channels={ch}")
     return out
-
-
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="prepare")
-def _main(cfg: DictConfig) -> None:
-    run_task(prepare, cfg, PROG)
-
-
-def main() -> None:
-    """Console entry point ``genlab-prepare``."""
-    report_errors(_main, PROG)
-
-
-if __name__ == "__main__":
-    main()

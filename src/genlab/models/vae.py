@@ -11,9 +11,9 @@ from torch import Tensor, nn
 
 from genlab import losses
 from genlab.config import check_optimizer
-from genlab.errors import GenlabError, finite_or_skip
-from genlab.loop import logs_written
-from genlab.priors import VampPrior, log_normal_mixture
+from genlab.errors import GenlabError
+from genlab.models.loop import finite_or_skip, logs_written
+from genlab.nets.priors import VampPrior, log_normal_mixture
 
 log = logging.getLogger("genlab")
 

@@ -1,6 +1,5 @@
 """The GAN LightningModule: manual optimisation, D step then G step, injected networks."""
 
-import copy
 from collections.abc import Callable
 from typing import Literal
 
@@ -12,30 +11,22 @@ from genlab import losses
 from genlab.augment import ADA, diff_augment
 from genlab.config import check_optimizer
 from genlab.errors import GenlabError
-from genlab.loop import logs_written
+from genlab.metrics.swd import sliced_wasserstein
+from genlab.models.ema import EMAStats, GeneratorEMA
+from genlab.models.loop import logs_written
 from genlab.models.manual import ManualOptimization
-from genlab.ramp import Ramp
+from genlab.models.ramp import Ramp
 from genlab.rng import seeded
-from genlab.swd import sliced_wasserstein
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 GANLoss = Literal["ns", "minimax", "hinge", "wgan", "ls", "rpgan"]
-EMAStats = Literal["standing", "average"]
 
 # Real validation images kept for val/swd; enough for a stable estimate, cheap on CPU.
 SWD_MAX_IMAGES = 1024
 # val/swd samples its fakes under this seed (plus the rank) in a forked RNG: the same noise each
 # epoch, and the training noise does not depend on the validation schedule.
 SWD_SEED = 0
-# Standing statistics of the EMA generator (BigGAN's accumulate_standing_stats): the BatchNorm
-# average over this many batches of fixed noise, recomputed whenever the EMA weights changed.
-STANDING_BATCHES, STANDING_BATCH_SIZE, STANDING_SEED = 8, 128, 0
-
-
-def _stale_standing(module: "GAN", incompatible_keys) -> None:
-    """After load_state_dict: the loaded EMA weights need standing statistics of their own."""
-    module._standing_at = -1  # a module-level function, so the module still pickles (DDP spawn)
 
 
 def _check_stylegan2_options(generator: nn.Module, **options: float) -> None:
@@ -68,7 +59,7 @@ def _lazy_regularisation(optimizer: torch.optim.Optimizer, interval: int) -> Non
             group["betas"] = tuple(beta**ratio for beta in group["betas"])
 
 
-class GAN(ManualOptimization, pl.LightningModule):
+class GAN(GeneratorEMA, ManualOptimization, pl.LightningModule):
     """Adversarial training of ``generator`` against ``discriminator``.
 
     Step counting: every batch makes one discriminator step; every ``n_critic``-th batch also
@@ -153,11 +144,7 @@ class GAN(ManualOptimization, pl.LightningModule):
         self.automatic_optimization = False
         self.generator = generator
         self.discriminator = discriminator
-        use_ema = ema_decay or "ema_half_life" in self.ramp
-        self.generator_ema = copy.deepcopy(generator).requires_grad_(False) if use_ema else None
-        self._ema_updates, self._standing_at = 0, -1  # standing stats are stale when they differ
-        # loaded EMA weights (resume, genlab-eval, genlab-sample) need their own statistics
-        self.register_load_state_dict_post_hook(_stale_standing)
+        self.init_ema(generator, bool(ema_decay or "ema_half_life" in self.ramp))
         check_optimizer(optimizer_g, "model.optimizer_g")
         check_optimizer(optimizer_d, "model.optimizer_d")
         self.optimizer_g, self.optimizer_d = optimizer_g, optimizer_d
@@ -208,41 +195,6 @@ class GAN(ManualOptimization, pl.LightningModule):
         """The networks a speed-up (compile, channels-last) applies to."""
         nets = [self.generator, self.discriminator]
         return nets + ([self.generator_ema] if self.generator_ema is not None else [])
-
-    @property
-    def sampling_generator(self) -> nn.Module:
-        """The generator that samples and metrics use: the EMA copy when enabled.
-
-        With ``ema_stats="standing"`` its BatchNorm statistics are first recomputed from the
-        EMA weights, if these changed since the last time.
-        """
-        if self.generator_ema is None:
-            return self.generator
-        if self.hparams.ema_stats == "standing" and self._standing_at != self._ema_updates:
-            self._standing_stats()
-        return self.generator_ema
-
-    @torch.no_grad()
-    def _standing_stats(self) -> None:
-        """Set the EMA generator's BatchNorm statistics to its own, on fixed noise."""
-        g = self.generator_ema
-        # _BatchNorm: the base of BatchNorm1d/2d/3d and SyncBatchNorm
-        norms = [m for m in g.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        norms = [m for m in norms if m.track_running_stats]
-        momenta, was_training = [m.momentum for m in norms], g.training
-        for m in norms:
-            m.reset_running_stats()
-            m.momentum = None  # a plain average over the batches, not a running one
-        g.train()
-        with seeded(STANDING_SEED, self.device):  # deterministic; training noise untouched
-            for _ in range(STANDING_BATCHES if norms else 0):
-                z = torch.randn(STANDING_BATCH_SIZE, self.latent_dim, device=self.device)
-                n = self.num_classes
-                g(z, torch.randint(n, (len(z),), device=self.device) if n else None)
-        for m, momentum in zip(norms, momenta, strict=True):
-            m.momentum = momentum
-        g.train(was_training)
-        self._standing_at = self._ema_updates
 
     def sample(self, n: int, labels: Tensor | None = None) -> Tensor:
         """Draw ``n`` images (B, C, H, W) in [-1, 1]; random labels for a conditional model."""
@@ -442,26 +394,6 @@ class GAN(ManualOptimization, pl.LightningModule):
         if schedulers is None:
             return []
         return schedulers if isinstance(schedulers, list) else [schedulers]
-
-    @torch.no_grad()
-    def _update_ema(self, decay: float | None = None) -> None:
-        """Average G into its EMA copy with ``decay`` (default ``model.ema_decay``)."""
-        if self.generator_ema is None:
-            return
-        decay = self.hparams.ema_decay if decay is None else decay
-        self._ema_updates += 1
-        for ema_p, p in zip(
-            self.generator_ema.parameters(), self.generator.parameters(), strict=True
-        ):
-            ema_p.lerp_(p, 1.0 - decay)
-        # BatchNorm statistics averaged like the weights (BigGAN-PyTorch's ema): copied ones
-        # would normalise the averaged weights by statistics of the raw weights. Under
-        # ema_stats="standing" these are replaced before use.
-        for ema_b, b in zip(self.generator_ema.buffers(), self.generator.buffers(), strict=True):
-            if ema_b.is_floating_point():
-                ema_b.lerp_(b, 1.0 - decay)
-            else:
-                ema_b.copy_(b)  # num_batches_tracked: a count, not a statistic
 
     def on_validation_epoch_start(self) -> None:
         self._val_real = []

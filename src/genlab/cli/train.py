@@ -4,12 +4,12 @@ The building and fitting live in ``genlab.training``, imported only once the con
 ``--help``, ``--cfg job`` and config errors answer without loading torch or Lightning.
 """
 
-from typing import Any
-
 import hydra
 from omegaconf import DictConfig
 
-from genlab.config import CONFIG_DIR, check_types, report_errors, require_file, run_task
+from genlab.checkpoints import require_file
+from genlab.cli.report import report_errors, run_task
+from genlab.config import CONFIG_DIR, check_types
 from genlab.console import quiet_libraries
 
 NONE = type(None)
@@ -48,15 +48,6 @@ def _main(cfg: DictConfig) -> float:
 def main() -> None:
     """Console entry point ``genlab-train``."""
     report_errors(_main, "genlab-train")
-
-
-def __getattr__(name: str) -> Any:
-    """``from genlab.train import build`` keeps working: the names moved to genlab.training."""
-    if name.startswith("__"):
-        raise AttributeError(name)
-    import genlab.training
-
-    return getattr(genlab.training, name)
 
 
 if __name__ == "__main__":

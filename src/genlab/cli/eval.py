@@ -4,25 +4,14 @@ The scoring lives in ``genlab.evaluation``, imported only once the config is goo
 ``--cfg job`` and config errors (a missing checkpoint file too) answer without loading torch.
 """
 
-from pathlib import Path
-from typing import Any
-
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from genlab.config import CONFIG_DIR, check_types, report_errors, require_file, run_task
+from genlab.checkpoints import require_file
+from genlab.cli.report import report_errors, run_task
+from genlab.config import CONFIG_DIR, check_split, check_types
 from genlab.console import quiet_libraries
-from genlab.errors import GenlabError
 
-# eval writes next to the run it scores: RUN/checkpoints/x.ckpt -> RUN (registered at import,
-# before Hydra composes conf/eval.yaml)
-OmegaConf.register_new_resolver(
-    "genlab_run_dir",
-    lambda ckpt: str(Path(ckpt).expanduser().resolve().parent.parent),
-    replace=True,
-)
-
-SPLITS = ("train", "val", "test")
 TYPES = {
     "ckpt_path": (str,),
     "seed": (int,),
@@ -30,15 +19,6 @@ TYPES = {
     "truncation": (int, float),
     "metrics.num_samples": (int, type(None)),
 }
-
-
-def check_split(split: str | None) -> None:
-    """Reject an unknown ``split`` before anything is loaded."""
-    if split is not None and split not in SPLITS:
-        raise GenlabError(
-            f"split={split!r}: use train, val or test (null: test where the source has an "
-            "official test split, else val)"
-        )
 
 
 def task(cfg: DictConfig) -> None:
@@ -60,15 +40,6 @@ def _main(cfg: DictConfig) -> None:
 def main() -> None:
     """Console entry point ``genlab-eval``."""
     report_errors(_main, "genlab-eval")
-
-
-def __getattr__(name: str) -> Any:
-    """``from genlab.eval import evaluate`` keeps working: the names moved to genlab.evaluation."""
-    if name.startswith("__"):
-        raise AttributeError(name)
-    import genlab.evaluation
-
-    return getattr(genlab.evaluation, name)
 
 
 if __name__ == "__main__":
