@@ -189,8 +189,8 @@ def test_display_table_and_markdown():
     assert md == ["| a\\|b | c |", "| --- | --- |", "| x\\|y | 1 |"]
 
 
-def test_bootstrap_intervals_show_as_plus_minus(tmp_path: Path):
-    """metrics.bootstrap's val/fid_ci_low/high: the last interval's half width, beside the value."""
+def test_intervals_show_as_plus_minus(tmp_path: Path):
+    """metrics.jackknife's val/fid_ci_low/high: the last interval's half width, beside the value."""
     for seed, (low, high) in enumerate([(9.0, 11.0), (19.0, 23.0)]):
         write_run(
             tmp_path / f"run{seed}",

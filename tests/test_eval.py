@@ -11,6 +11,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
+from genlab.callbacks import sample_features as features
 from genlab.callbacks import sample_metrics as cb
 from genlab.config import CONFIG_DIR
 from genlab.errors import GenlabError
@@ -95,6 +96,52 @@ def test_eval_under_ddp_equals_one_process(run_cli, tiny_ckpt, weights, tmp_path
         assert ddp[key] == pytest.approx(single[key], rel=1e-6), key
 
 
+@pytest.mark.slow
+def test_eval_seeds_scores_independent_sample_sets(run_cli, tiny_ckpt, weights, tmp_path):
+    """EDM2's protocol: seeds=3 scores 3 sample sets; each, and min / mean / std over them."""
+    proc = _eval(run_cli, tiny_ckpt, weights, tmp_path / "cache", "seeds=3", "metrics.seed=5")
+    ok(proc)
+    out = _metrics_json(proc, tiny_ckpt)
+    per_seed, over = out["per_seed"], out["over_seeds"]
+    assert [s["seed"] for s in per_seed] == [5, 6, 7] and out["protocol"]["seeds"] == 3
+    fids = [s["fid"] for s in per_seed]
+    assert len(set(fids)) == 3  # independent sets, not the same one thrice
+    assert out["metrics"]["fid"] == fids[0]  # the first set's numbers, as with seeds=1
+    assert over["fid"]["min"] == min(fids)
+    assert over["fid"]["mean"] == pytest.approx(sum(fids) / 3)
+    assert over["fid"]["std"] == pytest.approx(float(torch.tensor(fids).double().std()))
+    assert "n_fake" not in over
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["metrics.jackknife=5"], "metrics.jackknife=5"),
+        (["metrics.backbone=nosuch"], "metrics.backbone='nosuch'"),
+        (["metrics.metrics=[fid,nosuch]"], "metrics.metrics"),
+        (["metrics=fid", "metrics.backbone=clip"], "metrics.clip_weights"),
+        (["metrics=fid", "metrics.backbone=dinov2"], "metrics.dinov2_weights"),
+        (["metrics.metrics=[ppl]"], "metrics.ppl.lpips_weights"),
+    ],
+    ids=["jackknife", "backbone", "metric", "clip", "dinov2", "lpips"],
+)
+def test_metric_settings_fail_in_one_line_naming_the_key(args, named, run_cli, tiny_ckpt, tmp_path):
+    proc = run_cli("genlab-eval", f"ckpt_path={tiny_ckpt}", *args)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert lines[-1].startswith("genlab-eval: error:") and named in lines[-1], lines[-1]
+    assert "Traceback" not in proc.stderr
+
+
+def test_eval_seeds_must_be_a_positive_count(run_cli, tmp_path):
+    for bad in ("0", "abc"):
+        proc = run_cli("genlab-eval", f"ckpt_path={tmp_path}/x.ckpt", f"seeds={bad}")
+        assert proc.returncode == 2
+        last = [ln for ln in proc.stderr.splitlines() if ln.strip()][-1]
+        assert last.startswith("genlab-eval: error:") and "seeds=" in last, last
+
+
 def test_eval_without_weights_fails_in_one_line(run_cli, tmp_path):
     fake = tmp_path / "x.ckpt"
     proc = run_cli(
@@ -123,18 +170,18 @@ def test_training_with_metrics_logs_them_and_reuses_the_cache(
     counts = {"real_images": 0, "stored": 0}
     real_features = cb.SampleMetrics.reference_features
 
-    def counting_gather(self, trainer, n, chunk_fn):
+    def counting_gather(trainer, image_metrics, n, chunk_fn, *args):
         if chunk_fn.__name__ == "real_chunk":
             counts["real_images"] += n
-        return gather(self, trainer, n, chunk_fn)
+        return gather(trainer, image_metrics, n, chunk_fn, *args)
 
     def counting_store(*args, **kwargs):
         counts["stored"] += 1
         return store(*args, **kwargs)
 
-    gather, store = cb.SampleMetrics._gather, cb.store_reference
-    monkeypatch.setattr(cb.SampleMetrics, "_gather", counting_gather)
-    monkeypatch.setattr(cb, "store_reference", counting_store)
+    gather, store = features.gather, features.store_reference
+    monkeypatch.setattr(features, "gather", counting_gather)
+    monkeypatch.setattr(features, "store_reference", counting_store)
     assert real_features is cb.SampleMetrics.reference_features
     cfg = cfg_tiny(
         "metrics=default", f"metrics.inception_weights={weights}",

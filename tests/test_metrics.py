@@ -486,17 +486,18 @@ class Replay:
 
 @pytest.mark.slow  # 48 Inception passes of synthetic images, ~30 s
 def test_callback_ifid_copies_and_intervals(weights, tmp_path):
-    from genlab.callbacks.sample_metrics import SampleMetrics, single_process
+    from genlab.callbacks.sample_features import single_process
+    from genlab.callbacks.sample_metrics import SampleMetrics
     from genlab.data import ImageDataModule
     from genlab.data.datasets import fetch
 
     dm = ImageDataModule("synthetic", image_size=32, synthetic_size=400, synthetic_classes=2)
     callback = SampleMetrics(
-        ["fid", "prdc", "copies", "ifid"], num_samples=16, num_real=16, batch_size=16,
-        inception_weights=str(weights), cache_dir=str(tmp_path), bootstrap=3,
+        ["fid", "prdc", "copies", "ifid"], num_samples=20, num_real=20, batch_size=20,
+        inception_weights=str(weights), cache_dir=str(tmp_path), jackknife=10,
     )  # fmt: skip
     trainer = single_process(dm)
-    train = fetch(dm.dataset("train"), list(range(16)))
+    train = fetch(dm.dataset("train"), list(range(20)))
     faithful = Replay(train.images, train.labels, 2)
     shuffled = Replay(train.images, train.labels, 2, perm=torch.tensor([1, 0]))
     good = callback.evaluate(trainer, faithful)
@@ -507,8 +508,12 @@ def test_callback_ifid_copies_and_intervals(weights, tmp_path):
     assert bad["ifid"] > 10 * max(bad["fid"], good["fid"]) and bad["ifid"] > 10 * good["ifid"]
     # replayed training images are copies
     assert good["copies"] == 1.0 and good["precision"] == 1.0
-    # intervals (their coverage is tested on plain features in test_prdc.py)
-    assert all(good[f"{m}_ci_low"] <= good[f"{m}_ci_high"] for m in ("fid", "precision", "recall"))
+    # FID's interval (its coverage: test_intervals.py); precision and recall get none
+    assert good["fid_ci_low"] <= good["fid_jackknife"] <= good["fid_ci_high"]
+    assert "recall_ci_low" not in good
+    # iFID's own fakes: as many of each class as the reference holds (StudioGAN)
+    counts = callback.image_metrics.protocol()["ifid_counts"]
+    assert counts["fake"] == counts["real"] and sum(counts["real"]) == 20
     # genlab-sample nearest=true: a replayed training image's nearest training image is itself
     images, near = callback.nearest_training(trainer, faithful, 4)
     assert torch.equal(images, near)
@@ -526,19 +531,22 @@ def test_eval_writes_knn_metrics_intervals_and_sample_nearest_grid(run_cli, weig
     proc = run_cli(
         "genlab-eval", f"ckpt_path={run}/checkpoints/last.ckpt", "metrics=prdc",
         f"metrics.inception_weights={weights}", "metrics.inception_sha256=null",
-        "metrics.num_samples=16", "metrics.num_real=16", "metrics.batch_size=16",
-        "metrics.kid_subset_size=8", "metrics.bootstrap=2", f"metrics.cache_dir={tmp_path}/cache",
+        "metrics.num_samples=20", "metrics.num_real=20", "metrics.batch_size=20",
+        "metrics.kid_subset_size=8", "metrics.jackknife=10", f"metrics.cache_dir={tmp_path}/cache",
     )  # fmt: skip
     ok(proc)
     (result,) = [json.loads(f.read_text()) for f in run.glob("eval/*/metrics.json")]
     values, protocol = result["metrics"], result["protocol"]
     for key in ("fid", "kid_mean", "precision", "recall", "density", "coverage", "copies"):
         assert key in values, key
-    for key in ("fid", "kid", "precision", "recall"):
+    for key in ("fid", "kid"):
         assert values[f"{key}_ci_low"] <= values[f"{key}_ci_high"], key
-    assert (protocol["pr_k"], protocol["dc_k"], protocol["bootstrap"]) == (3, 5, 2)
+    assert "precision_ci_low" not in values and set(protocol["interval_covers"]) == {
+        "fid_ci", "kid_ci"
+    }  # fmt: skip
+    assert (protocol["pr_k"], protocol["dc_k"], protocol["jackknife"]) == (3, 5, 10)
     assert (protocol["backbone"], protocol["weights_sha256_checked"]) == ("inception", False)
-    assert protocol["n_real"] == protocol["n_fake"] == 16 and protocol["split"] == "train"
+    assert protocol["n_real"] == protocol["n_fake"] == 20 and protocol["split"] == "train"
     assert "tf1" in protocol["resize"]
     proc = run_cli(
         "genlab-sample", f"ckpt_path={run}/checkpoints/last.ckpt", "nearest=true",
@@ -557,11 +565,9 @@ def test_gather_across_two_ranks_keeps_labels_and_modes_in_order():
     """DDP's gather, simulated: each rank's features and labels, padded, end up in chunk order."""
     from types import SimpleNamespace
 
-    from genlab.callbacks.sample_metrics import SampleMetrics, single_process
+    from genlab.callbacks.sample_features import gather, single_process
 
-    callback = SampleMetrics.__new__(SampleMetrics)
-    callback.batch_size, callback.progress = 4, False
-    callback.image_metrics = SimpleNamespace(
+    metrics = SimpleNamespace(
         features=lambda x: {POOL: x.double() * 10, "mode": x[:, 0].long() % 7}
     )
     n = 11  # 3 chunks of 4: rank 0 does chunks 0 and 2, rank 1 chunk 1 and (padding) chunk 2
@@ -570,7 +576,7 @@ def test_gather_across_two_ranks_keeps_labels_and_modes_in_order():
         x = torch.arange(j * 4, min(n, j * 4 + 4), dtype=torch.float64)[:, None]
         return x, (x[:, 0] % 3).long()
 
-    single = callback._gather(single_process(None), n, chunk)
+    single = gather(single_process(None), metrics, n, chunk, 4, False)
     locals_ = {}
     for rank in (1, 0):
         queue = []
@@ -584,7 +590,7 @@ def test_gather_across_two_ranks_keeps_labels_and_modes_in_order():
             world_size=2, global_rank=rank, is_global_zero=rank == 0,
             strategy=SimpleNamespace(all_gather=all_gather),
         )  # fmt: skip
-        out = callback._gather(trainer, n, chunk)
+        out = gather(trainer, metrics, n, chunk, 4, False)
         locals_[rank] = dict(enumerate(queue))
     assert set(out) == set(single) == {POOL, "mode", "label"}
     for name in single:

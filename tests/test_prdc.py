@@ -1,4 +1,4 @@
-"""k-NN metrics, memorisation, bootstrap intervals and iFID as pure functions of features.
+"""k-NN metrics, memorisation and iFID as pure functions of features (intervals: test_intervals).
 
 Agreement: precision/recall equal torch-fidelity 0.4's ``prc`` (its ``prc_neighborhood`` = k,
 ``calculate_precision_recall_part`` and ``_full``), density/coverage the reference ``prdc``
@@ -7,7 +7,6 @@ package's ``compute_prdc`` (clovaai), on the same features, to 1e-6.
 
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 from prdc import compute_prdc
@@ -17,16 +16,12 @@ from torch_fidelity.metric_prc import (
 )
 
 from genlab.errors import GenlabError
-from genlab.metrics import bootstrap as boot
 from genlab.metrics import (
     copies_fraction,
     fid_from_features,
     ifid_from_features,
-    interval,
-    kid_from_features,
     prdc_from_features,
 )
-from genlab.metrics.kid import _mmd2_poly
 from genlab.metrics.knn import knn_radii, nearest, sq_dists
 from genlab.metrics.memorisation import copies_from_distances
 
@@ -155,83 +150,23 @@ def test_ifid_separates_shuffled_labels_where_fid_cannot():
     assert bad > 20 * good and bad > 10
 
 
-def test_fid_kid_resamples_match_plain_functions_on_unit_counts():
-    real, fake = gaussians(300, 200, 6, shift=0.3)
-    ones = torch.ones(200, 1, dtype=torch.float64)
-    assert boot.fid_resamples(real, fake, ones)[0] == pytest.approx(fid_from_features(real, fake))
-    # unit counts: KID over one "subset" holding every image, whatever the block
-    sub = real[:200]
-    expected = float(_mmd2_poly(fake, sub))
-    for block in (33, 1024):
-        assert boot.kid_resamples(sub, fake, ones, block)[0] == pytest.approx(expected)
-    # a resample that draws image 0 twice: the pair (0, 0) must not enter the fake-fake mean
-    twice = ones.clone()
-    twice[0], twice[1] = 2, 0
-    drawn = torch.cat([fake[:1], fake[:1], fake[2:]])  # the resample, as a set of 200 rows
-    kff = _mmd2_poly(drawn, sub) + 0  # counts pair (0, 0') as distinct images: too high
-    assert boot.kid_resamples(sub, fake, twice)[0] < kff
-
-
-def test_intervals_contain_the_full_sample_value_and_shrink_with_n():
-    widths = {}
-    for n in (200, 800):
-        real, fake = gaussians(n, n, 8, shift=0.2, seed=n)
-        counts = boot.resample_counts(n, 60)
-        prdc = prdc_from_features(real, fake)
-        values = {
-            "fid": (boot.fid_resamples(real, fake, counts), fid_from_features(real, fake)),
-            "kid": (boot.kid_resamples(real, fake, counts),
-                    kid_from_features(real, fake, subset_size=n // 2, subsets=50)[0]),
-            "precision": (boot.precision_resamples(prdc, counts), prdc.precision),
-            "recall": (boot.recall_resamples(prdc, counts), prdc.recall),
-        }  # fmt: skip
-        for name, (resamples, full) in values.items():
-            low, high = interval(resamples)
-            assert low <= full <= high, (name, n, low, full, high)
-            widths.setdefault(name, []).append(high - low)
-    for name, (small, large) in widths.items():
-        assert large < 0.75 * small, (name, small, large)
-
-
-def test_resample_counts_are_seeded_multinomials():
-    a, b = boot.resample_counts(50, 4), boot.resample_counts(50, 4)
-    assert torch.equal(a, b) and a.shape == (50, 4)
-    assert (a.sum(0) == 50).all() and not torch.equal(a[:, 0], a[:, 1])
-    assert np.isclose(float((a > 0).double().mean()), 1 - np.exp(-1), atol=0.1)
-
-
-@pytest.mark.parametrize(("metric", "mode"), [
-    ("val/precision", "max"), ("val/recall", "max"), ("val/density", "max"),
-    ("val/coverage", "max"), ("val/modes", "max"), ("val/copies", "min"), ("val/ifid", "min"),
-    ("val/mode_kl", "min"), ("val/fid", "min"), ("val/is", "max"), ("val/kid", "min"),
-])  # fmt: skip
-def test_every_sample_metric_can_be_monitored_in_its_direction(metric, mode):
-    from omegaconf import OmegaConf
-
-    from genlab.models.gan import GAN
-    from genlab.training import SAMPLE_METRICS, monitor_of
-
-    assert metric in SAMPLE_METRICS
-    cfg = OmegaConf.create({"optimized_metric": metric})
-    module = GAN.__new__(GAN)  # monitor_of reads only the class's monitor names
-    computing = SimpleNamespace(computes=lambda key: True)
-    assert monitor_of(cfg, module, metrics=computing) == (metric, mode)
-    # without sample metrics, or without this one, the module's fallback is monitored instead
-    assert monitor_of(cfg, module, metrics=None)[0] == GAN.fallback_monitor
-    other = SimpleNamespace(computes=lambda key: False)
-    assert monitor_of(cfg, module, metrics=other)[0] == GAN.fallback_monitor
-
-
 def test_computes_knows_which_keys_the_configured_metrics_log():
     from genlab.callbacks.sample_metrics import SampleMetrics
 
     callback = SampleMetrics.__new__(SampleMetrics)  # no backbone needed to answer
-    callback.image_metrics = SimpleNamespace(metrics=("modes",), bootstrap=0)
+    callback.metrics = ("modes",)
+    callback.image_metrics = SimpleNamespace(jackknife=0, backbone=None)
     assert callback.computes("val/modes") and callback.computes("val/mode_kl")
     assert not callback.computes("val/fid") and not callback.computes("val/nosuch")
-    callback.image_metrics = SimpleNamespace(metrics=("fid", "prdc"), bootstrap=10)
-    assert callback.computes("val/recall_ci_low") and callback.computes("val/fid_ci_high")
+    callback.metrics = ("fid", "prdc")
+    callback.image_metrics = SimpleNamespace(
+        jackknife=10, backbone=SimpleNamespace(name="inception")
+    )
+    assert callback.computes("val/fid_ci_high") and callback.computes("val/fid_jackknife")
+    assert callback.computes("val/recall") and not callback.computes("val/recall_ci_low")
     assert not callback.computes("val/kid_ci_low") and not callback.computes("val/is")
+    callback.image_metrics.backbone.name = "dinov2"  # a Frechet distance is fid on Inception only
+    assert callback.computes("val/fd_dinov2_ci_low") and not callback.computes("val/fid")
 
 
 def test_knn_benchmark_runs_and_writes_its_results(tmp_path, monkeypatch, capsys):
@@ -247,3 +182,44 @@ def test_knn_benchmark_runs_and_writes_its_results(tmp_path, monkeypatch, capsys
     result = json.loads((tmp_path / "knn_metrics.json").read_text())
     assert result["n_real"] == 100 and set(result["values"]) >= {"precision", "fid", "kid"}
     assert "one k-NN pass" in (tmp_path / "knn_metrics.md").read_text()
+
+
+def test_ifid_labels_follow_the_reference_counts_per_class():
+    from genlab.callbacks.sample_metrics import ifid_labels
+
+    real = torch.tensor([2] * 7 + [0] * 5 + [1] * 3)
+    assert ifid_labels(real, None).tolist() == [0] * 5 + [1] * 3 + [2] * 7  # StudioGAN's counts
+    assert torch.bincount(ifid_labels(real, 4)).tolist() == [4, 4, 4]  # metrics.ifid_per_class
+
+
+def test_ifid_on_identical_distributions_sits_on_the_finite_sample_floor_at_studiogans_counts():
+    """Real and fake from the same class-conditional Gaussians: iFID is then all finite-sample
+    bias. With StudioGAN's counts (fakes per class = the reference's) its mean equals the floor,
+    the mean FID of two independent samples of those sizes; with genlab's former split
+    (num_samples / num_classes fakes per class) it sits far above."""
+    from genlab.callbacks.sample_metrics import ifid_labels
+
+    g = torch.Generator().manual_seed(0)
+    d, counts = 8, [300, 80, 150]
+    centres = 3 * torch.randn(len(counts), d, generator=g, dtype=torch.float64)
+
+    def draw(labels):
+        return centres[labels] + torch.randn(len(labels), d, generator=g, dtype=torch.float64)
+
+    real_labels = torch.repeat_interleave(torch.arange(3), torch.tensor(counts))
+    studio, former, floor = [], [], []
+    for _ in range(40):
+        real = draw(real_labels)
+        fake_labels = ifid_labels(real_labels, None)
+        studio.append(ifid_from_features(real, real_labels, draw(fake_labels), fake_labels))
+        few = torch.arange(30) % 3  # 10 per class, as 30 samples cycled over the classes
+        former.append(ifid_from_features(real, real_labels, draw(few), few))
+        floor.append(
+            sum(fid_from_features(draw(real_labels[real_labels == c]),
+                                  draw(real_labels[real_labels == c]), warn=False)
+                for c in range(3)) / 3
+        )  # fmt: skip
+    studio, former, floor = (torch.tensor(v, dtype=torch.float64) for v in (studio, former, floor))
+    se = ((studio.var() + floor.var()) / 40).sqrt()
+    assert abs(studio.mean() - floor.mean()) < 3 * se, (studio.mean(), floor.mean())
+    assert former.mean() > 3 * floor.mean()

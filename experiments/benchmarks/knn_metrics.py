@@ -1,13 +1,15 @@
-"""The extra cost of the k-NN sample metrics (issue 13) at 10k real x 10k fake features.
+"""The extra cost of each sample metric (issues 13, 21) at 10k real x 10k fake features.
 
-    python experiments/benchmarks/knn_metrics.py            # n = 10,000, ~5 min on 2 CPU cores
+    python experiments/benchmarks/knn_metrics.py            # n = 10,000, ~15 min on 2 CPU cores
     python experiments/benchmarks/knn_metrics.py --quick    # n = 1,000, seconds
 
 Times each metric from 2048-d float64 features (what the Inception pass gives; the values do not
-change the cost), against FID and KID on the same features, plus one bootstrap resample of each
-interval, and the peak memory of the k-NN pass at the default block. The feature pass itself
-(InceptionV3 at ~6 images/s on this CPU, results.md) is shared by every metric and not repeated.
-Writes knn_metrics.json and knn_metrics.md beside this file (or into --out).
+change the cost), against FID and KID on the same features: the k-NN metrics, the memorisation
+tests (with a third, held-out set), FID_inf, Vendi, CMMD's MMD (on 768 of the dimensions, CLIP
+ViT-L/14's width) and the jackknife intervals, and the peak memory of the k-NN pass at the
+default block. The feature pass itself (InceptionV3 at ~6 images/s on this CPU, results.md) is
+shared by every metric and not repeated. Writes knn_metrics.json and knn_metrics.md beside this
+file (or into --out).
 """
 
 import argparse
@@ -21,10 +23,14 @@ from pathlib import Path
 
 import torch
 
-from genlab.metrics import bootstrap as boot
 from genlab.metrics import copies_fraction, fid_from_features, kid_from_features
+from genlab.metrics import jackknife as jk
+from genlab.metrics import memorisation as mem
+from genlab.metrics.cmmd import cmmd_from_features
+from genlab.metrics.fid import fid_infinity
 from genlab.metrics.knn import DEFAULT_BLOCK
 from genlab.metrics.prdc import prdc_from_features
+from genlab.metrics.vendi import vendi_from_features
 
 HERE = Path(__file__).resolve().parent
 INCEPTION_IMAGES_PER_S = 6  # DESIGN.md / results.md: InceptionV3 features on this 2-core CPU
@@ -66,14 +72,30 @@ def main() -> None:
     _, times["copies alone (its own k-NN pass)"] = timed(
         lambda: copies_fraction(real, fake, args.block)
     )
-    counts = boot.resample_counts(n, 1)
-    _, times["bootstrap: one FID resample"] = timed(lambda: boot.fid_resamples(real, fake, counts))
-    _, times["bootstrap: KID kernels (once for all B resamples)"] = timed(
-        lambda: boot.kid_resamples(real, fake, counts)
+    heldout = torch.randn(n, args.dim, generator=g, dtype=torch.float64)
+    _, times["copies calibrated on held-out images (3 k-NN passes)"] = timed(
+        lambda: mem.calibrated_copies(real, heldout, fake, args.block)
     )
-    counts = boot.resample_counts(n, 100)
-    _, times["bootstrap: 100 precision + recall resamples"] = timed(
-        lambda: (boot.precision_resamples(prdc, counts), boot.recall_resamples(prdc, counts))
+    _, times["C_T (PCA to 64-d, 3 k-means cells)"] = timed(
+        lambda: mem.ct_score(real, heldout, fake, block=args.block)
+    )
+    _, times["authenticity (2 k-NN passes)"] = timed(
+        lambda: mem.authenticity(real, fake, args.block)
+    )
+    _, times["FID_inf (15 FIDs of fake subsets)"] = timed(
+        lambda: fid_infinity(real, fake, min_fake=n // 2)
+    )
+    _, times["Vendi of the fakes"] = timed(lambda: vendi_from_features(fake))
+    width = min(768, args.dim)
+    _, times[f"CMMD's MMD ({width}-d)"] = timed(
+        lambda: cmmd_from_features(real[:, :width], fake[:, :width])
+    )
+    groups = min(20, n // 2)
+    _, times[f"jackknife: FID interval ({groups} groups)"] = timed(
+        lambda: jk.fid_jackknife(real, fake, groups, value=values["fid"])
+    )
+    _, times[f"jackknife: KID interval (all pairs, {groups} groups)"] = timed(
+        lambda: jk.kid_jackknife(real, fake, groups, block=args.block)
     )
     feature_pass = 2 * n / INCEPTION_IMAGES_PER_S  # real (cached after once) + fake
     result = {
@@ -101,8 +123,7 @@ def main() -> None:
 def report(r: dict) -> str:
     knn = r["seconds"][KNN]
     lines = [
-        f"# k-NN sample metrics at {r['n_real']:,} real x {r['n_fake']:,} fake, "
-        f"{r['dim']}-d features\n",
+        f"# Sample metrics at {r['n_real']:,} real x {r['n_fake']:,} fake, {r['dim']}-d features\n",
         f"{r['machine']}; {r['date']}; load average {r['load_average'][0]:.1f} (a shared "
         "machine: other work ran beside it). Block: "
         f"{r['knn_block']} rows "

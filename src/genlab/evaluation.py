@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from omegaconf import DictConfig, open_dict
 from pytorch_lightning.loggers import WandbLogger
 
 import genlab
 from genlab.atomic import atomic_json
-from genlab.callbacks.sample_metrics import data_key
+from genlab.callbacks.sample_features import data_key
 from genlab.checkpoints import load_model
 from genlab.config import check_split, instantiate
 from genlab.errors import GenlabError
@@ -55,7 +56,10 @@ def sample_metrics(cfg: DictConfig, run_cfg: DictConfig, out_dir: Path) -> Any:
     save_dir = str(out_dir / "samples") if cfg.save_samples else None
     # no weights: a one-line error
     return instantiate(
-        cfg.metrics, save_dir=save_dir, reference_split=fid_reference_split(cfg, run_cfg)
+        cfg.metrics,
+        save_dir=save_dir,
+        reference_split=fid_reference_split(cfg, run_cfg),
+        seeds=cfg.get("seeds", 1),
     )
 
 
@@ -136,11 +140,26 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             "pytorch_lightning": pl.__version__,
         },
     }
+    if metrics is not None and len(metrics.per_seed) > 1:
+        result.update(seed_table(metrics.per_seed, cfg.metrics.seed))
     if trainer.is_global_zero:
         atomic_json(result, out_dir / "metrics.json")
         log.info(f"wrote {out_dir / 'metrics.json'}: {json.dumps(result['metrics'])}")
     finish_evaluation(out_dir / "metrics.json", result, metrics, datamodule, model)
     return result
+
+
+def seed_table(per_seed: list[dict[str, float]], first: int) -> dict[str, Any]:
+    """EDM2's report of independent sample sets: each one's numbers, then per metric the
+    minimum, mean and sample standard deviation over the sets."""
+    seeds = [{"seed": first + i, **values} for i, values in enumerate(per_seed)]
+    over = {}
+    for key in per_seed[0]:
+        if key in ("n_real", "n_fake"):
+            continue
+        v = torch.tensor([values[key] for values in per_seed], dtype=torch.float64)
+        over[key] = {"min": float(v.min()), "mean": float(v.mean()), "std": float(v.std())}
+    return {"per_seed": seeds, "over_seeds": over}
 
 
 def sample_protocol(cfg: DictConfig, metrics: Any, model: Any) -> dict[str, Any]:
@@ -152,4 +171,6 @@ def sample_protocol(cfg: DictConfig, metrics: Any, model: Any) -> dict[str, Any]
         "sample_seed": cfg.metrics.seed,
         "sampling_generator": "ema" if getattr(model, "generator_ema", None) else "raw",
         "truncation_psi": cfg.truncation,
+        "seeds": len(metrics.per_seed) or 1,
+        **({"ppl": metrics.ppl.protocol()} if metrics.ppl is not None else {}),
     }

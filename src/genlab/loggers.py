@@ -167,7 +167,7 @@ def log_file_artifact(run: Any, path: Path, name: str, kind: str, metadata: dict
 
 def reference_file(metrics: Any, datamodule: Any) -> tuple[Path, dict] | None:
     """The cache file of the real statistics a SampleMetrics used last, and its key, or None."""
-    from genlab.callbacks.sample_metrics import data_key
+    from genlab.callbacks.sample_features import data_key
     from genlab.metrics.cache import _reference_path
 
     ref = metrics.reference

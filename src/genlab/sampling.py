@@ -97,7 +97,7 @@ def nearest_rows(cfg: DictConfig, run_cfg: DictConfig, model: nn.Module) -> Tens
     """
     from omegaconf import OmegaConf
 
-    from genlab.callbacks.sample_metrics import single_process
+    from genlab.callbacks.sample_features import single_process
     from genlab.config import CONFIG_DIR
 
     base = run_cfg.get("metrics") or {}

@@ -11,11 +11,13 @@ from genlab.checkpoints import require_file
 from genlab.cli.report import report_errors, run_task
 from genlab.config import CONFIG_DIR, check_split, check_types
 from genlab.console import quiet_libraries
+from genlab.errors import GenlabError
 
 TYPES = {
     "ckpt_path": (str,),
     "seed": (int,),
     "nll_k": (int,),
+    "seeds": (int,),
     "truncation": (int, float),
     "metrics.num_samples": (int, type(None)),
 }
@@ -24,6 +26,8 @@ TYPES = {
 def task(cfg: DictConfig) -> None:
     """Check what needs no torch, then score (``genlab.evaluation.evaluate``)."""
     check_types(cfg, TYPES)
+    if cfg.seeds < 1:
+        raise GenlabError(f"seeds={cfg.seeds} must be >= 1 (the number of sample sets scored)")
     check_split(cfg.get("split"))
     require_file(cfg.ckpt_path)
     quiet_libraries()  # filters on Lightning's loggers, set before it logs anything

@@ -138,7 +138,7 @@ def stat_column(metric: str, stat: str) -> str:
 
 
 def interval_half_width(frame: pd.DataFrame, metric: str) -> float | None:
-    """Half the width of the last bootstrap interval (``metric_ci_low/high``) a run logged."""
+    """Half the width of the last 95% interval (``metric_ci_low/high``) a run logged."""
     low, high = f"{metric}_ci_low", f"{metric}_ci_high"
     if low not in frame or high not in frame:
         return None
@@ -220,7 +220,7 @@ def display_table(comparison: Comparison) -> pd.DataFrame:
             title = f"{c} ({comparison.modes[m]})" if stat == "best" else c
             out[title] = cells
         ci = stat_column(m, "ci")
-        if stat == "best" and ci in table:  # metrics.bootstrap: the final value's 95% interval
+        if stat == "best" and ci in table:  # metrics.jackknife: the final value's 95% interval
             out[f"{m} 95% CI"] = ["" if pd.isna(h) else f"± {h:.2g}" for h in table[ci]]
     out["runs"] = [" ".join(r) for r in table["runs"]]
     return out

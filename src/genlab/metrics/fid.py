@@ -2,6 +2,7 @@
 
 import math
 import warnings
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -27,7 +28,7 @@ def fid_from_stats(
     """Frechet distance between the Gaussians (mu1, sigma1) and (mu2, sigma2).
 
     Args:
-        root1: ``sqrtm_psd(sigma1)`` when the caller already has it (bootstrap reuses it).
+        root1: ``sqrtm_psd(sigma1)`` when the caller already has it (FID_inf reuses it).
     """
     mu1, sigma1, mu2, sigma2 = (t.double() for t in (mu1, sigma1, mu2, sigma2))
     # sqrt(S1) S2 sqrt(S1) is symmetric PSD with the eigenvalues of S1 S2, so two symmetric
@@ -95,3 +96,35 @@ def ifid_from_features(
     if not scores:
         raise GenlabError("iFID: no class has 2 real and 2 fake images (metrics.num_samples)")
     return sum(scores) / len(scores)
+
+
+def fid_infinity(
+    real: Tensor, fake: Tensor, points: int = 15, min_fake: int = 5000, seed: int = 0
+) -> dict[str, Any]:
+    """FID extrapolated to infinitely many fakes (Chong & Forsyth 2020, FID_inf).
+
+    As their ``calculate_FID_infinity_path``: the real statistics stay those of all of ``real``;
+    FID of ``points`` random subsets of the fakes, sized evenly from ``min_fake`` (at most half
+    the fakes) to all of them, fitted linearly against 1 / size; FID_inf is the intercept.
+
+    Returns:
+        ``value`` (the intercept), ``slope``, ``r2`` of the fit and its ``sizes`` and ``fids``.
+    """
+    m = len(fake)
+    low = min(min_fake, m // 2)
+    check_counts("FID_inf", len(real), low)
+    sizes = torch.linspace(low, m, points).long().tolist()
+    mu1, sigma1 = feature_stats(real)
+    root1 = sqrtm_psd(sigma1)
+    gen = torch.Generator().manual_seed(seed)
+    fids = []
+    for size in sizes:
+        subset = fake[torch.randperm(m, generator=gen)[:size]]
+        fids.append(fid_from_stats(mu1, sigma1, *feature_stats(subset), root1=root1))
+    x = 1 / torch.tensor(sizes, dtype=torch.float64)
+    y = torch.tensor(fids, dtype=torch.float64)
+    slope = float(((x - x.mean()) * (y - y.mean())).sum() / (x - x.mean()).square().sum())
+    intercept = float(y.mean() - slope * x.mean())
+    residual = y - (intercept + slope * x)
+    r2 = 1 - float(residual.square().sum() / (y - y.mean()).square().sum())
+    return {"value": intercept, "slope": slope, "r2": r2, "sizes": sizes, "fids": fids}

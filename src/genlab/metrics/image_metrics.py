@@ -2,7 +2,7 @@
 
 import warnings
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch_fidelity
@@ -10,50 +10,42 @@ import torchmetrics
 from torch import Tensor
 
 from genlab.errors import GenlabError, GenlabWarning
-from genlab.metrics import bootstrap as boot
+from genlab.metrics import jackknife as jk
+from genlab.metrics import memorisation as mem
+from genlab.metrics.cmmd import CLIPBackbone, cmmd_from_features
 from genlab.metrics.dinov2 import DINOv2Backbone
 from genlab.metrics.features import RESIZES, Resize, numerics, to_uint8
-from genlab.metrics.fid import fid_from_features, ifid_from_features
+from genlab.metrics.fid import fid_from_features, fid_infinity, ifid_from_features
 from genlab.metrics.inception import InceptionBackbone
 from genlab.metrics.inception_score import inception_score_from_logits
 from genlab.metrics.kid import KID_DEGREE, SEED, kid_from_features
 from genlab.metrics.knn import DEFAULT_BLOCK
-from genlab.metrics.memorisation import (
-    COPIES,
-    COPY_QUANTILE,
-    copies_fraction,
-    copies_from_distances,
+from genlab.metrics.names import (
+    BACKBONES,
+    COVERS,
+    FEATURE_METRICS,
+    HELDOUT_METRICS,
+    IFID,
+    IS_MEAN,
+    IS_STD,
+    KID_ALL_PAIRS,
+    KID_MEAN,
+    KID_STD,
+    METRIC_NAMES,
+    MODE,
+    N_FAKE,
+    N_REAL,
+    NO_PR_INTERVAL,
+    MetricName,
+    ci_keys,
+    fd_key,
 )
-from genlab.metrics.prdc import RECALL, prdc_from_features
-
-FID = "fid"
-IS_MEAN = "is_mean"
-IS_STD = "is_std"
-KID_MEAN = "kid_mean"
-KID_STD = "kid_std"
-IFID = "ifid"
-MODES = "modes"
-MODE_KL = "mode_kl"
-N_REAL = "n_real"
-N_FAKE = "n_fake"
-MODE = "mode"  # feature key: the Stacked MNIST mode (0..999) of each image
-LABEL = "label"  # feature key: the class each image was drawn for (iFID)
-
-MetricName = Literal["fid", "is", "kid", "prdc", "copies", "ifid", "modes"]
-METRIC_NAMES = ("fid", "is", "kid", "prdc", "copies", "ifid", "modes")
-BACKBONES = ("inception", "dinov2")
-FEATURE_METRICS = {"fid", "kid", "prdc", "copies", "ifid"}  # those that need real features
-# result key -> name of its interval keys (``<name>_ci_low``, ``<name>_ci_high``)
-CI_NAMES = {FID: "fid", KID_MEAN: "kid", "precision": "precision", RECALL: "recall"}
-
-
-def ci_keys(name: str) -> tuple[str, str]:
-    """The result keys of a metric's bootstrap interval."""
-    return f"{name}_ci_low", f"{name}_ci_high"
+from genlab.metrics.prdc import prdc_from_features
+from genlab.metrics.vendi import vendi_from_features
 
 
 class ImageMetrics:
-    """FID, IS, KID, precision/recall/density/coverage, copies, iFID, modes of [-1, 1] images.
+    """FID, IS, KID, PR/DC, memorisation, iFID, modes, Vendi and CMMD of [-1, 1] images.
 
     A plain object, not an nn.Module: nn.Module.__setattr__ registers only modules, parameters and
     buffers, so an ImageMetrics held as an attribute of a LightningModule stays out of its
@@ -71,15 +63,19 @@ class ImageMetrics:
         batch_size: int = 64,
         device: str | torch.device = "cpu",
         download: bool = False,
-        backbone: Literal["inception", "dinov2"] = "inception",
+        backbone: str = "inception",
         resize: Resize = "tf1",
         inception_sha256: str | None = None,
         dinov2_weights: str | None = None,
         dinov2_arch: str = "vitl14",
+        dinov2_sha256: str | None = None,
+        clip_weights: str | None = None,
+        clip_sha256: str | None = None,
         pr_k: int = 3,
         dc_k: int = 5,
         knn_block: int = DEFAULT_BLOCK,
-        bootstrap: int = 0,
+        jackknife: int = 0,
+        vendi_q: float = 1.0,
         modes_classifier: dict[str, Any] | None = None,
     ) -> None:
         if isinstance(metrics, str) or not metrics or set(metrics) - set(METRIC_NAMES):
@@ -94,10 +90,13 @@ class ImageMetrics:
             ("pr_k", pr_k, 1),
             ("dc_k", dc_k, 1),
             ("knn_block", knn_block, 1),
-            ("bootstrap", bootstrap, 0),
         ]:
             if value < low:
                 raise GenlabError(f"metrics.{key} must be >= {low}, got {value}")
+        if jackknife:
+            jk.check_groups(jackknife)
+            if "prdc" in metrics:
+                warnings.warn(NO_PR_INTERVAL, GenlabWarning, stacklevel=2)
         if backbone not in BACKBONES:
             raise GenlabError(f"metrics.backbone={backbone!r}: choose one of {BACKBONES}")
         if resize not in RESIZES:
@@ -106,14 +105,16 @@ class ImageMetrics:
             raise GenlabError(
                 f"metrics.metrics: is needs Inception's logits, not metrics.backbone={backbone}"
             )
+        if "cmmd" in metrics and backbone != "clip":
+            raise GenlabError(
+                f"metrics.metrics: cmmd is an MMD of CLIP embeddings: set metrics.backbone=clip "
+                f"(and metrics.clip_weights), not {backbone}"
+            )
         self.metrics = tuple(metrics)
-        self.kid_subset_size, self.kid_subsets, self.is_splits = (
-            kid_subset_size,
-            kid_subsets,
-            is_splits,
-        )
-        self.batch_size = batch_size
-        self.pr_k, self.dc_k, self.knn_block, self.bootstrap = pr_k, dc_k, knn_block, bootstrap
+        self.kid_subset_size, self.kid_subsets = kid_subset_size, kid_subsets
+        self.is_splits, self.batch_size, self.vendi_q = is_splits, batch_size, vendi_q
+        self.pr_k, self.dc_k, self.knn_block, self.jackknife = pr_k, dc_k, knn_block, jackknife
+        self.fd = fd_key(backbone)
         self.device = torch.device(device)
         # What the last compute() and features() really used, for protocol(): small sets shrink
         # KID subsets and IS splits, and settings may change between construction and the pass.
@@ -121,8 +122,12 @@ class ImageMetrics:
         self.pass_numerics: dict[str, Any] | None = None
         self.backbone: Any = None  # modes alone need no backbone (nor its weights)
         if backbone == "dinov2":
-            self.backbone = DINOv2Backbone(dinov2_weights, dinov2_arch, resize, self.device)
-        elif self.needs_real or "is" in self.metrics:
+            self.backbone = DINOv2Backbone(
+                dinov2_weights, dinov2_arch, resize, self.device, sha256=dinov2_sha256
+            )
+        elif backbone == "clip":
+            self.backbone = CLIPBackbone(clip_weights, resize, clip_sha256, self.device)
+        elif self.needs_real or {"is", "vendi"} & set(self.metrics):
             self.backbone = InceptionBackbone(
                 inception_weights, resize, inception_sha256, download, self.device
             )
@@ -149,6 +154,11 @@ class ImageMetrics:
     def needs_real(self) -> bool:
         """True when some configured metric compares with real features."""
         return bool(FEATURE_METRICS & set(self.metrics))
+
+    @property
+    def needs_heldout(self) -> bool:
+        """True when some configured metric reads held-out real features too."""
+        return bool(HELDOUT_METRICS & set(self.metrics))
 
     def to(self, device: str | torch.device) -> "ImageMetrics":
         """Move the networks to `device`; returns self."""
@@ -186,14 +196,26 @@ class ImageMetrics:
         real_labels: Tensor | None = None,
         fake_labels: Tensor | None = None,
         fake_modes: Tensor | None = None,
+        heldout_pool: Tensor | None = None,
+        ifid_pool: Tensor | None = None,
     ) -> dict[str, float]:
-        """The requested metrics plus n_real and n_fake from features of both sets."""
+        """The requested metrics plus n_real and n_fake from features of both sets.
+
+        Args:
+            fake_labels: the class of each fake iFID reads: of ``ifid_pool`` when given, a set
+                drawn for iFID alone (StudioGAN's counts), else of ``fake_pool``.
+            heldout_pool: real images the model never trained on (copies, C_T, authenticity).
+        """
         out: dict[str, float] = {
             N_REAL: 0 if real_pool is None else len(real_pool),
             N_FAKE: len(next(t for t in (fake_pool, fake_logits, fake_modes) if t is not None)),
         }
         if "fid" in self.metrics:
-            out[FID] = fid_from_features(real_pool, fake_pool)
+            out[self.fd] = fid_from_features(real_pool, fake_pool)
+        if "fid_inf" in self.metrics:
+            fit = fid_infinity(real_pool, fake_pool, seed=SEED)
+            out[f"{self.fd}_inf"] = fit.pop("value")
+            self.used["fid_inf_fit"] = fit
         if "kid" in self.metrics:
             self.used["kid_subset_size"] = min(self.kid_subset_size, len(real_pool), len(fake_pool))
             out[KID_MEAN], out[KID_STD] = kid_from_features(
@@ -206,15 +228,11 @@ class ImageMetrics:
             out[IS_MEAN], out[IS_STD] = inception_score_from_logits(
                 fake_logits, self.is_splits, SEED
             )
-        prdc = None
-        if "prdc" in self.metrics:
-            prdc = prdc_from_features(real_pool, fake_pool, self.pr_k, self.dc_k, self.knn_block)
-            out.update(prdc.values())
-        if "copies" in self.metrics:
-            if prdc is not None:  # the k-NN pass found every sample's nearest real image
-                out[COPIES] = copies_from_distances(prdc.fake_to_real, prdc.real_to_real)
-            else:
-                out[COPIES] = copies_fraction(real_pool, fake_pool, self.knn_block)
+        if "cmmd" in self.metrics:
+            out["cmmd"] = cmmd_from_features(real_pool, fake_pool, block=self.knn_block)
+        if "vendi" in self.metrics:
+            out["vendi"] = vendi_from_features(fake_pool, self.vendi_q)
+        out.update(self.knn_metrics(real_pool, fake_pool, heldout_pool))
         if "ifid" in self.metrics:
             if real_labels is None or fake_labels is None:
                 warnings.warn(
@@ -223,28 +241,58 @@ class ImageMetrics:
                     stacklevel=2,
                 )
             else:
-                out[IFID] = ifid_from_features(real_pool, real_labels, fake_pool, fake_labels)
+                ifid_fake = fake_pool if ifid_pool is None else ifid_pool
+                out[IFID] = ifid_from_features(real_pool, real_labels, ifid_fake, fake_labels)
         if "modes" in self.metrics:
             out.update(self.modes.score(fake_modes))
-        if self.bootstrap:
-            out.update(self.intervals(real_pool, fake_pool, prdc))
+        if self.jackknife:
+            out.update(self.intervals(real_pool, fake_pool, out.get(self.fd)))
         return out
 
-    def intervals(self, real: Tensor, fake: Tensor, prdc: Any) -> dict[str, float]:
-        """95% bootstrap intervals of FID, KID, precision and recall (those configured)."""
-        counts = boot.resample_counts(len(fake), self.bootstrap)
-        values = {}
-        if "fid" in self.metrics:
-            values["fid"] = boot.fid_resamples(real, fake, counts)
-        if "kid" in self.metrics:
-            values["kid"] = boot.kid_resamples(real, fake, counts, self.knn_block)
-        if prdc is not None:
-            values["precision"] = boot.precision_resamples(prdc, counts)
-            real_counts = boot.resample_counts(len(real), self.bootstrap, boot.SEED + 1)
-            values["recall"] = boot.recall_resamples(prdc, real_counts)
+    def knn_metrics(
+        self, real: Tensor | None, fake: Tensor | None, heldout: Tensor | None
+    ) -> dict[str, float]:
+        """Precision/recall/density/coverage and the memorisation tests, sharing k-NN passes."""
+        out: dict[str, float] = {}
+        if self.needs_heldout and heldout is None and {"ct", "authenticity"} & set(self.metrics):
+            raise GenlabError(
+                "metrics.metrics: ct and authenticity compare with held-out real images: set "
+                "metrics.heldout_split (val or test)"
+            )
+        prdc = None
+        if "prdc" in self.metrics:
+            prdc = prdc_from_features(real, fake, self.pr_k, self.dc_k, self.knn_block)
+            out.update(prdc.values())
+        if "copies" in self.metrics:
+            if heldout is not None:
+                out.update(mem.calibrated_copies(real, heldout, fake, self.knn_block).values())
+            elif prdc is not None:  # the k-NN pass found every sample's nearest real image
+                out[mem.COPIES] = mem.copies_from_distances(prdc.fake_to_real, prdc.real_to_real)
+            else:
+                out[mem.COPIES] = mem.copies_fraction(real, fake, self.knn_block)
+        if "ct" in self.metrics:
+            out[mem.CT] = mem.ct_score(real, heldout, fake, block=self.knn_block)
+        if "authenticity" in self.metrics:
+            out[mem.AUTHENTICITY] = mem.authenticity(real, fake, self.knn_block)
+            # what fresh data scores: held-out real images are authentic by construction
+            out["authenticity_heldout"] = mem.authenticity(real, heldout, self.knn_block)
+        return out
+
+    def intervals(self, real: Tensor, fake: Tensor, fd: float | None) -> dict[str, float]:
+        """95% jackknife intervals of the population FD and KID (those configured).
+
+        Each covers the population value (``COVERS``), checked by simulation against closed-form
+        truths (experiments/intervals/). Precision and recall get none (``NO_PR_INTERVAL``).
+        """
         out = {}
-        for name, v in values.items():
-            out[ci_keys(name)[0]], out[ci_keys(name)[1]] = boot.interval(v)
+        if "fid" in self.metrics:
+            j = jk.fid_jackknife(real, fake, self.jackknife, value=fd)
+            out[f"{self.fd}_jackknife"] = j.estimate
+            out[ci_keys(self.fd)[0]], out[ci_keys(self.fd)[1]] = j.low, j.high
+        if "kid" in self.metrics:
+            j = jk.kid_jackknife(real, fake, self.jackknife, block=self.knn_block)
+            out[KID_ALL_PAIRS] = j.estimate
+            out[ci_keys("kid")[0]], out[ci_keys("kid")[1]] = j.low, j.high
         return out
 
     def reference_key(self, **data: Any) -> dict[str, Any]:
@@ -282,16 +330,29 @@ class ImageMetrics:
             "is_splits": self.used.get("is_splits", self.is_splits),
             "is_splits_requested": self.is_splits,
             "seed": SEED,
-            "bootstrap": self.bootstrap,
+            "jackknife": self.jackknife,
             **(self.pass_numerics or numerics(self.device)),
         }
         if "prdc" in self.metrics:
             out.update(pr_k=self.pr_k, dc_k=self.dc_k)
-        if "copies" in self.metrics:
-            out["copies_threshold"] = f"train-train nearest-neighbour {COPY_QUANTILE:.0%} quantile"
-        if self.bootstrap:
-            out["bootstrap_level"] = boot.LEVEL
-            out["bootstrap_seed"] = boot.SEED
+        if HELDOUT_METRICS & set(self.metrics):
+            out.update(mem.protocol())
+        if "vendi" in self.metrics:
+            out.update(vendi_q=self.vendi_q, vendi_kernel="cosine similarity of the features")
+        if self.jackknife:
+            out["interval_level"] = jk.LEVEL
+            out["interval_seed"] = jk.SEED
+            out["interval_method"] = "delete-a-group jackknife, paired groups, Student t"
+            out["interval_covers"] = {
+                name: COVERS[kind]
+                for name, kind, metric in ((f"{self.fd}_ci", "fd", "fid"), ("kid_ci", "kid", "kid"))
+                if metric in self.metrics
+            }
+        if "fid_inf" in self.metrics:
+            out["fid_inf"] = "Chong & Forsyth 2020: FID of fake subsets vs 1 / size, intercept"
+            out["fid_inf_fit"] = self.used.get("fid_inf_fit")
+        if "ifid" in self.metrics:
+            out["ifid_counts"] = self.used.get("ifid_counts")  # per class: real, fake
         if self.modes is not None:
             out["modes_classifier"] = self.modes.protocol()
         return out

@@ -20,7 +20,7 @@ COVERAGE = "coverage"
 
 
 class PRDC(NamedTuple):
-    """The four numbers and, per sample, what the bootstrap resamples."""
+    """The four numbers and, per sample, what memorisation reads."""
 
     precision: float
     recall: float

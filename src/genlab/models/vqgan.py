@@ -7,7 +7,6 @@ layer L, clamped to [0, 1e4], times ``disc_weight``, from batch ``disc_start`` o
 one autoencoder step, then one discriminator step on the same reconstructions (taming's order).
 """
 
-import warnings
 from typing import Literal
 
 import torch
@@ -16,6 +15,7 @@ from torch import Tensor, nn
 from genlab import losses
 from genlab.config import check_optimizer
 from genlab.errors import GenlabError
+from genlab.metrics.lpips import load_lpips
 from genlab.models.loop import logs_written
 from genlab.models.manual import ManualOptimization
 from genlab.models.vqvae import VQVAE, OptimizerFactory, check_choice
@@ -28,35 +28,6 @@ def adaptive_weight(rec_loss: Tensor, g_loss: Tensor, last_layer: Tensor) -> Ten
     (rec_grad,) = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)
     (g_grad,) = torch.autograd.grad(g_loss, last_layer, retain_graph=True)
     return (rec_grad.norm() / (g_grad.norm() + 1e-4)).clamp(0.0, 1e4).detach()
-
-
-def load_lpips(net: str, weights: str | None) -> nn.Module:
-    """LPIPS with ``net`` built without a download, its weights read from the file ``weights``."""
-    key = "model.lpips_weights"
-    if not weights:
-        raise GenlabError(
-            f"{key} is not set: model.perceptual_weight > 0 needs a local LPIPS state dict "
-            "(e.g. torch.save(lpips.LPIPS(net='vgg').state_dict(), 'lpips_vgg.pth') where a "
-            "network is available), or set model.perceptual_weight=0"
-        )
-    try:
-        import lpips
-    except ImportError:
-        msg = f"{key}: the lpips package is not installed (pip install genlab[perceptual])"
-        raise GenlabError(msg) from None
-    # pnet_rand and pretrained=False: neither the backbone nor the linear heads are fetched
-    with warnings.catch_warnings():  # torchvision's deprecation of lpips' `pretrained=`
-        warnings.simplefilter("ignore", UserWarning)
-        model = lpips.LPIPS(net=net, pretrained=False, pnet_rand=True, verbose=False)
-    try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
-    except FileNotFoundError:
-        raise GenlabError(f"{key}={weights}: no such file") from None
-    except Exception as e:  # not a torch file, another net's weights
-        msg = f"{key}={weights}: not LPIPS-{net} weights ({type(e).__name__})"
-        raise GenlabError(msg) from None
-    return model.eval().requires_grad_(False)
 
 
 class VQGAN(ManualOptimization, VQVAE):
@@ -113,7 +84,10 @@ class VQGAN(ManualOptimization, VQVAE):
         check_optimizer(optimizer_d, "model.optimizer_d")
         self.optimizer_d = optimizer_d
         # a tuple keeps LPIPS out of state_dict (checkpoints) and of .parameters()
-        self._lpips = (load_lpips(lpips_net, lpips_weights),) if perceptual_weight else ()
+        self._lpips = ()
+        if perceptual_weight:
+            unset = "; or set model.perceptual_weight=0"
+            self._lpips = (load_lpips(lpips_net, lpips_weights, "model.lpips_weights", unset),)
         self.batches_seen = 0
 
     def configure_optimizers(self):
