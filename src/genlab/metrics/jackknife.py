@@ -135,7 +135,9 @@ def fid_jackknife(
         dtype=torch.float64,
     )
     out = summarise(value, values)
-    return out._replace(low=max(out.low, 0.0))  # an FD is never negative
+    # an FD is never negative: the interval is cut to [0, inf) (both ends 0 when all of it lies
+    # below 0, as for fakes that replay the real images); the centre is left as computed
+    return out._replace(low=max(out.low, 0.0), high=max(out.high, 0.0))
 
 
 def _group_sums(x: Tensor, y: Tensor, gx: Tensor, gy: Tensor, k: int, block: int) -> Tensor:
