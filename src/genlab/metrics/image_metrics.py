@@ -9,9 +9,9 @@ import torch_fidelity
 import torchmetrics
 from torch import Tensor
 
+import genlab.metrics.jackknife as jk
+import genlab.metrics.memorisation as mem
 from genlab.errors import GenlabError, GenlabWarning
-from genlab.metrics import jackknife as jk
-from genlab.metrics import memorisation as mem
 from genlab.metrics.cmmd import CLIPBackbone, cmmd_from_features
 from genlab.metrics.dinov2 import DINOv2Backbone
 from genlab.metrics.features import RESIZES, Resize, numerics, to_uint8

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+import genlab.nets.resnet as resnet
 from genlab.errors import GenlabError
-from genlab.nets import resnet
 from genlab.nets.layers import check_args, require_labels
 
 SIZES = (32, 64)
