@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
@@ -104,6 +105,8 @@ def test_sigkill_mid_epoch_then_resume_is_bit_exact(case, tmp_path):
 RESUMES = {
     "gan-ncritic2-ema": VARIANTS["gan"],
     "gan-no-validation-in-epoch": ["model=gan", "trainer.check_val_every_n_epoch=2"],
+    # post-hoc EMA's profiles travel in last.ckpt; the snapshots after the resume are the same
+    "gan-posthoc-ema": [*VARIANTS["gan"], "callbacks.posthoc_ema.every_n_images=40"],
     # the SIGTERM save and auto_resume both follow the one owner of last.ckpt
     "vae-moved-last": [*VARIANTS["vae"], "callbacks.last_checkpoint.dirpath=${paths.output_dir}/x"],
 }
@@ -128,6 +131,23 @@ def test_sigterm_mid_epoch_then_auto_resume_is_bit_exact(case, tmp_path, caplog)
     train(compose_train([*overrides, "auto_resume=true"], run))
     full = tmp_path / "full" / last.relative_to(run)
     _same_training_state(load_ckpt(full), load_ckpt(last))
+    if "posthoc" in case:
+        _same_posthoc_ema(tmp_path / "full", run, load_ckpt(full), load_ckpt(last))
+
+
+def _same_posthoc_ema(full: Path, resumed: Path, a: dict, b: dict) -> None:
+    from safetensors.torch import load_file
+
+    sa, sb = a["callbacks"]["PostHocEMA"], b["callbacks"]["PostHocEMA"]
+    assert (sa["images"], sa["index"]) == (sb["images"], sb["index"]) == (288, 7)
+    for pa, pb in zip(sa["averages"], sb["averages"], strict=True):
+        assert all(torch.equal(pa[k], pb[k]) for k in pa)
+    names = sorted(p.name for p in (full / "ema_snapshots").iterdir())
+    assert names == sorted(p.name for p in (resumed / "ema_snapshots").iterdir())
+    assert len(names) == 7  # 18 batches of 16: one past each 40 images, the last at the end
+    for name in names:
+        ta, tb = (load_file(d / "ema_snapshots" / name) for d in (full, resumed))
+        assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta), name
 
 
 def test_checkpoint_write_interrupted_keeps_the_old_file(tmp_path, monkeypatch):
@@ -221,6 +241,7 @@ DDP_VARIANTS = {
         "model.gp_weight=10",
         "model.n_critic=2",
         "model.ema_decay=0.9",
+        "callbacks.posthoc_ema.every_n_images=32",
     ],  # fmt: skip
     "hinge_r1_diffaugment_sn": [
         "model.loss=hinge",
@@ -255,6 +276,24 @@ def test_ddp_gan_variants_keep_ranks_identical(variant, tmp_path):
         "best-epoch000.ckpt",
         "last.ckpt",
     ]
+    if "posthoc" in " ".join(DDP_VARIANTS[variant]):
+        _rank_zero_snapshots(run)
+
+
+def _rank_zero_snapshots(run: Path) -> None:
+    """Images count over both ranks; the files are rank 0's profiles (BatchNorm statistics,
+    per rank, tell the ranks' profiles apart)."""
+    from safetensors.torch import load_file
+
+    from genlab.models.posthoc_ema import read_snapshots
+
+    snapshots = read_snapshots(run / "ema_snapshots")
+    assert [s.images for s in snapshots] == [32, 64, 96, 128]  # 4 batches of 16 on 2 ranks
+    state = load_ckpt(run / "checkpoints" / "last.ckpt")["callbacks"]["PostHocEMA"]
+    stored = load_file(snapshots[-1].path)
+    for average, sigma in zip(state["averages"], state["sigma_rels"], strict=True):
+        for k, v in average.items():
+            assert torch.equal(stored[f"{sigma:.6f}/{k}"], v), k
 
 
 @pytest.mark.slow

@@ -21,8 +21,10 @@ from genlab.callbacks.sample_features import data_key
 from genlab.checkpoints import load_model
 from genlab.config import check_split, instantiate
 from genlab.errors import GenlabError
+from genlab.keys import MAXIMISED
 from genlab.loggers import evaluated_run, finish_evaluation
 from genlab.metrics import file_sha256
+from genlab.models import posthoc_ema as phema
 from genlab.models.vae import VAE
 from genlab.sampling import set_truncation
 from genlab.training import flat_config, prepare_wandb
@@ -101,33 +103,39 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     callbacks = [metrics] if metrics is not None else []
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    pl.seed_everything(cfg.seed, workers=True)
-    results, scored = {}, False
+    profiles, reference = posthoc_profiles(cfg, model)  # fails before anything is scored
+    scores, posthoc, scored = {}, None, False
     try:
         for logger in loggers:
             flat = {**flat_config(cfg), **evaluated}
             logger.log_hyperparams(flat if isinstance(logger, WandbLogger) else {})
-        trainer.validate(model, datamodule=datamodule, verbose=False)
-        results = dict(metrics.results) if metrics is not None else {}
+        if profiles is None:
+            scores = score(cfg, trainer, model, datamodule, metrics)
+        else:
+            rows = []
+            for terms, info in profiles:
+                apply_profile(model, terms, reference)
+                rows.append({**info, "metrics": score(cfg, trainer, model, datamodule, metrics)})
+            posthoc, best = best_profile(rows, cfg.ema.get("best_by"), model)
+            scores = rows[best]["metrics"]
+            if best != len(rows) - 1:  # the model holds the best profile (save_best, W&B grid)
+                apply_profile(model, profiles[best][0], reference)
         scored = True
     finally:
         if loggers and "wandb" in sys.modules:
             import wandb
 
-            if wandb.run is not None:
-                values = {k: float(v) for k, v in trainer.callback_metrics.items()}
-                wandb.run.summary.update({"eval/" + k: v for k, v in {**values, **results}.items()})
+            if wandb.run is not None and scored:
+                wandb.run.summary.update({"eval/" + k: v for k, v in scores.items()})
             if not scored:
                 wandb.finish(exit_code=1)  # else after metrics.json, its artifact logged
-    # the sample metrics come from the callback at full precision; the rest from the val loop
-    logged = metrics.logged_keys() if metrics is not None else set()
-    values = {k: float(v) for k, v in trainer.callback_metrics.items() if k not in logged}
     ckpt = Path(cfg.ckpt_path).expanduser().resolve()
     result = {
         "checkpoint": str(ckpt),
         "checkpoint_sha256": file_sha256(ckpt),
         "model": run_cfg.model._target_,
-        "metrics": {**results, **values},
+        "metrics": scores,
+        **({"posthoc_ema": posthoc} if posthoc else {}),
         "protocol": {
             **(sample_protocol(cfg, metrics, model) if metrics is not None else {}),
             "eval_split": split,  # the split of the val loop: val/nll, val/elbo, val/swd, ...
@@ -140,11 +148,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             "pytorch_lightning": pl.__version__,
         },
     }
-    if metrics is not None and len(metrics.per_seed) > 1:
+    swept = posthoc is not None and "profiles" in posthoc  # per_seed is the last profile's
+    if metrics is not None and len(metrics.per_seed) > 1 and not swept:
         result.update(seed_table(metrics.per_seed, cfg.metrics.seed))
     if trainer.is_global_zero:
         atomic_json(result, out_dir / "metrics.json")
         log.info(f"wrote {out_dir / 'metrics.json'}: {json.dumps(result['metrics'])}")
+        if posthoc and cfg.ema.get("save_best"):
+            save_profile(ckpt, model, posthoc, out_dir / "posthoc_ema.ckpt")
     finish_evaluation(out_dir / "metrics.json", result, metrics, datamodule, model)
     return result
 
@@ -169,8 +180,90 @@ def sample_protocol(cfg: DictConfig, metrics: Any, model: Any) -> dict[str, Any]
         **metrics.reference,  # split and n_real of FID's real images
         "n_fake": metrics.num_samples,
         "sample_seed": cfg.metrics.seed,
-        "sampling_generator": "ema" if getattr(model, "generator_ema", None) else "raw",
+        "sampling_generator": sampling_generator(cfg, model),
         "truncation_psi": cfg.truncation,
         "seeds": len(metrics.per_seed) or 1,
         **({"ppl": metrics.ppl.protocol()} if metrics.ppl is not None else {}),
     }
+
+
+def score(cfg: DictConfig, trainer: pl.Trainer, model: Any, datamodule: Any, metrics: Any) -> dict:
+    """One validation run: the sample metrics (full precision) and the val loop's values."""
+    pl.seed_everything(cfg.seed, workers=True)  # each profile of a sweep sees the same draws
+    trainer.validate(model, datamodule=datamodule, verbose=False)
+    results = dict(metrics.results) if metrics is not None else {}
+    logged = metrics.logged_keys() if metrics is not None else set()
+    values = {k: float(v) for k, v in trainer.callback_metrics.items() if k not in logged}
+    return {**results, **values}
+
+
+def sampling_generator(cfg: DictConfig, model: Any) -> str:
+    """What sampled: a post-hoc EMA profile, the EMA generator or the raw one."""
+    if cfg.get("ema") and (cfg.ema.get("sigma_rel") is not None or cfg.ema.get("sweep")):
+        return "posthoc_ema"
+    return "ema" if getattr(model, "generator_ema", None) else "raw"
+
+
+def posthoc_profiles(cfg: DictConfig, model: Any) -> tuple[list | None, dict | None]:
+    """The (terms, info) of each asked post-hoc EMA profile and the model's sampling state they
+    replace; (None, None) when none is asked. Every profile is checked here, before scoring."""
+    ema = cfg.get("ema") or {}
+    sigmas = [ema.sigma_rel] if ema.get("sigma_rel") is not None else list(ema.get("sweep") or [])
+    if not sigmas:
+        return None, None
+    key = "ema.sigma_rel" if ema.get("sigma_rel") is not None else "ema.sweep"
+    if not hasattr(model, "sampling_state"):
+        raise GenlabError(f"{key}: {type(model).__name__} names no sampling_state to rebuild")
+    run = Path(cfg.ckpt_path).expanduser().resolve().parent.parent
+    folder = Path(ema.get("snapshots") or run / "ema_snapshots").expanduser()
+    snapshots = phema.read_snapshots(folder)
+    name = f"{type(model).__module__}.{type(model).__qualname__}"
+    other = next((s for s in snapshots if s.model != name), None)
+    if other is not None:
+        raise GenlabError(f"ema.snapshots: {other.path} was written by {other.model}, not {name}")
+    profiles = [phema.plan(snapshots, float(s), ema.get("images"), key=key) for s in sigmas]
+    return profiles, phema.sampling_tensors(model)
+
+
+def best_profile(rows: list[dict], best_by: str | None, model: Any) -> tuple[dict, int]:
+    """The sweep's record: its rows, the best marked by ``best_by`` (default: the model's
+    monitor, else its fallback) with its direction."""
+    if len(rows) == 1:
+        return rows[0], 0
+    names = rows[0]["metrics"]
+    monitors = [type(model).default_monitor, type(model).fallback_monitor]
+    candidates = [best_by] if best_by else monitors
+    found = next((k for c in candidates for k in (c, c.removeprefix("val/")) if k in names), None)
+    if found is None:
+        raise GenlabError(f"ema.best_by={best_by}: not among the scores ({', '.join(names)})")
+    sign = -1 if found in MAXIMISED or f"val/{found}" in MAXIMISED else 1
+    best = min(range(len(rows)), key=lambda i: sign * rows[i]["metrics"][found])
+    for i, row in enumerate(rows):
+        row["best"] = i == best
+    return {"best_by": found, "best_sigma_rel": rows[best]["sigma_rel"], "profiles": rows}, best
+
+
+def apply_profile(model: Any, terms: list, reference: dict) -> None:
+    """Rebuild a post-hoc EMA profile from its snapshot ``terms`` and sample through it."""
+    state = phema.reconstruct(terms, reference, "ema.snapshots")
+    if hasattr(model, "load_posthoc"):  # a GAN: into the sampling generator, standing stats
+        model.load_posthoc(state)
+    else:
+        model.load_state_dict(state, strict=False)
+
+
+def save_profile(ckpt: Path, model: Any, posthoc: dict, path: Path) -> None:
+    """The sampling profile as a checkpoint genlab-eval and genlab-sample read (no optimiser,
+    no loop state: it does not resume)."""
+    from genlab.atomic import atomic_torch_save
+    from genlab.checkpoints import read_checkpoint
+
+    if hasattr(model, "sampling_generator"):
+        model.sampling_generator  # noqa: B018 -- standing statistics into the saved buffers
+    saved = read_checkpoint(str(ckpt))
+    keep = ("genlab_config", "hyper_parameters", "pytorch-lightning_version", "epoch")
+    out = {k: saved[k] for k in keep if k in saved}
+    out["state_dict"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    out["posthoc_ema"] = {k: v for k, v in posthoc.items() if k != "profiles"}
+    atomic_torch_save(out, path)
+    log.info(f"wrote {path}: the post-hoc EMA profile sigma_rel={posthoc.get('best_sigma_rel')}")

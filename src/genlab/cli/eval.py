@@ -5,7 +5,7 @@ The scoring lives in ``genlab.evaluation``, imported only once the config is goo
 """
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
 from genlab.checkpoints import require_file
 from genlab.cli.report import report_errors, run_task
@@ -20,6 +20,9 @@ TYPES = {
     "seeds": (int,),
     "truncation": (int, float),
     "metrics.num_samples": (int, type(None)),
+    "ema.sigma_rel": (int, float, type(None)),
+    "ema.images": (int, type(None)),
+    "ema.save_best": (bool,),
 }
 
 
@@ -29,11 +32,23 @@ def task(cfg: DictConfig) -> None:
     if cfg.seeds < 1:
         raise GenlabError(f"seeds={cfg.seeds} must be >= 1 (the number of sample sets scored)")
     check_split(cfg.get("split"))
+    check_posthoc(cfg.get("ema") or {})
     require_file(cfg.ckpt_path)
     quiet_libraries()  # filters on Lightning's loggers, set before it logs anything
     from genlab.evaluation import evaluate
 
     evaluate(cfg)
+
+
+def check_posthoc(ema: DictConfig) -> None:
+    """ema.sigma_rel and ema.sweep: numbers, not both."""
+    sweep = ema.get("sweep") or []
+    if not isinstance(sweep, ListConfig | list) or not all(
+        isinstance(s, int | float) and not isinstance(s, bool) for s in sweep
+    ):
+        raise GenlabError(f"ema.sweep={sweep} must be a list of numbers, e.g. [0.05,0.1]")
+    if sweep and ema.get("sigma_rel") is not None:
+        raise GenlabError("ema.sigma_rel and ema.sweep are exclusive: set one")
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")

@@ -53,27 +53,27 @@ class GeneratorEMA:
             self._standing_stats()
         return self.generator_ema
 
-    @torch.no_grad()
     def _standing_stats(self) -> None:
         """Set the EMA generator's BatchNorm statistics to its own, on fixed noise."""
-        g = self.generator_ema
-        # _BatchNorm: the base of BatchNorm1d/2d/3d and SyncBatchNorm
-        norms = [m for m in g.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        norms = [m for m in norms if m.track_running_stats]
-        momenta, was_training = [m.momentum for m in norms], g.training
-        for m in norms:
-            m.reset_running_stats()
-            m.momentum = None  # a plain average over the batches, not a running one
-        g.train()
-        with seeded(STANDING_SEED, self.device):  # deterministic; training noise untouched
-            for _ in range(STANDING_BATCHES if norms else 0):
-                z = torch.randn(STANDING_BATCH_SIZE, self.latent_dim, device=self.device)
-                n = self.num_classes
-                g(z, torch.randint(n, (len(z),), device=self.device) if n else None)
-        for m, momentum in zip(norms, momenta, strict=True):
-            m.momentum = momentum
-        g.train(was_training)
+        standing_stats(self.generator_ema, self.latent_dim, self.num_classes, self.device)
         self._standing_at = self._ema_updates
+
+    @torch.no_grad()
+    def load_posthoc(self, state: dict[str, torch.Tensor]) -> None:
+        """Sample through ``state`` (``generator.*`` tensors: a post-hoc EMA profile).
+
+        Into the EMA copy when there is one (standing statistics recomputed before use); else
+        into the generator, with standing statistics computed now. Either way the state dict
+        keeps its keys, so a checkpoint written from it loads with the run's config.
+        """
+        named = {k.removeprefix("generator."): v for k, v in state.items()}
+        if self.generator_ema is None:
+            self.generator.load_state_dict(named, strict=False)
+            standing_stats(self.generator, self.latent_dim, self.num_classes, self.device)
+            return
+        self.generator_ema.load_state_dict(named, strict=False)
+        self.hparams.ema_stats = "standing"  # averaged statistics belong to no profile here
+        self._ema_updates += 1  # the standing statistics are stale
 
     @torch.no_grad()
     def _update_ema(self, decay: float | None = None) -> None:
@@ -94,3 +94,23 @@ class GeneratorEMA:
                 ema_b.lerp_(b, 1.0 - decay)
             else:
                 ema_b.copy_(b)  # num_batches_tracked: a count, not a statistic
+
+
+@torch.no_grad()
+def standing_stats(g: nn.Module, latent_dim: int, num_classes: int, device: torch.device) -> None:
+    """Set generator ``g``'s BatchNorm statistics to its own weights', on fixed noise."""
+    # _BatchNorm: the base of BatchNorm1d/2d/3d and SyncBatchNorm
+    norms = [m for m in g.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    norms = [m for m in norms if m.track_running_stats]
+    momenta, was_training = [m.momentum for m in norms], g.training
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a plain average over the batches, not a running one
+    g.train()
+    with seeded(STANDING_SEED, device):  # deterministic; training noise untouched
+        for _ in range(STANDING_BATCHES if norms else 0):
+            z = torch.randn(STANDING_BATCH_SIZE, latent_dim, device=device)
+            g(z, torch.randint(num_classes, (len(z),), device=device) if num_classes else None)
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    g.train(was_training)

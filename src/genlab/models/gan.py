@@ -69,6 +69,7 @@ class GAN(GeneratorEMA, ManualOptimization, pl.LightningModule):
 
     default_monitor = "val/fid"
     fallback_monitor = "val/swd"  # when FID is off (no Inception weights)
+    sampling_state = ("generator.",)  # what post-hoc EMA averages
 
     def __init__(
         self,

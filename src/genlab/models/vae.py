@@ -87,6 +87,7 @@ class VAE(pl.LightningModule):
 
     default_monitor = "val/elbo"
     fallback_monitor = "val/elbo"
+    sampling_state = ("encoder.", "decoder.", "vamp.", "log_std")  # what post-hoc EMA averages
 
     def __init__(
         self,

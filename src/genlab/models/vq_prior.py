@@ -40,6 +40,7 @@ class VQPrior(pl.LightningModule):
 
     default_monitor = "val/prior_nll"
     fallback_monitor = "val/prior_nll"
+    sampling_state = ("prior.",)  # what post-hoc EMA averages; the VQ-VAE is frozen
 
     def __init__(
         self,

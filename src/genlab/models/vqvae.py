@@ -61,6 +61,8 @@ class VQVAE(pl.LightningModule):
 
     default_monitor = "val/mse"
     fallback_monitor = "val/mse"
+    # what post-hoc EMA averages (VQGAN: its discriminator is left out)
+    sampling_state = ("encoder.", "quantizer.", "decoder.", "log_std")
 
     def __init__(
         self,
