@@ -256,3 +256,34 @@ def test_training_refuses_bad_profiles_and_a_mid_run_start(tmp_path):
     cfg = compose_train([*overrides, "callbacks.posthoc_ema.every_n_images=32"], tmp_path / "r")
     with pytest.raises(GenlabError, match="trained without post-hoc EMA"):
         train(cfg)
+
+
+@pytest.mark.parametrize("model", ["vae_vamp", "hvae2", "vqvae", "vqgan", "vq_prior"])
+def test_every_model_snapshots_and_rebuilds_what_it_samples_with(model, tmp_path):
+    """Each model averages its sampling networks (never a discriminator) and takes a profile."""
+    overrides = {
+        "vae_vamp": ["model=vae", "model.prior=vamp", "model.prior_components=4", "model.nll_k=2"],
+        "hvae2": ["model=hvae2", "model.nll_k=2"],
+        "vqvae": ["model=vqvae"],
+        "vqgan": ["model=vqgan", "model.disc_start=0"],
+    }.get(model)
+    if model == "vq_prior":
+        from tests.conftest import train_checkpoint
+
+        vqvae = train_checkpoint(tmp_path, "vqvae", "model=vqvae", "data=synthetic")
+        overrides = ["model=vq_prior", f"model.vqvae_ckpt={vqvae}"]
+    run = tmp_path / "run"
+    every = ["callbacks.posthoc_ema.every_n_images=32", "trainer.max_epochs=1"]
+    objs = posthoc_run(run, *overrides, *every)
+    module = objs["model"]
+    averaged = phema.sampling_tensors(module)
+    assert averaged and not any("discriminator" in k or k.startswith("vqvae.") for k in averaged)
+    snapshots = phema.read_snapshots(run / "ema_snapshots")
+    assert [s.images for s in snapshots] == [32, 64]
+    terms, _ = phema.plan(snapshots, 0.07)
+    before = {k: v.clone() for k, v in averaged.items()}
+    apply_profile(module, terms, averaged)
+    after = phema.sampling_tensors(module)
+    assert any(not torch.equal(before[k], after[k]) for k in after)
+    with torch.no_grad():
+        assert torch.isfinite(module.eval().sample(2)).all()
