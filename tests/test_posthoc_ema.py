@@ -195,6 +195,12 @@ def test_eval_sweep_scores_each_profile_and_saves_the_best(vae_run, run_cli, tmp
     best = int(np.argmax(elbos))
     assert [r["best"] for r in rows] == [i == best for i in range(3)]
     assert result["metrics"] == rows[best]["metrics"]
+    # one profile alone scores as its row of the sweep (the same draws)
+    single = tmp_path / "single"
+    ok(eval_cli(run_cli, ckpt, "metrics=none", "ema.sigma_rel=0.08", f"hydra.run.dir={single}"))
+    alone = json.loads((single / "metrics.json").read_text())
+    assert alone["posthoc_ema"]["sigma_rel"] == 0.08 and "metrics" not in alone["posthoc_ema"]
+    assert alone["metrics"]["val/elbo"] == pytest.approx(elbos[1], rel=1e-6)
     again = tmp_path / "again"
     ok(eval_cli(run_cli, out / "posthoc_ema.ckpt", "metrics=none", f"hydra.run.dir={again}"))
     rescored = json.loads((again / "metrics.json").read_text())["metrics"]["val/elbo"]

@@ -228,8 +228,8 @@ def posthoc_profiles(cfg: DictConfig, model: Any) -> tuple[list | None, dict | N
 def best_profile(rows: list[dict], best_by: str | None, model: Any) -> tuple[dict, int]:
     """The sweep's record: its rows, the best marked by ``best_by`` (default: the model's
     monitor, else its fallback) with its direction."""
-    if len(rows) == 1:
-        return rows[0], 0
+    if len(rows) == 1:  # its numbers are metrics.json's own
+        return {k: v for k, v in rows[0].items() if k != "metrics"}, 0
     names = rows[0]["metrics"]
     monitors = [type(model).default_monitor, type(model).fallback_monitor]
     candidates = [best_by] if best_by else monitors
@@ -266,4 +266,5 @@ def save_profile(ckpt: Path, model: Any, posthoc: dict, path: Path) -> None:
     out["state_dict"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     out["posthoc_ema"] = {k: v for k, v in posthoc.items() if k != "profiles"}
     atomic_torch_save(out, path)
-    log.info(f"wrote {path}: the post-hoc EMA profile sigma_rel={posthoc.get('best_sigma_rel')}")
+    sigma = posthoc.get("best_sigma_rel", posthoc.get("sigma_rel"))
+    log.info(f"wrote {path}: the post-hoc EMA profile sigma_rel={sigma}")
