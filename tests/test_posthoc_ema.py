@@ -214,6 +214,8 @@ def test_bad_posthoc_input_fails_in_one_line_naming_the_key(vae_run, run_cli, tm
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("genlab-eval: error: ema.sigma_rel=0.5"), last
     assert not list((vae_run / "eval").glob("*/metrics.json"))
+    both = eval_cli(run_cli, ckpt, "metrics=none", "ema.sigma_rel=0.1", "ema.sweep=[0.05]")
+    assert "ema.sigma_rel and ema.sweep are exclusive" in both.stderr.strip().splitlines()[-1]
 
     def refused(**ema) -> str:
         cfg = OmegaConf.create({"ckpt_path": str(ckpt), "ema": {"sweep": [], **ema}})
