@@ -7,8 +7,13 @@ import pytorch_lightning as pl
 
 from genlab.callbacks.checkpointing import fit_ends
 from genlab.errors import GenlabError
-from genlab.models.posthoc_ema import PowerEMA, check_sigma, sampling_tensors, snapshot_name
-from genlab.models.posthoc_ema import write_snapshot as write
+from genlab.models.posthoc_ema import (
+    PowerEMA,
+    check_sigma,
+    sampling_tensors,
+    snapshot_name,
+    write_snapshot,
+)
 
 KEY = "callbacks.posthoc_ema"
 
@@ -98,5 +103,5 @@ class PostHocEMA(pl.Callback):
             if trainer.is_global_zero:
                 model = f"{type(pl_module).__module__}.{type(pl_module).__qualname__}"
                 path = self.dir / snapshot_name(self.index)
-                write(path, self.ema, self.images, self.index, model, self.every)
+                write_snapshot(path, self.ema, self.images, self.index, model, self.every)
             self.index += 1

@@ -25,7 +25,7 @@ from genlab.errors import GenlabError
 # gamma = 0: the plain average of everything since the start, the longest power profile
 SIGMA_MAX = math.sqrt(1 / 12)
 # A profile is rebuilt only where the least-squares fit misses it by at most this fraction
-# (relative L2 distance of the profiles): 0.05, 0.10 snapshots every 1/20 of a run fit 0.02-0.25.
+# (relative L2 distance of the profiles): 0.05, 0.10 snapshots every 1/20 of a run fit 0.02-0.26.
 MAX_FIT_ERROR = 0.1
 FORMAT = "genlab-posthoc-ema-1"
 SUFFIX = ".safetensors"
