@@ -205,6 +205,10 @@ def test_eval_sweep_scores_each_profile_and_saves_the_best(vae_run, run_cli, tmp
     ok(eval_cli(run_cli, out / "posthoc_ema.ckpt", "metrics=none", f"hydra.run.dir={again}"))
     rescored = json.loads((again / "metrics.json").read_text())["metrics"]["val/elbo"]
     assert rescored == pytest.approx(elbos[best], rel=1e-6)
+    drawn = tmp_path / "drawn"
+    ok(run_cli("genlab-sample", f"ckpt_path={out / 'posthoc_ema.ckpt'}", "num_samples=4",
+               "reconstructions=false", "device=cpu", f"hydra.run.dir={drawn}"))  # fmt: skip
+    assert (drawn / "samples.png").is_file()
 
 
 def test_bad_posthoc_input_fails_in_one_line_naming_the_key(vae_run, run_cli, tmp_path):
