@@ -217,7 +217,7 @@ def posthoc_profiles(cfg: DictConfig, model: Any) -> tuple[list | None, dict | N
     run = Path(cfg.ckpt_path).expanduser().resolve().parent.parent
     folder = Path(ema.get("snapshots") or run / "ema_snapshots").expanduser()
     snapshots = phema.read_snapshots(folder)
-    name = f"{type(model).__module__}.{type(model).__qualname__}"
+    name = phema.model_name(model)
     other = next((s for s in snapshots if s.model != name), None)
     if other is not None:
         raise GenlabError(f"ema.snapshots: {other.path} was written by {other.model}, not {name}")

@@ -10,6 +10,7 @@ from genlab.errors import GenlabError
 from genlab.models.posthoc_ema import (
     PowerEMA,
     check_sigma,
+    model_name,
     sampling_tensors,
     snapshot_name,
     write_snapshot,
@@ -101,7 +102,7 @@ class PostHocEMA(pl.Callback):
         self.ema.update(sampling_tensors(pl_module), self.images, new)
         if self.images // self.every > before // self.every or fit_ends(trainer):
             if trainer.is_global_zero:
-                model = f"{type(pl_module).__module__}.{type(pl_module).__qualname__}"
                 path = self.dir / snapshot_name(self.index)
+                model = model_name(pl_module)
                 write_snapshot(path, self.ema, self.images, self.index, model, self.every)
             self.index += 1

@@ -93,6 +93,11 @@ def sampling_tensors(model: nn.Module) -> dict[str, Tensor]:
     }
 
 
+def model_name(model: nn.Module) -> str:
+    """The class a snapshot records, and that a rebuild checks it against."""
+    return f"{type(model).__module__}.{type(model).__qualname__}"
+
+
 class PowerEMA:
     """Power-function EMAs of a model's sampling state, one per ``sigma_rels`` entry."""
 
