@@ -6,6 +6,9 @@ Imports torch only inside the functions: entry points check ``ckpt_path`` before
 
 import pickle
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -14,27 +17,98 @@ from omegaconf import DictConfig
 from genlab.config import instantiate
 from genlab.errors import GenlabError
 
-# Every class a checkpoint's saved config may name under an earlier home, and its home today.
-# Checkpoints written by earlier versions load through it (tests/fixtures/v0.1-layout).
-MOVED = {
+# The networks genlab ships (genlab.nets re-exports the first group; the VQ family is addressed
+# by its module, as conf/model/vq*.yaml does)
+NETS = (
+    "BigGANDiscriminator", "BigGANGenerator", "ConvDecoder", "ConvEncoder",
+    "DCGANDiscriminator", "DCGANGenerator", "HierarchicalDecoder", "HierarchicalEncoder",
+    "MLPDiscriminator", "MLPGenerator", "R3GANDiscriminator", "R3GANGenerator",
+    "ResNetDiscriminator", "ResNetGenerator", "StyleGAN2Discriminator", "StyleGAN2Generator",
+)  # fmt: skip
+VQ_NETS = ("GatedPixelCNN", "PatchDiscriminator", "VQDecoder", "VQEncoder", "VectorQuantizer")
+# torch classes a config may swap in: they take numbers and parameters, and run no code of theirs
+OPTIMIZERS = ("Adadelta", "Adagrad", "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "RMSprop", "SGD")
+SCHEDULERS = ("ConstantLR", "CosineAnnealingLR", "ExponentialLR", "LinearLR", "MultiStepLR",
+              "PolynomialLR", "StepLR")  # fmt: skip
+CURRENT = (
+    "genlab.models.gan.GAN", "genlab.models.vae.VAE", "genlab.models.vqvae.VQVAE",
+    "genlab.models.vqgan.VQGAN", "genlab.models.vq_prior.VQPrior", "genlab.data.ImageDataModule",
+    "genlab.callbacks.sample_metrics.SampleMetrics", "genlab.callbacks.images.ImageGrid",
+    "genlab.callbacks.checkpointing.LastCheckpoint",
+    *(f"genlab.nets.{name}" for name in NETS), *(f"genlab.nets.vq.{name}" for name in VQ_NETS),
+    *(f"torch.optim.{name}" for name in OPTIMIZERS),
+    *(f"torch.optim.lr_scheduler.{name}" for name in SCHEDULERS),
+)  # fmt: skip
+# The one table of what a checkpoint's saved config may build: each name a checkpoint may hold,
+# today's or an earlier layout's (tests/fixtures/v0.1-layout), and the class's home today.
+# Anything else is refused before it is imported, unless the user passes trust_checkpoint=true.
+TARGETS = {
+    **{name: name for name in CURRENT},
     "genlab.gan.GAN": "genlab.models.gan.GAN",
     "genlab.vae.VAE": "genlab.models.vae.VAE",
     "genlab.callbacks.ImageGrid": "genlab.callbacks.images.ImageGrid",
     "genlab.callbacks.LastCheckpoint": "genlab.callbacks.checkpointing.LastCheckpoint",
     "genlab.callbacks.SampleMetrics": "genlab.callbacks.sample_metrics.SampleMetrics",
 }
+BUILT = ("model", "data", "metrics")  # the nodes of a saved config that genlab-eval/-sample build
+TRUST_SWITCH = "trust_checkpoint=true"
+_trusted: ContextVar[bool] = ContextVar("genlab_trust_checkpoint", default=False)
+
+
+@contextmanager
+def trusting(trust: bool) -> Iterator[None]:
+    """Within this block, checkpoints loaded (``model.vqvae_ckpt`` too) build any saved target."""
+    token = _trusted.set(bool(trust))
+    try:
+        yield
+    finally:
+        _trusted.reset(token)
 
 
 def current_targets(node: Any) -> Any:
     """A saved config (plain dicts and lists) with each moved ``_target_`` at its home today."""
     if isinstance(node, dict):
         return {
-            k: MOVED.get(v, v) if k == "_target_" and isinstance(v, str) else current_targets(v)
+            k: TARGETS.get(v, v) if k == "_target_" and isinstance(v, str) else current_targets(v)
             for k, v in node.items()
         }
     if isinstance(node, list):
         return [current_targets(v) for v in node]
     return node
+
+
+def leaves(node: Any, key: str) -> Iterator[tuple[str, Any]]:
+    """Every (dotted key, value) under ``node``; list items are ``key[i]``."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from leaves(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from leaves(v, f"{key}[{i}]")
+    else:
+        yield key, node
+
+
+def check_saved_config(config: dict, source: str) -> None:
+    """Refuse, in one line, a saved config that would build anything outside ``TARGETS``.
+
+    Nothing is imported or called first. A resolver (``${oc.env:...}``) is refused too: genlab
+    saves resolved configs, so one in a checkpoint was put there by hand.
+    """
+    for node in BUILT:
+        for key, value in leaves(config.get(node), node):
+            if key.endswith("._target_") and value in TARGETS:
+                continue
+            if key.endswith("._target_"):
+                why = "a class genlab does not build from a checkpoint (it could run code)"
+            elif isinstance(value, str) and "${" in value:
+                why = "an interpolation, which genlab never saves (it could read the environment)"
+            else:
+                continue
+            raise GenlabError(
+                f"{source}: its saved config sets {key}={value}, {why}; "
+                f"pass {TRUST_SWITCH} only if you trust this file"
+            )
 
 
 def require_file(path: str, key: str = "ckpt_path") -> None:
@@ -73,18 +147,26 @@ def read_checkpoint(ckpt_path: str, key: str = "ckpt_path") -> dict:
     return ckpt
 
 
-def load_model(ckpt_path: str, key: str = "ckpt_path") -> tuple[DictConfig, Any]:
+def load_model(
+    ckpt_path: str, key: str = "ckpt_path", trust: bool = False
+) -> tuple[DictConfig, Any]:
     """Rebuild a trained module from a genlab checkpoint: its saved config, then its weights.
 
-    Returns the run's resolved config and the module (on CPU, eval mode).
+    The saved config may build only the classes of ``TARGETS``, unless ``trust`` (or an
+    enclosing ``trusting(True)``) vouches for the file. Returns the run's resolved config and
+    the module (on CPU, eval mode).
     """
     from omegaconf import OmegaConf
 
     ckpt = read_checkpoint(ckpt_path, key)
-    if "genlab_config" not in ckpt:
+    if not isinstance(ckpt.get("genlab_config"), dict):
         raise GenlabError(f"{key}={ckpt_path}: not a genlab checkpoint (no saved run config)")
+    trust = trust or _trusted.get()
+    if not trust:
+        check_saved_config(ckpt["genlab_config"], f"{key}={ckpt_path}")
     cfg = OmegaConf.create(ckpt["genlab_config"])
-    model = instantiate(cfg.model, _convert_="object")
+    with trusting(trust):  # a checkpoint the user vouches for vouches for the ones it names
+        model = instantiate(cfg.model, _convert_="object")
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:

@@ -94,7 +94,7 @@ def check_split(split: str | None) -> None:
 def check_sample(cfg: DictConfig) -> None:
     """Raise GenlabError naming the first genlab-sample value that cannot make a grid."""
     check_types(cfg, {"ckpt_path": (str,), "seed": (int,)} | {k: (int,) for k in SAMPLE_COUNTS})
-    check_types(cfg, {"truncation": (int, float)})
+    check_types(cfg, {"truncation": (int, float), "trust_checkpoint": (bool,)})
     for key, least in SAMPLE_COUNTS.items():
         value = OmegaConf.select(cfg, key)
         if value < least:

@@ -77,7 +77,7 @@ def score_split(datamodule: Any, split: str) -> int:
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Score ``cfg.ckpt_path``; returns what metrics.json holds (written by rank 0)."""
     check_split(cfg.get("split"))
-    run_cfg, model = load_model(cfg.ckpt_path)
+    run_cfg, model = load_model(cfg.ckpt_path, trust=cfg.trust_checkpoint)
     if cfg.truncation != 1:
         set_truncation(model, cfg.truncation)
     is_vae = isinstance(model, VAE)

@@ -132,7 +132,7 @@ def pick_device(name: str) -> torch.device:
 def sample(cfg: DictConfig) -> list[Path]:
     """Write every grid for ``cfg.ckpt_path`` into ``cfg.output_dir``; returns the PNG paths."""
     check_sample(cfg)
-    run_cfg, model = load_model(cfg.ckpt_path)
+    run_cfg, model = load_model(cfg.ckpt_path, trust=cfg.trust_checkpoint)
     if cfg.truncation != 1:
         set_truncation(model, cfg.truncation)
         log.info(f"truncation psi={cfg.truncation}")

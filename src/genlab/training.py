@@ -31,7 +31,7 @@ from genlab.callbacks.checkpointing import (
 from genlab.callbacks.precision import GANMixedPrecision
 from genlab.callbacks.sample_metrics import SampleMetrics
 from genlab.callbacks.speed import FastPath
-from genlab.checkpoints import check_checkpoint
+from genlab.checkpoints import check_checkpoint, trusting
 from genlab.config import instantiate
 from genlab.errors import GenlabError
 from genlab.keys import MAXIMISED
@@ -216,7 +216,8 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     # silent: Lightning's "Seed set" line would come before the errors found while building
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
-    model = instantiate(cfg.model, _convert_="object")
+    with trusting(cfg.trust_checkpoint):  # model.vqvae_ckpt
+        model = instantiate(cfg.model, _convert_="object")
     check_shapes(model, datamodule)
     metrics = build_metrics(cfg)
     metric, mode = monitor_of(cfg, model, metrics)

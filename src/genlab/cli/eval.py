@@ -15,6 +15,7 @@ from genlab.errors import GenlabError
 
 TYPES = {
     "ckpt_path": (str,),
+    "trust_checkpoint": (bool,),
     "seed": (int,),
     "nll_k": (int,),
     "seeds": (int,),

@@ -18,6 +18,7 @@ TYPES = {
     "seed": (int,),
     "ckpt_path": (str, NONE),
     "auto_resume": (bool, NONE),
+    "trust_checkpoint": (bool,),
     "optimized_metric": (str, NONE),
     "trainer.max_epochs": (int, NONE),
     "trainer.max_steps": (int, NONE),

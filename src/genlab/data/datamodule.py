@@ -292,5 +292,5 @@ class ImageDataModule(pl.LightningDataModule):
 
     def prepared_split(self, split: str) -> PreparedImages:
         """One split of data.path, memory-mapped."""
-        labels = torch.from_numpy(np.load(self.path / f"{split}_labels.npy"))
+        labels = torch.from_numpy(np.load(self.path / f"{split}_labels.npy", allow_pickle=False))
         return PreparedImages(self.path / f"{split}.npy", labels)

@@ -85,7 +85,7 @@ class PreparedImages(Dataset):
     @property
     def images(self) -> np.ndarray:
         if self._images is None:  # opened lazily, so a pickled copy maps the file afresh
-            self._images = np.load(self.file, mmap_mode="r")
+            self._images = np.load(self.file, mmap_mode="r", allow_pickle=False)
         return self._images
 
     def __getstate__(self) -> dict:

@@ -198,6 +198,13 @@ def read_state(path: Path) -> dict[str, Tensor]:
         with zipfile.ZipFile(path) as z:
             scripted = any(name.endswith("constants.pkl") for name in z.namelist())
         if scripted:  # OpenAI ships ViT-L-14-336px.pt as a TorchScript module (fp16)
+            # torch.jit.load can run code: only the file OpenAI published is opened this way
+            if file_sha256(path) != OPENAI_L14_336_SHA256:
+                raise MetricsUnavailable(
+                    f"metrics.clip_weights: {path} is a TorchScript archive, which can run code "
+                    "on load, and not OpenAI's ViT-L-14-336px.pt: pass safetensors, open_clip "
+                    "or Hugging Face weights"
+                )
             return torch.jit.load(str(path), map_location="cpu").state_dict()
     return torch.load(path, map_location="cpu", weights_only=True)
 

@@ -1,6 +1,8 @@
 """What every backbone shares: the one uint8 conversion, the resize modes, file hashes, numerics."""
 
 import hashlib
+import pickle
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -60,6 +62,24 @@ def check_sha256(path: Path, sha256: str, expected: str | None, key: str) -> Non
             f"{path}: sha256 {sha256[:16]}... is not the published {str(expected)[:16]}... "
             f"(metrics.{key}; null turns the check off)"
         )
+
+
+def reject_pickled_code(path: Path, key: str) -> None:
+    """One-line error for a weights file that holds pickled code, before a library unpickles it.
+
+    Some loaders (torch-fidelity's Inception) call ``torch.load(weights_only=False)``: opened
+    first with ``weights_only=True``, a file that would run code on load never reaches them.
+    """
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"GLOBAL (\S+)", str(err))
+        what = f" ({found.group(1)})" if found else ""
+        raise MetricsUnavailable(
+            f"metrics.{key}: {path} holds pickled code{what}, which would run on load"
+        ) from None
+    except Exception:  # not a torch file at all: the library's own load says what is wrong
+        pass
 
 
 def local_file(path: str | None, key: str) -> Path:

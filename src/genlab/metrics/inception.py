@@ -15,6 +15,7 @@ from genlab.metrics.features import (
     check_sha256,
     clean_resize,
     file_sha256,
+    reject_pickled_code,
 )
 
 POOL = "pool"
@@ -52,6 +53,7 @@ def resolve_weights(inception_weights: str | None, download: bool) -> Path:
 
 def build_inception(path: Path) -> NoTrainInceptionV3:
     """torch-fidelity's InceptionV3 giving pool features and unbiased logits, TF1 resize."""
+    reject_pickled_code(path, "inception_weights")  # torch-fidelity loads with weights_only=False
     try:
         # antialias=False selects torch-fidelity's TF1 bilinear resize; torchmetrics >= 1.8
         # defaults to torch's antialiased resize, which is not the published FID protocol.
