@@ -14,7 +14,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from genlab.config import instantiate
+from genlab.config import HUB_ID, instantiate
 from genlab.errors import GenlabError
 
 # The networks genlab ships (genlab.nets re-exports the first group; the VQ family is addressed
@@ -50,6 +50,11 @@ TARGETS = {
     "genlab.callbacks.LastCheckpoint": "genlab.callbacks.checkpointing.LastCheckpoint",
     "genlab.callbacks.SampleMetrics": "genlab.callbacks.sample_metrics.SampleMetrics",
 }
+# genlab-export's folder, in the Hugging Face Hub layout; hf://org/name[@revision] names one there
+EXPORT_WEIGHTS, EXPORT_CONFIG = "model.safetensors", "config.yaml"
+HUB_SCHEME = "hf://"
+# state a sampling model does not need: the discriminators, and the raw G beside its EMA copy
+TRAINING_ONLY = ("discriminator.",)
 BUILT = ("model", "data", "metrics")  # the nodes of a saved config that genlab-eval/-sample build
 TRUST_SWITCH = "trust_checkpoint=true"
 _trusted: ContextVar[bool] = ContextVar("genlab_trust_checkpoint", default=False)
@@ -111,10 +116,62 @@ def check_saved_config(config: dict, source: str) -> None:
             )
 
 
+def hub_id(spec: str, key: str = "ckpt_path") -> tuple[str, str | None] | None:
+    """``hf://org/name[@revision]`` -> (``org/name``, revision); None for a local path."""
+    if not spec.startswith(HUB_SCHEME):
+        return None
+    found = HUB_ID.fullmatch(spec[len(HUB_SCHEME) :])
+    if found is None:
+        raise GenlabError(f"{key}={spec}: not a Hub id (hf://org/name or hf://org/name@revision)")
+    return found["repo"], found["revision"]
+
+
 def require_file(path: str, key: str = "ckpt_path") -> None:
-    """A missing checkpoint fails in one line, checked before torch is imported."""
+    """A missing checkpoint file fails in one line, checked before torch is imported."""
     if not Path(path).is_file():
         raise GenlabError(f"{key}={path}: no such checkpoint file")
+
+
+def require_checkpoint(path: str, key: str = "ckpt_path") -> None:
+    """A missing checkpoint fails in one line, checked before torch is imported.
+
+    ``path`` is a checkpoint file, a ``genlab-export`` folder or ``hf://org/name[@revision]``.
+    """
+    if hub_id(path, key) is not None:
+        return
+    folder = Path(path).expanduser()
+    if folder.is_dir() and not (folder / EXPORT_WEIGHTS).is_file():
+        raise GenlabError(f"{key}={path}: a folder without {EXPORT_WEIGHTS} (not genlab-export's)")
+    if not folder.exists():
+        raise GenlabError(f"{key}={path}: no such checkpoint file")
+
+
+def local_checkpoint(path: str, key: str = "ckpt_path") -> Path:
+    """The file or export folder ``path`` names; a Hub id through huggingface_hub's cache
+    (downloaded when online, read from the cache under ``HF_HUB_OFFLINE=1``)."""
+    found = hub_id(path, key)
+    if found is None:
+        require_checkpoint(path, key)
+        return Path(path).expanduser()
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise GenlabError(
+            f"{key}={path}: needs huggingface_hub (pip install genlab[hub])"
+        ) from None
+    repo, revision = found
+    try:
+        return Path(snapshot_download(repo, revision=revision))
+    except Exception as e:  # offline and not cached, unknown repo, no such revision
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise GenlabError(
+            f"{key}={path}: not in the Hub cache and not downloadable ({reason})"
+        ) from None
+
+
+def weights_file(path: Path) -> Path:
+    """The file holding a checkpoint's weights: the file itself, or an export's safetensors."""
+    return path / EXPORT_WEIGHTS if path.is_dir() else path
 
 
 def read_checkpoint(ckpt_path: str, key: str = "ckpt_path") -> dict:
@@ -158,7 +215,8 @@ def load_model(
     """
     from omegaconf import OmegaConf
 
-    ckpt = read_checkpoint(ckpt_path, key)
+    path = local_checkpoint(str(ckpt_path), key)
+    ckpt = read_export(path, ckpt_path, key) if path.is_dir() else read_checkpoint(str(path), key)
     if not isinstance(ckpt.get("genlab_config"), dict):
         raise GenlabError(f"{key}={ckpt_path}: not a genlab checkpoint (no saved run config)")
     trust = trust or _trusted.get()
@@ -168,12 +226,50 @@ def load_model(
     with trusting(trust):  # a checkpoint the user vouches for vouches for the ones it names
         model = instantiate(cfg.model, _convert_="object")
     try:
-        model.load_state_dict(ckpt["state_dict"])
+        if path.is_dir():
+            load_exported(model, ckpt["state_dict"])
+        else:
+            model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:
         first = str(e).splitlines()[0]
         msg = f"{key}={ckpt_path}: weights do not fit the saved model config ({first})"
         raise GenlabError(msg) from None
     return cfg, model.eval()
+
+
+def exported_state(model: Any) -> dict:
+    """The state a model samples with: all of it but ``TRAINING_ONLY`` (and the raw generator
+    when an EMA copy samples), contiguous for safetensors."""
+    state = model.state_dict()
+    drop = TRAINING_ONLY + (
+        ("generator.",) if "generator_ema" in dict(model.named_children()) else ()
+    )
+    return {k: v.contiguous() for k, v in state.items() if not k.startswith(drop)}
+
+
+def load_exported(model: Any, state: dict) -> None:
+    """Load an export's state: every key ``exported_state`` keeps must be there, and fit."""
+    expected = exported_state(model)
+    missing = sorted(set(expected) - set(state))
+    if missing or set(state) - set(expected):
+        first = (missing or sorted(set(state) - set(expected)))[0]
+        raise RuntimeError(f"the exported weights do not match the config at {first}")
+    model.load_state_dict(state, strict=False)
+
+
+def read_export(folder: Path, spec: str, key: str) -> dict:
+    """A genlab-export folder as a checkpoint dict: its config and its safetensors weights."""
+    import yaml
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        config = yaml.safe_load((folder / EXPORT_CONFIG).read_text())
+        state = load_file(str(folder / EXPORT_WEIGHTS))
+    except (OSError, yaml.YAMLError, SafetensorError) as e:
+        reason = type(e).__name__
+        raise GenlabError(f"{key}={spec}: not a readable genlab export ({reason})") from None
+    return {"genlab_config": current_targets(config), "state_dict": state}
 
 
 def check_checkpoint(ckpt_path: str, model: Any, key: str = "ckpt_path") -> dict:

@@ -1,6 +1,7 @@
 """The shipped configs: where they live, the resolvers they use, instantiation, and the checks of
 their values that need no torch (entry points run them before anything heavy loads)."""
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from genlab.errors import GenlabError, check_type
 
+# a Hugging Face Hub repo id (org/name), with an optional @revision after it
+HUB_ID = re.compile(r"(?P<repo>[\w][\w.-]*/[\w][\w.-]*)(?:@(?P<revision>[\w][\w./-]*))?")
 SPLITS = ("train", "val", "test")  # genlab-eval split=
 DEVICES = ("auto", "cpu", "cuda")  # genlab-sample device=
 # genlab-sample: each count and the least value that still makes a grid
@@ -37,8 +40,12 @@ def packed_channels(channels: int, pack: Any) -> int:
 
 
 def run_dir_of(ckpt: str) -> str:
-    """The run a checkpoint belongs to: RUN/checkpoints/x.ckpt -> RUN (genlab-eval writes there)."""
-    return str(Path(ckpt).expanduser().resolve().parent.parent)
+    """Where genlab-eval writes: RUN for RUN/checkpoints/x.ckpt, the folder of a genlab-export,
+    outputs/hub/ORG/NAME for hf://ORG/NAME[@revision]."""
+    if ckpt.startswith("hf://"):
+        return str(Path("outputs", "hub", *ckpt[len("hf://") :].split("@")[0].split("/")))
+    path = Path(ckpt).expanduser().resolve()
+    return str(path if path.is_dir() else path.parent.parent)
 
 
 # registered at import, before any entry point or test composes a config
@@ -101,6 +108,16 @@ def check_sample(cfg: DictConfig) -> None:
             raise GenlabError(f"{key}={value} must be >= {least}")
     if cfg.device not in DEVICES:
         raise GenlabError(f"device={cfg.device!r} is not one of {', '.join(DEVICES)}")
+
+
+def check_export(cfg: DictConfig) -> None:
+    """genlab-export's values that need no torch: out set, push_to a Hub id."""
+    if not cfg.get("out"):
+        raise GenlabError("out is not set: genlab-export ckpt_path=... out=DIR")
+    repo = cfg.get("push_to")
+    if repo is not None and (not isinstance(repo, str) or HUB_ID.fullmatch(repo) is None
+                             or "@" in repo):  # fmt: skip
+        raise GenlabError(f"push_to={repo}: not a Hub repo id (org/name)")
 
 
 def check_prepare(cfg: DictConfig) -> None:

@@ -18,7 +18,7 @@ from pytorch_lightning.loggers import WandbLogger
 import genlab
 from genlab.atomic import atomic_json
 from genlab.callbacks.sample_features import data_key
-from genlab.checkpoints import load_model
+from genlab.checkpoints import load_model, local_checkpoint, weights_file
 from genlab.config import check_split, instantiate
 from genlab.errors import GenlabError
 from genlab.keys import MAXIMISED
@@ -129,7 +129,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                 wandb.run.summary.update({"eval/" + k: v for k, v in scores.items()})
             if not scored:
                 wandb.finish(exit_code=1)  # else after metrics.json, its artifact logged
-    ckpt = Path(cfg.ckpt_path).expanduser().resolve()
+    ckpt = weights_file(local_checkpoint(cfg.ckpt_path)).resolve()  # a file, an export's weights
     result = {
         "checkpoint": str(ckpt),
         "checkpoint_sha256": file_sha256(ckpt),

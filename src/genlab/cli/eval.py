@@ -7,7 +7,7 @@ The scoring lives in ``genlab.evaluation``, imported only once the config is goo
 import hydra
 from omegaconf import DictConfig, ListConfig
 
-from genlab.checkpoints import require_file
+from genlab.checkpoints import require_checkpoint
 from genlab.cli.report import report_errors, run_task
 from genlab.config import CONFIG_DIR, check_split, check_types
 from genlab.console import quiet_libraries
@@ -34,7 +34,7 @@ def task(cfg: DictConfig) -> None:
         raise GenlabError(f"seeds={cfg.seeds} must be >= 1 (the number of sample sets scored)")
     check_split(cfg.get("split"))
     check_posthoc(cfg.get("ema") or {})
-    require_file(cfg.ckpt_path)
+    require_checkpoint(cfg.ckpt_path)
     quiet_libraries()  # filters on Lightning's loggers, set before it logs anything
     from genlab.evaluation import evaluate
 
