@@ -36,32 +36,6 @@ MODELS = {
 }
 
 
-def samples(model, truncation: float = 1.0) -> torch.Tensor:
-    if truncation != 1:
-        set_truncation(model, truncation)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        return model.sample(4)
-
-
-@pytest.mark.parametrize("name", MODELS)
-def test_an_export_samples_what_its_checkpoint_samples(tmp_path, name):
-    ckpt = train_checkpoint(tmp_path, name, "metrics=none", *MODELS[name])
-    out = write_export(str(ckpt), tmp_path / "export")
-    psi = 0.7 if name == "stylegan2" else 1.0  # StyleGAN2 with truncation
-    expected = samples(load_model(str(ckpt))[1], psi)
-    assert torch.equal(samples(genlab.load(str(out)), psi), expected)
-    state = load_file(str(out / "model.safetensors"))
-    assert not any(k.startswith("discriminator.") for k in state)  # only what samples
-    if name == "dcgan_ema":  # the EMA generator samples; the raw one stays behind
-        assert any(k.startswith("generator_ema.") for k in state)
-        assert not any(k.startswith("generator.") for k in state)
-    if name in ("vae", "vqvae"):
-        x = torch.rand(2, *expected.shape[1:]) * 2 - 1
-        model, exported = load_model(str(ckpt))[1], genlab.load(str(out))
-        assert torch.equal(exported.reconstruct(x), model.reconstruct(x))
-
-
 def hub_cache(folder: Path, cache: Path, repo: str) -> None:
     """huggingface_hub's cache layout holding ``folder`` as ``repo``'s main revision."""
     commit = "0" * 40
@@ -81,6 +55,50 @@ def offline_hub(tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     return cache
+
+
+def test_a_vq_prior_exports_with_its_vqvae(tmp_path, offline_hub):
+    vq = ["data=synthetic", "data.image_size=16", "metrics=none"]
+    vqvae = train_checkpoint(tmp_path, "vqvae", "model=vqvae", *vq)
+    ckpt = train_checkpoint(tmp_path, "prior", "model=vq_prior", f"model.vqvae_ckpt={vqvae}", *vq)
+    out = write_export(str(ckpt), tmp_path / "export")
+    expected = samples(load_model(str(ckpt))[1])
+    vqvae.unlink()  # the folder carries the VQ-VAE (out/vqvae): it opens without the original
+    assert sorted(p.name for p in (out / "vqvae").iterdir()) == ["config.yaml", "model.safetensors"]
+    exported = genlab.load(str(out))
+    assert torch.equal(samples(exported), expected)
+    hub_cache(out, offline_hub, "lab/prior")
+    assert torch.equal(samples(genlab.load("hf://lab/prior")), expected)
+    x = torch.rand(2, *expected.shape[1:]) * 2 - 1
+    assert torch.equal(exported.reconstruct(x), exported.vqvae.reconstruct(x))
+
+
+def samples(model, truncation: float = 1.0) -> torch.Tensor:
+    if truncation != 1:
+        set_truncation(model, truncation)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        return model.sample(4)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_an_export_samples_what_its_checkpoint_samples(tmp_path, offline_hub, name):
+    ckpt = train_checkpoint(tmp_path, name, "metrics=none", *MODELS[name])
+    out = write_export(str(ckpt), tmp_path / "export")
+    psi = 0.7 if name == "stylegan2" else 1.0  # StyleGAN2 with truncation
+    expected = samples(load_model(str(ckpt))[1], psi)
+    assert torch.equal(samples(genlab.load(str(out)), psi), expected)
+    hub_cache(out, offline_hub, f"lab/{name}")
+    assert torch.equal(samples(genlab.load(f"hf://lab/{name}"), psi), expected)
+    state = load_file(str(out / "model.safetensors"))
+    assert not any(k.startswith("discriminator.") for k in state)  # only what samples
+    if name == "dcgan_ema":  # the EMA generator samples; the raw one stays behind
+        assert any(k.startswith("generator_ema.") for k in state)
+        assert not any(k.startswith("generator.") for k in state)
+    if name in ("vae", "vqvae"):
+        x = torch.rand(2, *expected.shape[1:]) * 2 - 1
+        model, exported = load_model(str(ckpt))[1], genlab.load(str(out))
+        assert torch.equal(exported.reconstruct(x), model.reconstruct(x))
 
 
 def test_a_hub_id_loads_from_the_offline_cache(tmp_path, offline_hub, no_network):
@@ -122,13 +140,23 @@ def png(path: Path) -> np.ndarray:
 def test_export_through_the_cli_with_card_and_bad_input(run_cli, tmp_path):
     from huggingface_hub import ModelCard
 
+    from tests.test_sweeps import wandb_records
+
     run = tmp_path / "run"
     ok(run_cli("genlab-train", *TINY, "model=vae", f"hydra.run.dir={run}"))
     ckpt = run / "checkpoints" / "last.ckpt"
     ok(run_cli("genlab-eval", f"ckpt_path={ckpt}", "metrics=none", "nll_k=2"))
     (scored,) = run.glob("eval/*/metrics.json")
     out = tmp_path / "export"
-    ok(run_cli("genlab-export", f"ckpt_path={ckpt}", f"out={out}", "push_to=lab/tiny-vae"))
+    ok(run_cli("genlab-export", f"ckpt_path={ckpt}", f"out={out}", "push_to=lab/tiny-vae",
+               "logger=wandb", f"hydra.run.dir={tmp_path}/log"))  # fmt: skip
+    # the folder, also as a W&B model artifact of an offline run (job_type export)
+    records = wandb_records(tmp_path / "log")
+    (artifact,) = (r["artifact"] for r in records if r["type"] == "artifact")
+    assert artifact["type"] == "model" and artifact["name"] == "export"
+    files = sorted(c["path"] for c in artifact["manifest"]["contents"])
+    assert files == ["README.md", "config.yaml", "model.safetensors", "samples.png"]
+    assert next(r["run"] for r in records if r["type"] == "run")["job_type"] == "export"
     assert sorted(p.name for p in out.iterdir()) == [
         "README.md", "config.yaml", "model.safetensors", "samples.png"
     ]  # fmt: skip
@@ -146,6 +174,10 @@ def test_export_through_the_cli_with_card_and_bad_input(run_cli, tmp_path):
     ok(run_cli("genlab-sample", f"ckpt_path={out}", "num_samples=64", "reconstructions=false",
                f"hydra.run.dir={tmp_path}/s"))  # fmt: skip
     assert np.array_equal(png(tmp_path / "s" / "samples.png"), png(out / "samples.png"))
+    # genlab-eval of the folder writes into it and scores what the checkpoint scored
+    ok(run_cli("genlab-eval", f"ckpt_path={out}", "metrics=none", "nll_k=2"))
+    (again,) = out.glob("eval/*/metrics.json")
+    assert json.loads(again.read_text())["metrics"] == numbers
     # bad input: one line naming the key, exit 2, the export untouched
     before = (out / "model.safetensors").read_bytes()
     foreign = tmp_path / "foreign.ckpt"

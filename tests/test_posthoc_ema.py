@@ -209,6 +209,18 @@ def test_eval_sweep_scores_each_profile_and_saves_the_best(vae_run, run_cli, tmp
     ok(run_cli("genlab-sample", f"ckpt_path={out / 'posthoc_ema.ckpt'}", "num_samples=4",
                "reconstructions=false", "device=cpu", f"hydra.run.dir={drawn}"))  # fmt: skip
     assert (drawn / "samples.png").is_file()
+    # genlab-export carries the profile and the numbers it scored
+    from genlab.checkpoints import load_model
+    from genlab.exporting import write_export
+
+    exported = write_export(str(out / "posthoc_ema.ckpt"), tmp_path / "export")
+    card = (exported / "README.md").read_text()
+    assert f"post-hoc EMA profile sigma_rel={rows[best]['sigma_rel']}" in card
+    assert f"| val/elbo | {elbos[best]:.6g} |" in card
+    torch.manual_seed(0)
+    expected = load_model(str(out / "posthoc_ema.ckpt"))[1].sample(4)
+    torch.manual_seed(0)
+    assert torch.equal(load_model(str(exported))[1].sample(4), expected)
 
 
 def test_bad_posthoc_input_fails_in_one_line_naming_the_key(vae_run, run_cli, tmp_path):

@@ -53,8 +53,9 @@ TARGETS = {
 # genlab-export's folder, in the Hugging Face Hub layout; hf://org/name[@revision] names one there
 EXPORT_WEIGHTS, EXPORT_CONFIG = "model.safetensors", "config.yaml"
 HUB_SCHEME = "hf://"
-# state a sampling model does not need: the discriminators, and the raw G beside its EMA copy
-TRAINING_ONLY = ("discriminator.",)
+# A VQ prior's export holds its VQ-VAE's export in this subfolder; its config's
+# model.vqvae_ckpt names it
+VQVAE_FOLDER = "vqvae"
 BUILT = ("model", "data", "metrics")  # the nodes of a saved config that genlab-eval/-sample build
 TRUST_SWITCH = "trust_checkpoint=true"
 _trusted: ContextVar[bool] = ContextVar("genlab_trust_checkpoint", default=False)
@@ -238,13 +239,14 @@ def load_model(
 
 
 def exported_state(model: Any) -> dict:
-    """The state a model samples with: all of it but ``TRAINING_ONLY`` (and the raw generator
-    when an EMA copy samples), contiguous for safetensors."""
-    state = model.state_dict()
-    drop = TRAINING_ONLY + (
-        ("generator.",) if "generator_ema" in dict(model.named_children()) else ()
-    )
-    return {k: v.contiguous() for k, v in state.items() if not k.startswith(drop)}
+    """The state a model samples with, contiguous for safetensors: all of it but the
+    discriminators, and but the raw generator when an EMA copy samples."""
+    raw = ("generator.",) if "generator_ema" in dict(model.named_children()) else ()
+    return {
+        k: v.contiguous()
+        for k, v in model.state_dict().items()
+        if "discriminator" not in k.split(".") and not k.startswith(raw)
+    }
 
 
 def load_exported(model: Any, state: dict) -> None:
@@ -269,6 +271,9 @@ def read_export(folder: Path, spec: str, key: str) -> dict:
     except (OSError, yaml.YAMLError, SafetensorError) as e:
         reason = type(e).__name__
         raise GenlabError(f"{key}={spec}: not a readable genlab export ({reason})") from None
+    model = config.get("model") if isinstance(config, dict) else None
+    if isinstance(model, dict) and model.get("vqvae_ckpt") == VQVAE_FOLDER:
+        model["vqvae_ckpt"] = str(folder / VQVAE_FOLDER)  # a VQ prior's bundled VQ-VAE
     return {"genlab_config": current_targets(config), "state_dict": state}
 
 

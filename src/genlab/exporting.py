@@ -16,17 +16,19 @@ from typing import Any
 
 import torch
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from genlab.callbacks.images import grid_uint8, save_png
 from genlab.checkpoints import (
     EXPORT_CONFIG,
     EXPORT_WEIGHTS,
+    VQVAE_FOLDER,
     exported_state,
     load_model,
     local_checkpoint,
+    read_checkpoint,
 )
-from genlab.config import check_export
+from genlab.config import check_export, instantiate
 from genlab.errors import GenlabError
 from genlab.redact import redact, redact_argv
 
@@ -62,22 +64,31 @@ def model_family(config: dict) -> tuple[str, str]:
     return paper, "gan" if name == "GAN" else "vae"
 
 
-def newest_eval(run: Path) -> tuple[dict | None, Path | None]:
-    """The newest ``RUN/eval/*/metrics.json`` and its folder, or (None, None)."""
+def numbers_of(ckpt: Path) -> tuple[dict | None, Path | None, Path]:
+    """(metrics.json, its folder, the training run) of a checkpoint.
+
+    A post-hoc EMA profile (``posthoc_ema.ckpt``) has its numbers beside it and names the run's
+    checkpoint it came from; a run's checkpoint has the newest ``RUN/eval/*/metrics.json``.
+    """
+    beside = ckpt.parent / "metrics.json"
+    if beside.is_file():
+        metrics = json.loads(beside.read_text())
+        return metrics, ckpt.parent, Path(metrics["checkpoint"]).parent.parent
+    run = ckpt.parent.parent
     found = sorted(run.glob("eval/*/metrics.json"))
     if not found:
-        return None, None
-    return json.loads(found[-1].read_text()), found[-1].parent
+        return None, None, run
+    return json.loads(found[-1].read_text()), found[-1].parent, run
 
 
-def command_of(folder: Path | None, tool: str, where: str) -> str | None:
+def command_of(folder: Path | None, tool: str, where: str | None) -> str | None:
     """The command line Hydra recorded in ``folder/.hydra/overrides.yaml``, redacted, with the
-    checkpoint it read named as a reader finds it (``where``)."""
+    checkpoint it read named as a reader finds it (``where``; None keeps it)."""
     if folder is None or not (folder / ".hydra" / "overrides.yaml").is_file():
         return None
     overrides = yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text()) or []
     overrides = [
-        f"ckpt_path={where}" if o.startswith("ckpt_path=") else o
+        f"ckpt_path={where}" if where and o.startswith("ckpt_path=") else o
         for o in redact_argv(list(overrides))
         if not o.startswith("hydra.run.dir=")
     ]
@@ -129,6 +140,11 @@ def card(
         "## Evaluation",
         "",
     ]
+    posthoc = (metrics or {}).get("posthoc_ema") or {}
+    sigma = posthoc.get("best_sigma_rel", posthoc.get("sigma_rel"))
+    if sigma is not None:
+        lines += [f"The weights are the post-hoc EMA profile sigma_rel={sigma} (Karras et al. "
+                  "2024), rebuilt from the run's snapshots.", ""]  # fmt: skip
     if scores:
         lines += ["| metric | value |", "|---|---|"]
         lines += [f"| {k} | {v:.6g} |" if isinstance(v, float) else f"| {k} | {v} |"
@@ -145,6 +161,15 @@ def card(
     return "\n".join(lines) + "\n"
 
 
+def write_weights(folder: Path, state: dict, config: dict) -> None:
+    """``model.safetensors`` and ``config.yaml`` into ``folder``."""
+    from safetensors.torch import save_file
+
+    metadata = {"format": "genlab-export-1", "model": config["model"]["_target_"]}
+    save_file(state, str(folder / EXPORT_WEIGHTS), metadata=metadata)
+    (folder / EXPORT_CONFIG).write_text(yaml.safe_dump(config, sort_keys=False))
+
+
 def write_export(
     ckpt_path: str, out: Path, trust: bool = False, push_to: str | None = None
 ) -> Path:
@@ -152,22 +177,19 @@ def write_export(
 
     The card names the model by ``hf://push_to`` when given, else by the folder ``out``.
     """
-    from safetensors.torch import save_file
-
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise GenlabError(f"out={out}: exists and is not empty (genlab-export writes a new folder)")
     source = local_checkpoint(ckpt_path)
     if source.is_dir():
         raise GenlabError(f"ckpt_path={ckpt_path}: already an export; copy the folder instead")
     run_cfg, model = load_model(ckpt_path, trust=trust)
-    if run_cfg.model._target_.endswith(".VQPrior"):
-        raise GenlabError(
-            f"ckpt_path={ckpt_path}: a VQ prior does not export yet (its VQ-VAE is another "
-            "checkpoint, model.vqvae_ckpt); share both checkpoints instead"
-        )
     config = redact(OmegaConf.to_container(run_cfg, resolve=True))
-    run = source.expanduser().resolve().parent.parent
-    metrics, eval_dir = newest_eval(run)
+    inner = None  # a VQ prior carries its VQ-VAE: (its config, its state)
+    if hasattr(model, "vqvae"):
+        saved = read_checkpoint(config["model"]["vqvae_ckpt"], "model.vqvae_ckpt")
+        inner = redact(saved["genlab_config"]), exported_state(model.vqvae)
+        config["model"]["vqvae_ckpt"] = VQVAE_FOLDER
+    metrics, eval_dir, run = numbers_of(source.expanduser().resolve())
     torch.manual_seed(0)
     with torch.no_grad():
         images = model.sample(GRID)
@@ -175,14 +197,16 @@ def write_export(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        save_file(state, str(tmp / EXPORT_WEIGHTS), metadata={"format": "genlab-export-1",
-                  "model": config["model"]["_target_"]})  # fmt: skip
-        (tmp / EXPORT_CONFIG).write_text(yaml.safe_dump(config, sort_keys=False))
+        write_weights(tmp, state, config)
+        if inner is not None:
+            (tmp / VQVAE_FOLDER).mkdir()
+            write_weights(tmp / VQVAE_FOLDER, inner[1], inner[0])
         save_png(grid_uint8(images), tmp / SAMPLES)
         where = f"hf://{push_to}" if push_to else str(out)
+        posthoc = (metrics or {}).get("posthoc_ema")  # scored from the run's snapshots
         commands = (
             command_of(run, "genlab-train", where),
-            command_of(eval_dir, "genlab-eval", where),
+            command_of(eval_dir, "genlab-eval", None if posthoc else where),
         )
         text = card(config, model.num_classes, metrics, commands, where)
         (tmp / CARD).write_text(text)
@@ -220,4 +244,28 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     out = Path(cfg.out).expanduser()
     write_export(cfg.ckpt_path, out, trust=cfg.trust_checkpoint, push_to=cfg.get("push_to"))
     pushed = push(out, cfg.push_to) if cfg.get("push_to") else False
-    return {"out": str(out), "pushed": pushed}
+    artifact = log_export(cfg, out) if (cfg.get("logger") or {}).get("wandb") else None
+    return {"out": str(out), "pushed": pushed, "artifact": artifact}
+
+
+def log_export(cfg: DictConfig, out: Path) -> str:
+    """A W&B run (job_type export, in the training run's group) holding the folder as a model
+    artifact; offline without credentials, to sync later."""
+    import wandb
+
+    from genlab.loggers import evaluated_run, log_folder_artifact
+    from genlab.training import prepare_wandb
+
+    config = yaml.safe_load((out / EXPORT_CONFIG).read_text())
+    with open_dict(cfg):
+        trained = evaluated_run(cfg, config)  # joins the training run's W&B group
+        prepare_wandb(cfg)
+    logger = instantiate(cfg.logger.wandb)
+    try:
+        metadata = {"checkpoint": str(cfg.ckpt_path), "model": config["model"]["_target_"]}
+        metadata.update(trained)
+        name = log_folder_artifact(logger.experiment, out, "model", metadata)
+    finally:
+        wandb.finish()
+    log.info(f"logged {out} as the W&B model artifact {name}")
+    return name

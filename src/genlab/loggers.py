@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 import string
 import sys
@@ -163,6 +164,17 @@ def log_file_artifact(run: Any, path: Path, name: str, kind: str, metadata: dict
     artifact = wandb.Artifact(name, type=kind, metadata=redact(metadata))
     artifact.add_file(str(path))
     run.log_artifact(artifact)
+
+
+def log_folder_artifact(run: Any, folder: Path, kind: str, metadata: dict) -> str:
+    """Log a folder as a W&B artifact named after it (offline too); returns the name."""
+    import wandb
+
+    name = re.sub(r"[^\w.-]", "-", folder.name)
+    artifact = wandb.Artifact(name, type=kind, metadata=redact(metadata))
+    artifact.add_dir(str(folder))
+    run.log_artifact(artifact)
+    return name
 
 
 def reference_file(metrics: Any, datamodule: Any) -> tuple[Path, dict] | None:
