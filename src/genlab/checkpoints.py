@@ -129,8 +129,20 @@ def hub_id(spec: str, key: str = "ckpt_path") -> tuple[str, str | None] | None:
 
 def require_file(path: str, key: str = "ckpt_path") -> None:
     """A missing checkpoint file fails in one line, checked before torch is imported."""
+    if Path(path).is_dir():
+        raise GenlabError(f"{key}={path}: a directory, not a checkpoint file{listing(path)}")
     if not Path(path).is_file():
         raise GenlabError(f"{key}={path}: no such checkpoint file")
+
+
+def listing(directory: str) -> str:
+    """The checkpoints in ``directory`` (and its checkpoints/), for an error that names it."""
+    root = Path(directory)
+    found = sorted(str(p) for p in (*root.glob("*.ckpt"), *root.glob("checkpoints/*.ckpt")))
+    if not found:
+        return "; it holds no *.ckpt"
+    more = f" and {len(found) - 5} more" if len(found) > 5 else ""
+    return f"; the checkpoints in it: {', '.join(found[:5])}{more}"
 
 
 def require_checkpoint(path: str, key: str = "ckpt_path") -> None:
@@ -142,7 +154,10 @@ def require_checkpoint(path: str, key: str = "ckpt_path") -> None:
         return
     folder = Path(path).expanduser()
     if folder.is_dir() and not (folder / EXPORT_WEIGHTS).is_file():
-        raise GenlabError(f"{key}={path}: a folder without {EXPORT_WEIGHTS} (not genlab-export's)")
+        raise GenlabError(
+            f"{key}={path}: a directory, neither a checkpoint file nor a genlab-export folder "
+            f"(no {EXPORT_WEIGHTS}){listing(path)}"
+        )
     if not folder.exists():
         raise GenlabError(f"{key}={path}: no such checkpoint file")
 

@@ -39,9 +39,12 @@ def packed_channels(channels: int, pack: Any) -> int:
     return channels * pack
 
 
-def run_dir_of(ckpt: str) -> str:
+def run_dir_of(ckpt: Any) -> str:
     """Where genlab-eval writes: RUN for RUN/checkpoints/x.ckpt, the folder of a genlab-export,
-    outputs/hub/ORG/NAME for hf://ORG/NAME[@revision]."""
+    outputs/hub/ORG/NAME for hf://ORG/NAME[@revision]; ``outputs`` for an unset ckpt_path (the
+    task then says it is required, and the empty directory goes)."""
+    if not isinstance(ckpt, str):
+        return "outputs"
     if ckpt.startswith("hf://"):
         return str(Path("outputs", "hub", *ckpt[len("hf://") :].split("@")[0].split("/")))
     path = Path(ckpt).expanduser().resolve()
@@ -74,9 +77,13 @@ def instantiate(cfg: Any, **kwargs: Any) -> Any:
 
 
 def check_types(cfg: DictConfig, types: dict[str, tuple[type, ...]]) -> None:
-    """Reject a value of the wrong type (``seed=abc``) by its key, before anything is built."""
+    """Reject a value of the wrong type (``seed=abc``) by its key, before anything is built; a
+    value that cannot be null and is unset (``???``) or null is named as required."""
     for key, wanted in types.items():
-        check_type(key, OmegaConf.select(cfg, key), wanted)
+        value = OmegaConf.select(cfg, key, throw_on_missing=False)
+        if value is None and type(None) not in wanted:
+            raise GenlabError(f"{key} is required: add {key}=... to the command")
+        check_type(key, value, wanted)
 
 
 def check_optimizer(factory: Callable[..., Any], key: str) -> None:
@@ -108,6 +115,40 @@ def check_sample(cfg: DictConfig) -> None:
             raise GenlabError(f"{key}={value} must be >= {least}")
     if cfg.device not in DEVICES:
         raise GenlabError(f"device={cfg.device!r} is not one of {', '.join(DEVICES)}")
+
+
+# the modules that step their optimizers themselves (a D and a G step per batch), by config name
+MANUAL_OPTIMIZATION = {"genlab.models.gan.GAN": "GAN", "genlab.models.vqgan.VQGAN": "VQGAN"}
+
+
+def check_manual_trainer(model: str, clip: Any, accumulate: Any) -> None:
+    """Lightning's clipping and accumulation do not reach a manually optimising ``model``."""
+    if clip:
+        raise GenlabError(
+            f"trainer.gradient_clip_val={clip} does not apply to the {model}'s manual "
+            "optimisation; set model.grad_clip (max gradient norm) instead"
+        )
+    if accumulate not in (None, 1):
+        raise GenlabError(
+            f"trainer.accumulate_grad_batches={accumulate} does not apply to the {model}'s "
+            "manual optimisation (it steps every batch): raise data.batch_size instead"
+        )
+
+
+def check_training(cfg: DictConfig) -> None:
+    """genlab-train's checks that need only the composed config: run before anything is written
+    (no run directory, no W&B run), as the door runs them."""
+    trainer = cfg.get("trainer") or {}
+    model = MANUAL_OPTIMIZATION.get(OmegaConf.select(cfg, "model._target_", default=None))
+    if model is not None:
+        clip, accumulate = trainer.get("gradient_clip_val"), trainer.get("accumulate_grad_batches")
+        check_manual_trainer(model, clip, accumulate)
+    pack, batch = OmegaConf.select(cfg, "model.pack"), OmegaConf.select(cfg, "data.batch_size")
+    if isinstance(pack, int) and isinstance(batch, int) and pack > 1 and batch % pack:
+        raise GenlabError(
+            f"model.pack={pack} does not divide data.batch_size={batch}: "
+            "make the batch size a multiple of it"
+        )
 
 
 def check_export(cfg: DictConfig) -> None:

@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 
 from genlab.checkpoints import require_file
 from genlab.cli.report import report_errors, run_task
-from genlab.config import CONFIG_DIR, check_types
+from genlab.config import CONFIG_DIR, check_training, check_types
 from genlab.console import quiet_libraries
 
 NONE = type(None)
@@ -26,8 +26,10 @@ TYPES = {
 
 
 def check(cfg: DictConfig) -> None:
-    """Config errors that need no torch: value types and a missing ``ckpt_path`` file."""
+    """Config errors that need no torch: value types, settings the model cannot take, and a
+    missing ``ckpt_path`` file."""
     check_types(cfg, TYPES)
+    check_training(cfg)
     if cfg.get("ckpt_path"):
         require_file(cfg.ckpt_path)
 

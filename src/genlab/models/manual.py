@@ -3,7 +3,7 @@
 import torch
 from torch import Tensor, nn
 
-from genlab.errors import GenlabError
+from genlab.config import check_manual_trainer
 from genlab.models.loop import finite_or_skip
 
 
@@ -18,14 +18,13 @@ class ManualOptimization:
     skipped_steps = 0
 
     def configure_callbacks(self) -> list:
-        """No callbacks; refuses Trainer clipping, which manual optimisation cannot apply."""
+        """No callbacks; refuses Trainer clipping and accumulation, which manual optimisation
+        cannot apply (genlab-train refuses them earlier, from the config)."""
         # the first module hook of a fit, before Lightning's own check raises with a traceback
-        if self.trainer.gradient_clip_val:
-            raise GenlabError(
-                f"trainer.gradient_clip_val={self.trainer.gradient_clip_val} does not apply to "
-                f"the {type(self).__name__}'s manual optimisation; set model.grad_clip "
-                "(max gradient norm) instead"
-            )
+        trainer = self.trainer
+        check_manual_trainer(
+            type(self).__name__, trainer.gradient_clip_val, trainer.accumulate_grad_batches
+        )
         return []
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:

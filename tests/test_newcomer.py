@@ -1,0 +1,64 @@
+"""What a newcomer types and gets wrong fails at the door: one line, exit 2, nothing written.
+
+Checks that need only the composed config run before the first side effect: no run directory,
+no W&B run, no model table. Each case here used to start the run and fail in it.
+"""
+
+import pytest
+
+from tests.conftest import ok
+
+# each bad setting, and what its one line must name
+AT_THE_DOOR = [
+    (["++trainer.accumulate_grad_batches=2"], "trainer.accumulate_grad_batches=2"),
+    (["++trainer.gradient_clip_val=1.0"], "model.grad_clip"),
+    (["model=vqgan", "++trainer.gradient_clip_val=1.0"], "VQGAN"),
+    (["model.pack=3", "data.batch_size=16"], "model.pack=3 does not divide data.batch_size=16"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "named"), AT_THE_DOOR, ids=lambda x: str(x))
+def test_a_setting_the_model_cannot_take_fails_before_the_run_starts(
+    run_cli, tmp_path, overrides, named
+):
+    run = tmp_path / "run"
+    # the default logger too: a W&B run would be created before a late failure
+    proc = run_cli("genlab-train", "debug=tiny", "metrics=none", *overrides,
+                   f"hydra.run.dir={run}")  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("genlab-train: error:") and named in line, line
+    assert proc.stdout.strip() == ""  # no model table, no W&B hint
+    assert not run.exists()
+
+
+def test_a_vae_accumulates_gradients_as_the_readme_shows(run_cli, tmp_path):
+    run = f"hydra.run.dir={tmp_path / 'run'}"
+    ok(run_cli("genlab-train", "debug=tiny", "logger=csv", "metrics=none", "model=vae",
+               "++trainer.accumulate_grad_batches=2", run))  # fmt: skip
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.parametrize("tool", ["genlab-eval", "genlab-sample", "genlab-export"])
+@pytest.mark.parametrize("given", [[], ["ckpt_path=null"]], ids=["unset", "null"])
+def test_a_missing_ckpt_path_is_named_as_required(run_cli, tmp_path, tool, given):
+    proc = run_cli(tool, *given)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    (line,) = proc.stderr.strip().splitlines()
+    assert line == f"{tool}: error: ckpt_path is required: add ckpt_path=... to the command"
+    assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize("tool", ["genlab-train", "genlab-eval", "genlab-sample"])
+def test_a_directory_as_ckpt_path_lists_its_checkpoints(run_cli, tmp_path, tool):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    for name in ("last.ckpt", "best-epoch004.ckpt"):
+        (run / "checkpoints" / name).touch()
+    proc = run_cli(tool, "ckpt_path=run")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    (line,) = proc.stderr.strip().splitlines()
+    assert "ckpt_path=run: a directory" in line, line
+    assert line.endswith(
+        "the checkpoints in it: run/checkpoints/best-epoch004.ckpt, run/checkpoints/last.ckpt"
+    ), line
