@@ -62,3 +62,13 @@ def test_a_directory_as_ckpt_path_lists_its_checkpoints(run_cli, tmp_path, tool)
     assert line.endswith(
         "the checkpoints in it: run/checkpoints/best-epoch004.ckpt, run/checkpoints/last.ckpt"
     ), line
+
+
+def test_save_samples_without_sample_metrics_is_refused(run_cli, tmp_path):
+    ckpt = tmp_path / "last.ckpt"
+    ckpt.touch()  # refused before the file is read
+    proc = run_cli("genlab-eval", f"ckpt_path={ckpt}", "metrics=none", "save_samples=true")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    (line,) = proc.stderr.strip().splitlines()
+    assert "save_samples=true" in line and "metrics=none" in line, line
+    assert not (tmp_path / "eval").exists()

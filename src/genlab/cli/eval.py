@@ -24,6 +24,7 @@ TYPES = {
     "ema.sigma_rel": (int, float, type(None)),
     "ema.images": (int, type(None)),
     "ema.save_best": (bool,),
+    "save_samples": (bool,),
 }
 
 
@@ -34,6 +35,11 @@ def task(cfg: DictConfig) -> None:
         raise GenlabError(f"seeds={cfg.seeds} must be >= 1 (the number of sample sets scored)")
     check_split(cfg.get("split"))
     check_posthoc(cfg.get("ema") or {})
+    if cfg.save_samples and "_target_" not in (cfg.get("metrics") or {}):
+        raise GenlabError(
+            "save_samples=true saves the samples the metrics score, and metrics=none scores "
+            "none: drop metrics=none, or draw images with genlab-sample num_samples=N"
+        )
     require_checkpoint(cfg.ckpt_path)
     quiet_libraries()  # filters on Lightning's loggers, set before it logs anything
     from genlab.evaluation import evaluate
