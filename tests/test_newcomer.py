@@ -72,3 +72,24 @@ def test_save_samples_without_sample_metrics_is_refused(run_cli, tmp_path):
     (line,) = proc.stderr.strip().splitlines()
     assert "save_samples=true" in line and "metrics=none" in line, line
     assert not (tmp_path / "eval").exists()
+
+
+@pytest.mark.parametrize(
+    ("tool", "override", "hint"),
+    [
+        ("genlab-train", "model.optimiser_g.lr=1e-4", "(did you mean model.optimizer_g or "),
+        ("genlab-train", "data.batchsize=32", "(did you mean data.batch_size?)"),
+        ("genlab-train", "model.likelihood=bernoulli", "model.likelihood is a key of model=hvae2, "
+         "model=vae, model=vqvae; this run has model=gan)"),
+        ("genlab-eval", "nll=3", "(did you mean nll_k?)"),
+    ],
+)  # fmt: skip
+def test_an_unknown_key_suggests_the_one_meant(run_cli, tmp_path, tool, override, hint):
+    proc = (
+        run_cli(tool, "ckpt_path=x.ckpt", override)
+        if tool == "genlab-eval"
+        else run_cli(tool, override)
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    (line,) = proc.stderr.strip().splitlines()
+    assert "is not in struct" in line and line.endswith(hint) or hint in line, line

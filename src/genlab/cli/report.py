@@ -1,7 +1,9 @@
 """How a door runs: a Hydra task whose bad input ends in one line on stderr and exit status 2,
 with no traceback and no empty run directory left behind."""
 
+import difflib
 import os
+import re
 import shutil
 import sys
 from collections.abc import Callable
@@ -11,9 +13,10 @@ from typing import Any, NoReturn, TypeVar
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException, InstantiationException, MissingConfigException
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from genlab.config import CONFIG_DIR
 from genlab.errors import GenlabError
 
 T = TypeVar("T")
@@ -56,9 +59,54 @@ def report_errors(hydra_main: Callable[[], Any], prog: str) -> None:
 
 
 def fail(prog: str, error: BaseException) -> NoReturn:
-    """Print ``error`` as one line and exit 2."""
-    print(f"{prog}: error: {one_line(error)}", file=sys.stderr)
+    """Print ``error`` as one line (with the keys it may have meant) and exit 2."""
+    print(f"{prog}: error: {one_line(error)}{suggestion(error, prog)}", file=sys.stderr)
     sys.exit(2)
+
+
+UNKNOWN_KEY = re.compile(r"Could not override '([^']+)'\. Key '([^']+)' is not in struct")
+
+
+def suggestion(error: BaseException, prog: str) -> str:
+    """For an override of a key that does not exist: the closest keys where it was meant to go
+    and, for a key of another option of its group, that option (``model.likelihood`` is a VAE
+    key). Empty for other errors, or when the config cannot be composed without it."""
+    found = UNKNOWN_KEY.search(one_line(error))
+    if found is None:
+        return ""
+    full, bad = found.groups()
+    parent = full[: full.index(bad)].rstrip(".") if bad in full else ""
+    overrides = [a for a in sys.argv[1:] if "=" in a and not a.startswith("-")]
+    kept = [o for o in overrides if not o.lstrip("+~").split("=")[0].startswith(full)]
+    cfg = composed(prog.removeprefix("genlab-"), kept)
+    if cfg is None:
+        return ""
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    keys = [str(k) for k in node] if isinstance(node, DictConfig) else []
+    close = [f"{parent}.{k}" if parent else k for k in difflib.get_close_matches(bad, keys, n=3)]
+    hints = [f"did you mean {' or '.join(close)}?"] if close else []
+    chosen = cfg.hydra.runtime.choices.get(parent) if "." not in parent else None
+    if chosen is not None and (Path(CONFIG_DIR) / parent).is_dir():
+        owners = sorted(p.stem for p in (Path(CONFIG_DIR) / parent).glob("*.yaml")
+                        if re.search(rf"^{re.escape(bad)}:", p.read_text(), re.M))  # fmt: skip
+        if owners:
+            options = ", ".join(f"{parent}={o}" for o in owners[:4])
+            options += f" and {len(owners) - 4} more" if len(owners) > 4 else ""
+            hints.append(f"{parent}.{bad} is a key of {options}; this run has {parent}={chosen}")
+    return f" ({'; '.join(hints)})" if hints else ""
+
+
+def composed(config_name: str, overrides: list[str]) -> DictConfig | None:
+    """The door's config composed with ``overrides`` (Hydra's node too), or None if it fails."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
+            return compose(config_name, overrides=overrides, return_hydra_config=True)
+    except Exception:  # the suggestion is a courtesy: the error itself is already worded
+        return None
 
 
 def run_task(task: Callable[[DictConfig], T], cfg: DictConfig, prog: str) -> T:
