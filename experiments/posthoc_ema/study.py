@@ -16,6 +16,7 @@ classifier's mean class distribution (ln 10 = 2.303 when all digits are equally 
     python experiments/posthoc_ema/study.py --report experiments/posthoc_ema/runs
     python experiments/posthoc_ema/study.py --grid experiments/posthoc_ema/runs/rpgan_seed1 \
         --sigma 0.1
+    python experiments/posthoc_ema/study.py --score RUN   # a genlab-train run's last.ckpt
 """
 
 import argparse
@@ -201,7 +202,15 @@ def main() -> None:
     parser.add_argument("--report", type=Path, default=None)
     parser.add_argument("--grid", type=Path, default=None, help="a run directory: its grid")
     parser.add_argument("--sigma", type=float, default=None, help="--grid's profile")
+    parser.add_argument("--score", type=Path, default=None, help="a run directory: its score")
     args = parser.parse_args()
+    if args.score is not None:
+        from genlab.checkpoints import load_model
+
+        torch.set_num_threads(1)
+        _, model = load_model(str(args.score / "checkpoints" / "last.ckpt"))
+        print(json.dumps(Scorer(args.cache_dir).score(model)))
+        return
     if args.grid is not None:
         name = f"{args.grid.name}_{'raw' if args.sigma is None else args.sigma}.png"
         grid(args.grid, args.sigma, HERE / name)
