@@ -73,7 +73,7 @@ def numbers_of(ckpt: Path) -> tuple[dict | None, Path | None, Path]:
     beside = ckpt.parent / "metrics.json"
     if beside.is_file():
         metrics = json.loads(beside.read_text())
-        return metrics, ckpt.parent, Path(metrics["checkpoint"]).parent.parent
+        return metrics, ckpt.parent, Path(metrics.get("checkpoint", ckpt)).parent.parent
     run = ckpt.parent.parent
     found = sorted(run.glob("eval/*/metrics.json"))
     if not found:
@@ -204,8 +204,9 @@ def write_export(
         save_png(grid_uint8(images), tmp / SAMPLES)
         where = f"hf://{push_to}" if push_to else str(out)
         posthoc = (metrics or {}).get("posthoc_ema")  # scored from the run's snapshots
+        # training's own ckpt_path (a resume) stays as it ran; the eval's reads this model
         commands = (
-            command_of(run, "genlab-train", where),
+            command_of(run, "genlab-train", None),
             command_of(eval_dir, "genlab-eval", None if posthoc else where),
         )
         text = card(config, model.num_classes, metrics, commands, where)
