@@ -15,7 +15,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from genlab.config import HUB_ID, instantiate
-from genlab.errors import GenlabError
+from genlab.errors import GenlabError, first_line
 
 # The networks genlab ships (genlab.nets re-exports the first group; the VQ family is addressed
 # by its module, as conf/model/vq*.yaml does)
@@ -179,7 +179,7 @@ def local_checkpoint(path: str, key: str = "ckpt_path") -> Path:
     try:
         return Path(snapshot_download(repo, revision=revision))
     except Exception as e:  # offline and not cached, unknown repo, no such revision
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        reason = first_line(e)
         raise GenlabError(
             f"{key}={path}: not in the Hub cache and not downloadable ({reason})"
         ) from None

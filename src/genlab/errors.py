@@ -1,4 +1,5 @@
-"""The one exception type for bad user input, genlab's warning category, and the type check."""
+"""The one exception type for bad user input, genlab's warning category, the type check, and
+the wording of a library's error inside genlab's one line."""
 
 
 class GenlabError(Exception):
@@ -15,6 +16,11 @@ class GenlabWarning(UserWarning):
     Entry points show it as one ``[genlab][WARNING]`` log line (``genlab.console``), without the
     file path of whichever library frame ``stacklevel`` lands in.
     """
+
+
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """A library error's first line (its type when it has no message), cut to ``limit``."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:limit]
 
 
 NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from genlab.errors import first_line
 from genlab.metrics.dinov2 import dgm_eval_resize
 from genlab.metrics.features import (
     LazyNetwork,
@@ -219,7 +220,7 @@ def load_clip(path: Path) -> tuple[nn.Module, dict[str, int]]:
     except MetricsUnavailable:
         raise
     except Exception as err:  # torch.load and load_state_dict raise many types for a bad file
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        reason = first_line(err)
         raise MetricsUnavailable(
             f"metrics.clip_weights: {path} is not a CLIP ViT image tower ({reason})"
         ) from err

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
+from genlab.errors import first_line
 from genlab.metrics.features import (
     LazyNetwork,
     MetricsUnavailable,
@@ -114,7 +115,7 @@ def load_dinov2(path: Path, arch: str) -> MetaDINOv2:
         # Meta's names are timm's but for mask_token (unused at inference), which this drops
         model.load_state_dict(checkpoint_filter_fn(state, model))
     except Exception as err:  # torch.load and load_state_dict raise many types for a bad file
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        reason = first_line(err)
         raise MetricsUnavailable(
             f"metrics.dinov2_weights: {path} is not DINOv2 {arch} weights ({reason})"
         ) from err

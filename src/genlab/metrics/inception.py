@@ -8,6 +8,7 @@ from torch import Tensor
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 from torchmetrics.image.fid import NoTrainInceptionV3
 
+from genlab.errors import first_line
 from genlab.metrics.features import (
     LazyNetwork,
     MetricsUnavailable,
@@ -61,7 +62,7 @@ def build_inception(path: Path) -> NoTrainInceptionV3:
             "inception-v3-compat", [POOL_LAYER, LOGITS_LAYER], str(path), antialias=False
         )
     except Exception as err:  # torch.load and load_state_dict raise many types for a bad file
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        reason = first_line(err)
         raise MetricsUnavailable(
             f"metrics.inception_weights: {path} is not torch-fidelity's InceptionV3 ({reason})"
         ) from err
