@@ -108,9 +108,9 @@ def test_preempted_requeued_and_copied_runs_continue_one_wandb_run(offline, tmp_
     assert train_rows[0] == max(axis(first, "trainer/images_seen")) + 16
     assert max(seen) == 2 * 6 * 16  # two epochs of 6 batches
     assert max(axis(third, "trainer/images_seen")) == 3 * 6 * 16
-    # the end-of-run line gives the upload command of all fragments
-    assert f"wandb sync {run.resolve()}/wandb/offline-run-*" in caplog.text
-    assert f"offline run {the_id}" in caplog.text
+    # the end-of-run line gives the upload command of all fragments of this run
+    assert f"wandb sync {run.resolve()}/wandb/offline-run-*-{the_id}" in caplog.text
+    assert f"run {the_id}; upload it (2 fragments, one per start, as one run)" in caplog.text
 
 
 def test_wandb_summaries_keep_the_best_end_training_monitors():
@@ -224,3 +224,24 @@ def test_evaluations_table_artifacts_and_eval_run_joining_the_training_run(
     kinds = {a["type"]: a["name"] for a in records_of(ev, "artifact")}
     assert kinds["reference-statistics"] == ref["name"]
     assert kinds["evaluation"].startswith("eval-")
+
+
+def test_the_upload_hint_after_resume_never_names_only_this_run(offline, tmp_path, caplog):
+    """resume=never leaves two run ids in one directory: the hint uploads this run's fragments."""
+    run = tmp_path / "run"
+    caplog.set_level(logging.INFO, logger="genlab")
+    quick = [*RESUMABLE, "trainer.limit_train_batches=2", "trainer.limit_val_batches=1"]
+    train(compose_train([*quick, "trainer.max_epochs=1"], run))
+    old = (run / ID_FILE).read_text().strip()
+    caplog.clear()
+    train(compose_train([*quick, "trainer.max_epochs=2", "logger.wandb.resume=never",
+                         f"ckpt_path={run}/checkpoints/last.ckpt"], run))  # fmt: skip
+    new = (run / ID_FILE).read_text().strip()
+    assert new != old and len(fragments(run)) == 2
+    (line,) = [r.getMessage() for r in caplog.records if "wandb sync" in r.getMessage()]
+    assert f"offline run {new}; upload it with: " in line, line
+    assert "every resumed fragment" not in line, line
+    pattern = line.split("wandb sync ", 1)[1]
+    assert pattern == f"{run.resolve()}/wandb/offline-run-*-{new}", line
+    (only,) = Path("/").glob(pattern.lstrip("/"))  # this run's one fragment, not the old run's
+    assert only.name.endswith(new)

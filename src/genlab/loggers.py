@@ -87,15 +87,18 @@ class GenlabWandbLogger(RedactedHparams, WandbLogger):
         super().finalize(status)
         run = self._experiment
         if run is not None and getattr(run.settings, "_offline", False):
-            log.info(
-                f"W&B: offline run {run.id}; upload it (every resumed fragment, as one run) "
-                f"with: {sync_command(self.save_dir)}"
-            )
+            command = sync_command(self.save_dir, run.id)
+            starts = len(list(Path(self.save_dir, "wandb").glob(f"offline-run-*-{run.id}")))
+            how = f" ({starts} fragments, one per start, as one run)" if starts > 1 else ""
+            log.info(f"W&B: offline run {run.id}; upload it{how} with: {command}")
 
 
-def sync_command(save_dir: str | Path) -> str:
-    """The command that uploads every offline fragment of the runs below ``save_dir``."""
-    return f"wandb sync {Path(save_dir).resolve()}/wandb/offline-run-*"
+def sync_command(save_dir: str | Path, run_id: str) -> str:
+    """The command that uploads the offline fragments of one run below ``save_dir``.
+
+    The glob names the id: after ``logger.wandb.resume=never`` the directory holds other runs too.
+    """
+    return f"wandb sync {Path(save_dir).resolve()}/wandb/offline-run-*-{run_id}"
 
 
 def define_axes(run: Any, monitor: tuple[str, str] | None = None) -> None:
