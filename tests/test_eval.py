@@ -340,3 +340,21 @@ def test_fid_reference_split_follows_split_then_eval_then_recipe(
     cfg = OmegaConf.create({"split": asked, "metrics": {"reference_split": eval_default}})
     run_cfg = OmegaConf.create({"metrics": {"reference_split": recipe} if recipe else {}})
     assert fid_reference_split(cfg, run_cfg) == expected
+
+
+def test_metrics_json_records_how_many_images_a_limited_val_loop_scored(
+    run_cli, mnist_root, tmp_path
+):
+    """trainer.limit_val_batches cuts the split: metrics.json says what was scored, not the size."""
+    ckpt = train_checkpoint(
+        tmp_path, "vae5", "model=vae", "data=mnist", "metrics=none", f"data.root={mnist_root}",
+        "data.num_workers=0", "data.batch_size=5",
+    )  # fmt: skip
+    ok(run_cli("genlab-eval", f"ckpt_path={ckpt}", "metrics=none", "nll_k=2",
+               "trainer.accelerator=cpu", "trainer.limit_val_batches=2",
+               f"hydra.run.dir={tmp_path / 'eval'}"))  # fmt: skip
+    protocol = json.loads((tmp_path / "eval" / "metrics.json").read_text())["protocol"]
+    assert (protocol["eval_split"], protocol["eval_split_size"]) == ("test", N_TEST)
+    assert protocol["eval_split_scored"] == 2 * 5  # two batches of 5 of the 12 test images
+    whole = _vae_eval(ckpt, tmp_path / "whole", "nll_k=2")["protocol"]  # 5 + 5 + 2
+    assert whole["eval_split_size"] == whole["eval_split_scored"] == N_TEST

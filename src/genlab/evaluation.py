@@ -74,6 +74,12 @@ def score_split(datamodule: Any, split: str) -> int:
     return len(dataset)
 
 
+def scored_size(trainer: pl.Trainer, datamodule: Any, split_size: int) -> int:
+    """How many images of the split the val loop scored: ``trainer.limit_val_batches`` cuts it."""
+    batches = sum(trainer.num_val_batches)  # per rank; the last batch is partial only at the end
+    return min(split_size, batches * datamodule.batch_size * trainer.world_size)
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Score ``cfg.ckpt_path``; returns what metrics.json holds (written by rank 0)."""
     check_split(cfg.get("split"))
@@ -140,6 +146,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             **(sample_protocol(cfg, metrics, model) if metrics is not None else {}),
             "eval_split": split,  # the split of the val loop: val/nll, val/elbo, val/swd, ...
             "eval_split_size": split_size,
+            "eval_split_scored": scored_size(trainer, datamodule, split_size),
             "reference_data": data_key(datamodule),
             "seed": cfg.seed,
             "vae_nll_k": cfg.nll_k if is_vae else None,
