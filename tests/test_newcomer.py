@@ -93,3 +93,30 @@ def test_an_unknown_key_suggests_the_one_meant(run_cli, tmp_path, tool, override
     assert proc.returncode == 2, proc.stderr[-2000:]
     (line,) = proc.stderr.strip().splitlines()
     assert "is not in struct" in line and line.endswith(hint) or hint in line, line
+
+
+# FID due at no epoch end of these short runs: it runs in the validation after fit
+FID = ["metrics=fid", "metrics.num_samples=16", "metrics.num_real=16", "metrics.batch_size=16",
+       "metrics.every_n_epochs=5", "metrics.inception_sha256=null"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("overrides", "name"),
+    [
+        (["metrics=none", "trainer.max_epochs=1"], "best-epoch000.ckpt"),  # val/swd, at epoch end
+        ([*FID, "trainer.max_epochs=1"], "best-epoch000.ckpt"),  # by the validation after fit
+        ([*FID, "trainer.max_epochs=-1", "trainer.max_steps=14"], "best-epoch001.ckpt"),  # 1.5
+    ],
+    ids=["no-sample-metrics", "sample-metrics", "max-steps"],
+)
+def test_the_best_checkpoint_is_named_after_the_epoch_it_holds(
+    run_cli, tmp_path, weights, overrides, name
+):
+    """0-based, as Lightning counts: best-epoch000.ckpt is the first epoch's ("epoch 1/1")."""
+    run = tmp_path / "run"
+    if "metrics=fid" in overrides:
+        overrides = [*overrides, f"metrics.inception_weights={weights}",
+                     f"metrics.cache_dir={tmp_path}/cache"]  # fmt: skip
+    ok(run_cli("genlab-train", "debug=tiny", "logger=csv", "data=synthetic", *overrides,
+               f"hydra.run.dir={run}"))  # fmt: skip
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [name, "last.ckpt"]

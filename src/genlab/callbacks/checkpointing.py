@@ -208,9 +208,16 @@ class FinalValidation(pl.Callback):
 
     @staticmethod
     def _offer(trainer: pl.Trainer, best: ModelCheckpoint) -> None:
-        """Let ``best`` keep the final model if it scores among its top k (no-op if it saved it)."""
+        """Let ``best`` keep the final model if it scores among its top k (no-op if it saved it).
+
+        Named after the epoch its last batch ran in (0-based, as an epoch-end save names it):
+        by ``on_train_end`` Lightning has counted that epoch complete and ``current_epoch`` is
+        one more, which named a 1-epoch run's best ``best-epoch001.ckpt``.
+        """
         if best._last_global_step_saved == trainer.global_step:
             return
         if best.monitor is not None and best.monitor not in trainer.callback_metrics:
             return
-        best._save_topk_checkpoint(trainer, best._monitor_candidates(trainer))
+        candidates = best._monitor_candidates(trainer)
+        candidates["epoch"] = torch.tensor(max(trainer.current_epoch - 1, 0))
+        best._save_topk_checkpoint(trainer, candidates)
