@@ -309,7 +309,7 @@ def test_main_writes_outputs(vae_sweep: Path, tmp_path: Path, capsys):
     assert (
         stdout.splitlines()[0] == "| model.beta | n | val/mse final | val/mse best (min) | runs |"
     )
-    assert (out / "compare_val_mse.png").read_bytes().startswith(PNG_MAGIC)
+    assert sorted(p.name for p in out.iterdir()) == ["compare.md"]  # what --format md names
     cli.main([str(vae_sweep), "--format", "csv"])  # default --out is the compared directory
     stdout = capsys.readouterr().out
     assert stdout == (vae_sweep / "compare.csv").read_text()
@@ -437,7 +437,7 @@ def test_cli_on_sweep(sweep: Path, tmp_path: Path):
 def test_cli_on_one_run_and_other_metrics(sweep: Path, tmp_path: Path):
     proc = run_compare(
         str(sweep / "2"), "--metric", "train/g_loss", "--metric", "val/swd", "--x", "epoch",
-        "--out", str(tmp_path), "--format", "csv", cwd=tmp_path,
+        "--out", str(tmp_path), cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     table = pd.read_csv(tmp_path / "compare.csv")
@@ -551,3 +551,54 @@ def test_runs_with_only_wandb_offline_files(tmp_path: Path, monkeypatch):
     assert second.get_xdata().tolist() == [192, 384, 576]
     P.write_outputs(comparison, tmp_path / "o", "images_seen")
     assert (tmp_path / "o" / "compare_val_swd.png").read_bytes().startswith(PNG_MAGIC)
+
+
+# ---------------------------------------------------------------- what the CLI writes where
+
+
+@pytest.mark.parametrize(
+    ("form", "files"),
+    [
+        ("table", ["compare.csv", "compare.md", "compare_val_mse.png"]),
+        ("md", ["compare.md"]),
+        ("csv", ["compare.csv"]),
+    ],
+)
+def test_each_format_writes_only_what_it_names(vae_sweep: Path, tmp_path: Path, form, files):
+    out = tmp_path / "out"
+    proc = run_compare(str(vae_sweep), "--metric", "val/mse", "--format", form, "--out", str(out),
+                       cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == files
+    assert proc.stderr.strip() == "wrote " + ", ".join(f"{out}/{f}" for f in files)
+    if form != "table":  # what stdout shows is the file
+        assert proc.stdout == (out / files[0]).read_text()
+
+
+def test_a_second_compare_into_the_same_out_is_refused_without_overwrite(
+    vae_sweep: Path, tmp_path: Path
+):
+    out = tmp_path / "out"
+    first = run_compare(str(vae_sweep), "--metric", "val/mse", "--out", str(out), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    proc = run_compare(str(vae_sweep), "--metric", "val/elbo", "--out", str(out), cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stdout == "", proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line == (
+        f"genlab-compare: error: --out {out} already holds compare.csv, compare.md from an "
+        "earlier comparison: add --overwrite to replace them, or choose another --out"
+    )
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing touched
+    # files another format left there are not in the way
+    md = run_compare(str(vae_sweep), "--format", "md", "--out", str(tmp_path / "csv_only"),
+                     cwd=tmp_path)  # fmt: skip
+    assert md.returncode == 0, md.stderr
+    again = run_compare(str(vae_sweep), "--format", "csv", "--out", str(tmp_path / "csv_only"),
+                        cwd=tmp_path)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    proc = run_compare(str(vae_sweep), "--metric", "val/elbo", "--out", str(out), "--overwrite",
+                       cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "val/elbo final" in pd.read_csv(out / "compare.csv").columns
+    assert (out / "compare_val_mse.png").read_bytes() == before["compare_val_mse.png"]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from genlab.cli.report import fail
-from genlab.comparison.plots import write_outputs
+from genlab.comparison.plots import output_files, write_outputs
 from genlab.comparison.tables import (
     Comparison,
     check_x,
@@ -61,6 +61,16 @@ def table_width(shown: pd.DataFrame) -> int:
     return sum(widths) + 1
 
 
+def check_out(files: Sequence[Path], out: Path) -> None:
+    """Refuse, before anything is written, to replace the files of an earlier comparison."""
+    there = [p.name for p in files if p.exists()]
+    if there:
+        raise GenlabError(
+            f"--out {out} already holds {', '.join(there)} from an earlier comparison: "
+            "add --overwrite to replace them, or choose another --out"
+        )
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """The command line of ``genlab-compare``."""
     p = argparse.ArgumentParser(
@@ -80,12 +90,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         choices=["min", "max"],
         help="best = min or max (default: max for val/elbo, val/is; min otherwise)",
     )
-    p.add_argument("--out", type=Path, help="where compare.csv/.md/_METRIC.png go (default: PATH)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="the directory the files of --format go to (default: PATH); files of an earlier "
+        "comparison there are kept unless --overwrite",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace files an earlier comparison left in --out"
+    )
     p.add_argument(
         "--format",
         choices=["table", "md", "csv"],
         default="table",
-        help="what to print on stdout (default: a rich table)",
+        help="table (default): a rich table on stdout, and compare.csv, compare.md and "
+        "compare_METRIC.png in --out; md: Markdown on stdout and compare.md only; csv: CSV on "
+        "stdout and compare.csv only",
     )
     p.add_argument(
         "--x",
@@ -105,9 +125,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         comparison = compare(args.path, args.metric, args.mode)
         check_x(comparison.runs, args.x)
+        out = args.out or args.path
+        if not args.overwrite:
+            check_out(output_files(comparison, out, args.format), out)
     except GenlabError as e:
         fail(PROG, e)
-    written = write_outputs(comparison, args.out or args.path, args.x, args.per_run)
+    written = write_outputs(comparison, out, args.x, args.per_run, args.format)
     if args.format == "md":
         sys.stdout.write(markdown(display_table(comparison)))
     elif args.format == "csv":

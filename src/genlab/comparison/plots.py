@@ -107,15 +107,27 @@ def save_plot(
     fig.savefig(path, dpi=100)
 
 
+def output_files(comparison: Comparison, out: Path, form: str = "table") -> list[Path]:
+    """The files a comparison in ``form`` writes: ``md`` and ``csv`` only their own table,
+    ``table`` (the terminal's) compare.csv, compare.md and one compare_<metric>.png per metric."""
+    tables = {"csv": [out / "compare.csv"], "md": [out / "compare.md"]}
+    if form in tables:
+        return tables[form]
+    return [*tables["csv"], *tables["md"], *(plot_file(out, m) for m in comparison.metrics)]
+
+
 def write_outputs(
-    comparison: Comparison, out: Path, x: str = "step", per_run: bool = False
+    comparison: Comparison, out: Path, x: str = "step", per_run: bool = False, form: str = "table"
 ) -> list[Path]:
-    """Write compare.csv, compare.md and one compare_<metric>.png per metric into ``out``."""
+    """Write the files of ``output_files`` into ``out``; returns them."""
     out.mkdir(parents=True, exist_ok=True)
-    written = [out / "compare.csv", out / "compare.md"]
-    csv_table(comparison).to_csv(written[0], index=False)
-    written[1].write_text(markdown(display_table(comparison)))
+    written = output_files(comparison, out, form)
+    for path in written:
+        if path.name == "compare.csv":
+            csv_table(comparison).to_csv(path, index=False)
+        elif path.name == "compare.md":
+            path.write_text(markdown(display_table(comparison)))
     for m in comparison.metrics:
-        written.append(plot_file(out, m))
-        save_plot(comparison, m, x, written[-1], per_run)
+        if plot_file(out, m) in written:
+            save_plot(comparison, m, x, plot_file(out, m), per_run)
     return written
