@@ -4,9 +4,13 @@ Checks that need only the composed config run before the first side effect: no r
 no W&B run, no model table. Each case here used to start the run and fail in it.
 """
 
+import os
+import re
+import subprocess
+
 import pytest
 
-from tests.conftest import ok
+from tests.conftest import BIN, cli_env, ok
 
 # each bad setting, and what its one line must name
 AT_THE_DOOR = [
@@ -120,3 +124,56 @@ def test_the_best_checkpoint_is_named_after_the_epoch_it_holds(
     ok(run_cli("genlab-train", "debug=tiny", "logger=csv", "data=synthetic", *overrides,
                f"hydra.run.dir={run}"))  # fmt: skip
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [name, "last.ckpt"]
+
+
+# where a data source is missing, and what its one line must name
+MISSING_DATA = [
+    (["data=folder", "data.root=/nonexistent/images"], "data.root=/nonexistent/images"),
+    (["data=fashion_mnist", "data.root=/nonexistent/fmnist"], "data.root=/nonexistent/fmnist"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "named"), MISSING_DATA, ids=lambda x: str(x))
+def test_a_missing_dataset_is_said_first_and_alone(run_cli, tmp_path, overrides, named):
+    """Default metrics and logger: no FID-off warning or W&B line comes before the error."""
+    run = tmp_path / "run"
+    proc = run_cli("genlab-train", "trainer.max_epochs=1", *overrides, f"hydra.run.dir={run}")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("genlab-train: error:") and named in line, line
+    assert "WARNING" not in proc.stdout and "W&B" not in proc.stdout, proc.stdout
+    assert not run.exists()
+
+
+def said_twice(out: str) -> list[str]:
+    """Warning lines (genlab's, Python's) that appear more than once, timestamps dropped."""
+    said = [
+        re.sub(r"^\[[^]]*\]", "", line)
+        for line in out.splitlines()
+        if "[WARNING]" in line or re.search(r"\.py:\d+: ", line)
+    ]
+    return sorted({line for line in said if said.count(line) > 1})
+
+
+def test_a_default_run_says_each_thing_once(tmp_path):
+    """The default logger (W&B offline) with srun on PATH, no Inception weights: Lightning's srun
+    hint once, and FID/IS/KID off with the monitor that replaces val/fid in one warning."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "srun").chmod(0o755)
+    env = cli_env(tmp_path)
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+    proc = subprocess.run(
+        [str(BIN / "genlab-train"), "data=synthetic", "trainer.max_epochs=1",
+         "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+         f"hydra.run.dir={tmp_path}/run"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert said_twice(out) == [], out
+    assert out.count("The `srun` command is available") == 1, out
+    (off,) = [line for line in out.splitlines() if "[genlab][WARNING]" in line]
+    assert "FID/IS/KID are off" in off and off.endswith("; val/fid is not computed; monitoring "
+                                                        "val/swd"), off  # fmt: skip

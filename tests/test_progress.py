@@ -178,11 +178,17 @@ def test_batch_job_log_shows_progress_and_no_noise(tmp_path: Path):
 
 
 @pytest.mark.slow
-def test_warnings_reach_the_user_as_one_genlab_line(tmp_path: Path):
-    """genlab's own warning in one line of its own, no library file path; no Lightning advice."""
+def test_warnings_reach_the_user_as_one_genlab_line(tmp_path: Path, weights: Path):
+    """genlab's own warning in one line of its own, no library file path; no Lightning advice.
+
+    KID's subset size is said once, when the settings are read, not again when KID is computed.
+    """
     proc = subprocess.run(
         [
             str(BIN / "genlab-train"), *TINY, "model=vqgan", "data=synthetic", "metrics=default",
+            f"metrics.inception_weights={weights}", "metrics.inception_sha256=null",
+            "metrics.num_samples=16", "metrics.num_real=16", "metrics.batch_size=16",
+            f"metrics.cache_dir={tmp_path}/cache",
             "metrics.kid_subset_size=1000", "model.encoder.hidden=32", "model.encoder.res_hidden=8",
             "model.quantizer.num_codes=16", "model.discriminator.base_channels=8",
             "trainer.max_epochs=1", "trainer.limit_train_batches=1", f"hydra.run.dir={tmp_path}/r",
@@ -191,6 +197,7 @@ def test_warnings_reach_the_user_as_one_genlab_line(tmp_path: Path):
     )  # fmt: skip
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
+    assert "val/kid" in (tmp_path / "r" / "csv" / "metrics.csv").read_text()  # KID ran
     kid = [ln for ln in out.splitlines() if "kid_subset_size" in ln]
     assert len(kid) == 1 and "[genlab][WARNING]" in kid[0], out[-3000:]
     assert ".py:" not in kid[0] and "UserWarning" not in kid[0], kid

@@ -6,6 +6,7 @@ Hydra's job logging builds ``ConsoleHandler`` (conf/hydra/default.yaml).
 """
 
 import logging
+import os
 import re
 import sys
 import warnings
@@ -27,6 +28,10 @@ CHECKPOINT_LOGGER = "pytorch_lightning.trainer.connectors.checkpoint_connector"
 # torch (2.14 here) deprecates constructing LeafSpec; Lightning's CombinedLoader does so for every
 # dataloader, so no genlab setting avoids it (fixed in Lightning, not here).
 LEAF_SPEC = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
+# What tells a process it is not rank 0 before Lightning knows: Lightning's DDP launcher sets
+# LOCAL_RANK in each process it starts, a second node runs with NODE_RANK, torchrun sets RANK
+# and GROUP_RANK, srun sets SLURM_PROCID.
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID")
 
 
 class DropMessages(logging.Filter):
@@ -46,12 +51,36 @@ TIP_FILTER = DropMessages(TIP)
 WEIGHTS_ONLY_FILTER = DropMessages(WEIGHTS_ONLY)
 
 
+def rank_zero() -> bool:
+    """False in a process that a launcher started as another rank than global rank 0."""
+    return all(os.environ.get(name, "0") in ("", "0") for name in RANK_VARIABLES)
+
+
+class RankZeroOnly(logging.Filter):
+    """Keeps genlab's info and warnings to rank 0 (errors from every rank still show)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or rank_zero()
+
+
+RANK_ZERO_FILTER = RankZeroOnly()
+
+
 def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """``warnings.showwarning`` that logs a GenlabWarning on the ``genlab`` logger.
+    """``warnings.showwarning`` that shows each warning once, on rank 0, and a GenlabWarning
+    as a line of the ``genlab`` logger.
 
     Python's own form names the file and line ``stacklevel`` lands in (often Hydra's
     instantiate) and repeats the source line; other warnings keep it.
     """
+    if not rank_zero():
+        return  # rank 0 says it: under DDP every rank would repeat the same warning
+    # Python shows a warning once per place it is raised from, and again once any library
+    # (wandb, at import) touches the filters: Lightning's srun hint came twice that way.
+    said = (category, str(message))
+    if said in SAID:
+        return
+    SAID.add(said)
     if issubclass(category, GenlabWarning):
         logging.getLogger("genlab").warning(str(message))
     else:
@@ -59,6 +88,7 @@ def show_warning(message, category, filename, lineno, file=None, line=None) -> N
 
 
 PYTHON_SHOWWARNING = warnings.showwarning
+SAID: set[tuple[type, str]] = set()  # warnings shown in this process
 
 
 def quiet_libraries() -> None:
@@ -72,6 +102,7 @@ def quiet_libraries() -> None:
     warnings.filterwarnings(
         "ignore", message=LEAF_SPEC, category=FutureWarning, module=r"pytorch_lightning\."
     )
+    logging.getLogger("genlab").addFilter(RANK_ZERO_FILTER)
 
 
 class ConsoleHandler(logging.StreamHandler):

@@ -47,27 +47,40 @@ SAMPLE_METRICS = SampleMetrics.logged_keys()
 
 
 def monitor_of(
-    cfg: DictConfig, module: pl.LightningModule, metrics: SampleMetrics | None
+    cfg: DictConfig,
+    module: pl.LightningModule,
+    metrics: SampleMetrics | None,
+    off: str | None = None,
 ) -> tuple[str, str]:
-    """The key (and its mode) that picks the best checkpoint and that sweepers optimise."""
+    """The key (and its mode) that picks the best checkpoint and that sweepers optimise.
+
+    ``off`` is why the sample metrics could not run: it and the monitor that replaces val/fid
+    make one warning.
+    """
     metric = cfg.get("optimized_metric") or type(module).default_monitor
+    replaced = ""
     if metric in SAMPLE_METRICS and (metrics is None or not metrics.computes(metric)):
         fallback = type(module).fallback_monitor
-        why = "sample metrics are off" if metrics is None else "not in metrics.metrics"
-        log.warning(f"{metric} is not computed ({why}); monitoring {fallback}")
+        replaced = f"{metric} is not computed; monitoring {fallback}"
+        if off is None:
+            why = "sample metrics are off" if metrics is None else "not in metrics.metrics"
+            replaced = f"{metric} is not computed ({why}); monitoring {fallback}"
         metric = fallback
+    if off is not None:
+        log.warning(f"FID/IS/KID are off: {off}" + (f"; {replaced}" if replaced else ""))
+    elif replaced:
+        log.warning(replaced)
     return metric, "max" if metric in MAXIMISED else "min"
 
 
-def build_metrics(cfg: DictConfig) -> SampleMetrics | None:
-    """The FID/IS/KID callback, or None (with one warning) when the metrics cannot run."""
+def build_metrics(cfg: DictConfig) -> tuple[SampleMetrics | None, str | None]:
+    """The FID/IS/KID callback, or None and why it cannot run (None with metrics=none)."""
     if "_target_" not in (cfg.get("metrics") or {}):  # metrics=none
-        return None
+        return None, None
     try:
-        return instantiate(cfg.metrics)
+        return instantiate(cfg.metrics), None
     except MetricsUnavailable as e:
-        log.warning(f"FID/IS/KID are off: {e}")
-        return None
+        return None, str(e)
 
 
 def wandb_has_credentials() -> bool:
@@ -219,8 +232,11 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     with trusting(cfg.trust_checkpoint):  # model.vqvae_ckpt
         model = instantiate(cfg.model, _convert_="object")
     check_shapes(model, datamodule)
-    metrics = build_metrics(cfg)
-    metric, mode = monitor_of(cfg, model, metrics)
+    with open_dict(cfg):
+        spawn_ddp_in_sweeps(cfg)  # before the data: a spawned DDP loads it in its workers
+    setup_data_early(cfg, datamodule)  # a bad data.root fails before any warning
+    metrics, off = build_metrics(cfg)
+    metric, mode = monitor_of(cfg, model, metrics, off)
     callbacks_cfg = cfg.get("callbacks") or {}
     if "model_checkpoint" in callbacks_cfg:
         with open_dict(cfg):
@@ -237,9 +253,7 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     with open_dict(cfg):
         prepare_wandb(cfg)
         continue_wandb_run(cfg, ckpt)
-        spawn_ddp_in_sweeps(cfg)
     del ckpt  # a whole checkpoint: not kept through fit
-    setup_data_early(cfg, datamodule)
     # first: its on_train_end validation runs before other callbacks (progress bar) end training
     callbacks.insert(0, FinalValidation(last, metrics))
     callbacks.append(RunConfig(redact(OmegaConf.to_container(cfg, resolve=True))))

@@ -54,15 +54,23 @@ class CommonAxes(pl.Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start = time.monotonic()
 
-    def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: bool = False) -> None:
+        """Log the three; at epoch level (validation) synced as their maximum over ranks.
+
+        Every rank holds the same counts, but Lightning warns about each epoch-level value
+        logged without ``sync_dist``; a step-level value is never reduced.
+        """
         # float64: float32 counts exactly only up to 2**24 (16.8M) images
         counts = {
             IMAGES_SEEN: self.images_seen,
             G_STEPS: generator_steps(trainer, pl_module),
             TRAIN_TIME: self.seconds(),
         }
+        sync = epoch and trainer.world_size > 1
+        device = pl_module.device if sync else None  # NCCL reduces on the GPU
         for key, value in counts.items():
-            pl_module.log(key, torch.tensor(value, dtype=torch.float64))
+            value = torch.tensor(value, dtype=torch.float64, device=device)
+            pl_module.log(key, value, sync_dist=sync, reduce_fx="max")
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int
@@ -73,7 +81,7 @@ class CommonAxes(pl.Callback):
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking and trainer.state.fn == "fit":
-            self._log(trainer, pl_module)
+            self._log(trainer, pl_module, epoch=True)
 
 
 def wandb_logger(trainer: pl.Trainer) -> WandbLogger | None:

@@ -217,9 +217,19 @@ class ImageMetrics:
             out[f"{self.fd}_inf"] = fit.pop("value")
             self.used["fid_inf_fit"] = fit
         if "kid" in self.metrics:
-            self.used["kid_subset_size"] = min(self.kid_subset_size, len(real_pool), len(fake_pool))
+            subset = min(self.kid_subset_size, len(real_pool), len(fake_pool))
+            if len(real_pool) < min(self.kid_subset_size, len(fake_pool)):
+                # fewer fakes than the subset size was said once, when the settings were read
+                warnings.warn(
+                    f"metrics.kid_subset_size={self.kid_subset_size} > the {len(real_pool)} "
+                    f"real images (metrics.num_real, metrics.reference_split): KID uses "
+                    f"subsets of {subset}",
+                    GenlabWarning,
+                    stacklevel=2,
+                )
+            self.used["kid_subset_size"] = subset
             out[KID_MEAN], out[KID_STD] = kid_from_features(
-                real_pool, fake_pool, self.kid_subset_size, self.kid_subsets, SEED
+                real_pool, fake_pool, subset, self.kid_subsets, SEED
             )
         if "is" in self.metrics:
             if fake_logits is None:
