@@ -202,3 +202,213 @@ def test_warnings_reach_the_user_as_one_genlab_line(tmp_path: Path, weights: Pat
     assert len(kid) == 1 and "[genlab][WARNING]" in kid[0], out[-3000:]
     assert ".py:" not in kid[0] and "UserWarning" not in kid[0], kid
     assert "is an instance of `nn.Module`" not in out, out[-3000:]
+
+
+# --- genlab.console.track: word of every long wait, in a terminal and in a batch log ---
+
+WAIT_END = r"{} \| {}/{} {} \| [\d,.]+ {}/s \| elapsed \d+:\d\d:\d\d \| done"
+
+
+def assert_waited(text: str, what: str, n: int, unit: str = "images") -> None:
+    """``text`` (a CLI's output) says ``what`` started and was done, its lines in order."""
+    lines = [ln[ln.index(what) :] for ln in text.splitlines() if what in ln]
+    assert lines and lines[0] == f"{what} | 0/{n:,} {unit} | started", text[-3000:]
+    end = WAIT_END.format(re.escape(what), f"{n:,}", f"{n:,}", unit, unit)
+    assert re.fullmatch(end, lines[-1]) and len(lines) == 2, lines
+
+
+class Clock:
+    """``time.monotonic`` that moves only when told."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def batch_log(monkeypatch) -> Clock:
+    """stdout is no terminal (as under ``pytest -s`` in one), on a clock the test moves."""
+    import time
+
+    clock = Clock()
+    monkeypatch.setattr(time, "monotonic", clock)
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    for name in console.RANK_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    return clock
+
+
+def test_a_batch_log_gets_a_line_at_the_start_every_interval_and_the_end(batch_log):
+    lines: list[str] = []
+    seen = []
+    # 10 steps of 200 images (the last of 100), 100 s each; a line at most every 250 s
+    for step in console.track(range(10), "x", 1900, per_step=200, every=250, say=lines.append):
+        seen.append(step)
+        batch_log.now += 100
+    assert seen == list(range(10))
+    assert lines == [
+        "x | 0/1,900 images | started",
+        "x | 600/1,900 images | 2.0 images/s | elapsed 0:05:00 | ETA 0:10:50",
+        "x | 1,200/1,900 images | 2.0 images/s | elapsed 0:10:00 | ETA 0:05:50",
+        "x | 1,800/1,900 images | 2.0 images/s | elapsed 0:15:00 | ETA 0:00:50",
+        "x | 1,900/1,900 images | 1.9 images/s | elapsed 0:16:40 | done",
+    ]
+
+
+def test_lines_go_to_the_genlab_logger_and_interval_zero_writes_every_step(batch_log, caplog):
+    caplog.set_level(logging.INFO, logger="genlab")
+    for _ in console.track(range(3), "k-NN", 3, unit="rows", every=0):
+        batch_log.now += 1
+    lines = [r.getMessage() for r in caplog.records if r.name == "genlab"]
+    assert [ln.split(" | ")[1] for ln in lines] == ["0/3 rows", "1/3 rows", "2/3 rows", "3/3 rows"]
+    assert lines[-1].endswith("| done") and lines[1].endswith("| ETA 0:00:02")
+
+
+def test_a_terminal_gets_a_bar_then_one_line(monkeypatch):
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    import rich.progress
+
+    bars, draw = [], rich.progress.track
+
+    def rich_track(steps, description, total, transient):
+        bars.append((description, total))
+        return draw(steps, description=description, total=total, transient=transient)
+
+    monkeypatch.setattr(sys, "stdout", Terminal())
+    monkeypatch.setattr(rich.progress, "track", rich_track)
+    lines: list[str] = []
+    assert list(console.track(range(3), "features", 3, say=lines.append)) == [0, 1, 2]
+    assert bars == [("features", 3)]
+    assert len(lines) == 1 and lines[0].startswith("features | 3/3 images |"), lines
+    # bar=False (training, where Lightning's bar holds the terminal): lines instead
+    lines.clear()
+    list(console.track(range(3), "features", 3, bar=False, say=lines.append))
+    assert lines[0] == "features | 0/3 images | started" and len(lines) == 2
+
+
+def test_a_bar_nests_only_where_rich_nests_live_displays(monkeypatch):
+    import rich
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(sys, "stdout", Terminal())
+    for console_state, fits in [
+        ({"_live_stack": [object()]}, True),  # rich >= 14.1: nests
+        ({"_live": object()}, False),  # rich 13 with a live display: a second one raises
+        ({"_live": None}, True),
+    ]:
+        monkeypatch.setattr(rich, "get_console", lambda s=console_state: SimpleNamespace(**s))
+        assert console.bar_fits() is fits, console_state
+
+
+def test_only_rank_zero_speaks(batch_log, monkeypatch):
+    lines: list[str] = []
+    monkeypatch.setenv("RANK", "1")
+    assert list(console.track(range(3), "x", 3, every=0, say=lines.append)) == [0, 1, 2]
+    assert lines == []
+    monkeypatch.setenv("RANK", "0")
+    list(console.track(range(3), "x", 3, say=lines.append))
+    assert len(lines) == 2
+
+
+def test_a_slow_nearest_neighbour_search_reports_progress(batch_log, caplog, monkeypatch):
+    import torch
+
+    from genlab.metrics import knn
+
+    caplog.set_level(logging.INFO, logger="genlab")
+    x, ref = torch.randn(5, 4), torch.randn(7, 4)
+    knn.nearest(x, ref, block=2)
+    knn.knn_radii(ref, {1}, block=2)
+    assert not caplog.records  # a search of seconds says nothing
+    monkeypatch.setattr(knn, "SLOW_SEARCH", 5 * 7 * 4)
+    knn.nearest(x, ref, block=2)
+    assert_waited(caplog.text, "nearest of 7 features to each of 5", 5, "rows")
+    monkeypatch.setattr(knn, "SLOW_SEARCH", 7 * 7 * 4)
+    knn.knn_radii(ref, {1}, block=2)
+    assert_waited(caplog.text, "k-NN radii of 7 features", 7, "rows")
+
+
+def test_training_the_modes_classifier_reports_progress(batch_log, caplog, tmp_path):
+    from genlab.errors import GenlabError
+    from genlab.metrics.modes import ModeClassifier
+
+    caplog.set_level(logging.INFO, logger="genlab")
+    with pytest.raises(GenlabError, match="held-out accuracy"):  # too small to pass: quick
+        ModeClassifier(str(tmp_path), width=4, epochs=2, members=1, batch_size=512, augment=False)
+    what = f"digit classifier for val/modes (trained once, cached in {tmp_path})"
+    assert_waited(caplog.text, what, 2, "epochs")
+
+
+# the long waits through the console scripts, in a batch log (stdout a pipe)
+SMALL_METRICS = [
+    "metrics.inception_sha256=null",  # random weights (tests/inception.py)
+    "metrics.num_samples=8", "metrics.num_real=8", "metrics.batch_size=8",
+    "metrics.kid_subset_size=4", "metrics.is_splits=2",
+]  # fmt: skip
+REFERENCE = "reference features of train (cached for later runs)"
+
+
+def cli(tmp_path: Path, script: str, *args: str) -> str:
+    """Run a console script as a batch job would; its stdout and stderr, checked."""
+    proc = subprocess.run(
+        [str(BIN / script), *args],
+        cwd=tmp_path, env=cli_env(tmp_path), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def scored_run(tmp_path_factory, weights) -> tuple[str, Path]:
+    """A tiny GAN trained with sample metrics: its output and last checkpoint."""
+    run = tmp_path_factory.mktemp("scored")
+    out = cli(
+        run, "genlab-train", *TINY[:2], "metrics=fid", f"metrics.inception_weights={weights}",
+        *SMALL_METRICS, "data.limit=64", "trainer.max_epochs=1", f"hydra.run.dir={run}",
+    )  # fmt: skip
+    return out, run / "checkpoints" / "last.ckpt"
+
+
+def test_training_time_sample_metrics_report_their_passes(scored_run):
+    out, _ = scored_run
+    assert_waited(out, REFERENCE, 8)
+    assert_waited(out, "sample features", 8)
+
+
+def test_sample_nearest_reports_the_reference_pass(scored_run, weights, tmp_path):
+    """The 337 s of silence of issue 28: the reference pass of genlab-sample nearest=true."""
+    out = cli(
+        tmp_path, "genlab-sample", f"ckpt_path={scored_run[1]}", "nearest=true",
+        "nearest_count=4", "nrow=4", "num_samples=4", f"+metrics.inception_weights={weights}",
+        "+metrics.inception_sha256=null", "+metrics.num_real=8",
+        f"+metrics.cache_dir={tmp_path}/cache", f"hydra.run.dir={tmp_path}/out",
+    )  # fmt: skip
+    assert_waited(out, REFERENCE, 8)
+
+
+def test_eval_reports_its_feature_passes(scored_run, weights, tmp_path):
+    out = cli(
+        tmp_path, "genlab-eval", f"ckpt_path={scored_run[1]}", "metrics=fid",
+        f"metrics.inception_weights={weights}", *SMALL_METRICS, f"metrics.cache_dir={tmp_path}/c",
+    )  # fmt: skip
+    assert_waited(out, REFERENCE, 8)
+    assert_waited(out, "sample features", 8)
+
+
+def test_prepare_reports_decoding(tmp_path):
+    from tests.test_prepare import image_folder
+
+    root = image_folder(tmp_path / "images", n=6)
+    out = cli(
+        tmp_path, "genlab-prepare", "data=folder", f"data.root={root}", "data.image_size=8",
+        f"out={tmp_path / 'p'}", "num_workers=0", "chunk=4",
+    )  # fmt: skip
+    assert_waited(out, "decoding train", 6)

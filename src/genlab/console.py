@@ -122,3 +122,97 @@ class ConsoleHandler(logging.StreamHandler):
     @stream.setter
     def stream(self, value: Any) -> None:
         pass
+
+
+# A batch log's progress line at most this often, as LogProgress's between epochs (5 minutes).
+PROGRESS_SECONDS = 300.0
+
+
+def clock(seconds: float) -> str:
+    """Seconds as H:MM:SS."""
+    from datetime import timedelta
+
+    return str(timedelta(seconds=round(seconds)))
+
+
+def global_zero() -> bool:
+    """True in global rank 0: by the process group once one is up (ddp_spawn's processes set
+    no variable), else by ``rank_zero``."""
+    dist = sys.modules.get("torch.distributed")  # never imported here: torch stays unloaded
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return rank_zero()
+
+
+def bar_fits() -> bool:
+    """True when stdout is a terminal that can take one more rich bar.
+
+    rich >= 14.1 nests live displays (a bar inside Lightning's); rich 13 holds one and raises
+    on a second.
+    """
+    if not getattr(sys.stdout, "isatty", lambda: False)():
+        return False
+    from rich import get_console
+
+    console = get_console()
+    return hasattr(console, "_live_stack") or getattr(console, "_live", None) is None
+
+
+def waiting_line(
+    what: str, done: int, total: int, unit: str, elapsed: float, final: bool = False
+) -> str:
+    """``what | done/total unit | rate | elapsed | ETA`` in the look of training's lines."""
+    if not final and done == 0:
+        return f"{what} | 0/{total:,} {unit} | started"
+    rate = done / max(elapsed, 1e-9)
+    left = "done" if final else f"ETA {clock(elapsed * (total - done) / done)}"
+    speed = f"{rate:,.1f} {unit}/s"
+    return f"{what} | {done:,}/{total:,} {unit} | {speed} | elapsed {clock(elapsed)} | {left}"
+
+
+def track(
+    steps: Any,
+    what: str,
+    total: int,
+    unit: str = "images",
+    per_step: int = 1,
+    bar: bool = True,
+    every: float = PROGRESS_SECONDS,
+    say: Any = None,
+) -> Any:
+    """``steps``, with word of how far they got: a long wait must not look like a hang.
+
+    A terminal gets a rich bar, then the final line; otherwise (a batch log, ``bar=False``, a
+    terminal whose rich cannot nest a bar) a line at the start, every ``every`` seconds and at
+    the end. Lines go to the ``genlab`` logger unless ``say`` takes them. Rank 0 only: every
+    rank runs the sample-metric passes.
+
+    Args:
+        steps: an iterable; the generator yields its items.
+        total: units of work in all; each step does ``per_step`` of them (the last may do less).
+        say: a function taking each line (a one-shot tool that prints); default the logger.
+    """
+    import time
+
+    if not global_zero():
+        yield from steps
+        return
+    say = say or logging.getLogger("genlab").info
+    start = time.monotonic()
+    last = start
+    if bar and bar_fits():
+        from rich.progress import track as rich_track
+
+        yield from rich_track(
+            steps, description=what, total=-(-total // max(per_step, 1)), transient=True
+        )
+    else:
+        say(waiting_line(what, 0, total, unit, 0.0))
+        for i, step in enumerate(steps):
+            yield step
+            now = time.monotonic()
+            done = min((i + 1) * per_step, total)
+            if now - last >= every and done < total:
+                say(waiting_line(what, done, total, unit, now - start))
+                last = now
+    say(waiting_line(what, total, total, unit, time.monotonic() - start, final=True))

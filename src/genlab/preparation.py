@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 from genlab import __version__
 from genlab.atomic import atomic_json
 from genlab.config import check_prepare, instantiate
+from genlab.console import track
 from genlab.data.datasets import TensorImages, image_files
 from genlab.data.idx import IDX_SETS
 from genlab.data.prepared import (
@@ -123,8 +124,16 @@ class Decoded:
         return f"cannot read image {names[i] if names else i}: {error}"
 
 
-def write_split(dataset: Any, images: Any, labels: Any, workers: int, chunk: int) -> None:
-    """Decode every item of ``dataset`` into the open memmaps ``images`` and ``labels``."""
+def say(line: str) -> None:
+    """A progress line, printed as this tool's other messages (its job logging is off)."""
+    print(f"{PROG}: {line}", flush=True)
+
+
+def write_split(
+    dataset: Any, images: Any, labels: Any, workers: int, chunk: int, what: str = "decoding"
+) -> None:
+    """Decode every item of ``dataset`` into the open memmaps ``images`` and ``labels``, saying
+    how far it got: a large folder decodes for minutes."""
     if isinstance(dataset, TensorImages):  # already uint8 in memory: one conversion
         images[:] = dataset.images.permute(0, 2, 3, 1).numpy()
         labels[:] = dataset.labels.numpy()
@@ -133,7 +142,7 @@ def write_split(dataset: Any, images: Any, labels: Any, workers: int, chunk: int
         Decoded(dataset), batch_size=chunk, num_workers=workers, collate_fn=lambda items: items
     )
     start = 0
-    for items in loader:
+    for items in track(loader, what, len(dataset), per_step=chunk, say=say):
         for _, error in items:
             if error:
                 raise GenlabError(f"{error}; nothing written")
@@ -199,7 +208,7 @@ def prepare(cfg: DictConfig) -> Path:
             img_tmp, images = temp_array(out, f"{split}.npy", (info["count"], size, size, ch), "u1")
             lab_tmp, labels = temp_array(out, f"{split}_labels.npy", (info["count"],), "int64")
             temps |= {img_tmp: out / f"{split}.npy", lab_tmp: out / f"{split}_labels.npy"}
-            write_split(dataset, images, labels, cfg.num_workers, cfg.chunk)
+            write_split(dataset, images, labels, cfg.num_workers, cfg.chunk, f"decoding {split}")
             images.flush()
             labels.flush()
             del images, labels

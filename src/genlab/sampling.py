@@ -105,7 +105,8 @@ def nearest_rows(cfg: DictConfig, run_cfg: DictConfig, model: nn.Module) -> Tens
         base = OmegaConf.load(Path(CONFIG_DIR) / "metrics" / "default.yaml")
     metrics_cfg = OmegaConf.merge(base, cfg.get("metrics") or {}, {"metrics": ["copies"]})
     metrics_cfg.pop("defaults", None)
-    metrics = instantiate(metrics_cfg, batch_size=min(64, cfg.nearest_count))
+    # a terminal gets a bar (the run's setting is for training, where Lightning's bar shows)
+    metrics = instantiate(metrics_cfg, batch_size=min(64, cfg.nearest_count), progress=True)
     datamodule = instantiate(run_cfg.data)
     samples, neighbours = metrics.nearest_training(
         single_process(datamodule), model, cfg.nearest_count

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from rich.progress import track
 from torch import Tensor
 
+from genlab.console import track
 from genlab.data.datasets import fetch
 from genlab.metrics import LABEL, LOGITS, POOL, load_reference_entry, store_reference
 
@@ -44,21 +44,28 @@ def single_process(datamodule: pl.LightningDataModule) -> SimpleNamespace:
 
 
 def gather(
-    trainer: Any, image_metrics: Any, n: int, chunk_fn: Chunk, batch: int, progress: bool
+    trainer: Any,
+    image_metrics: Any,
+    n: int,
+    chunk_fn: Chunk,
+    batch: int,
+    progress: bool,
+    what: str = "sample features",
 ) -> dict[str, Tensor]:
     """Features of chunks 0..ceil(n / batch) - 1, rank r doing r, r + W, ...; all ranks get all.
 
     Every rank runs the same number of chunk slots (padding ranks repeat the last chunk), and
     under DDP a short chunk's features are padded, so the gathered rows in chunk order start
-    with the n wanted ones. Only the images asked for go through the networks.
+    with the n wanted ones. Only the images asked for go through the networks. Rank 0 reports
+    the pass (``genlab.console.track``): a bar in a terminal where ``progress``, else lines.
     """
     world, rank = trainer.world_size, trainer.global_rank
     chunks = -(-n // batch)
     slots = -(-chunks // world)
     parts: dict[str, list[Tensor]] = {}
     steps = range(slots)
-    if progress and trainer.is_global_zero:
-        steps = track(steps, description=f"features of {n} images", transient=True)
+    if trainer.is_global_zero:  # the images of all ranks: they run in step
+        steps = track(steps, what, n, per_step=batch * world, bar=progress)
     for s in steps:
         images, labels = chunk_fn(min(s * world + rank, chunks - 1))
         features = image_metrics.features(images)
@@ -104,7 +111,8 @@ def real_features(
         items = fetch(dataset, list(range(j * batch, min(n, (j + 1) * batch))))
         return items.images.to(device), items.labels.to(device)
 
-    real = gather(trainer, image_metrics, n, real_chunk, batch, progress)
+    what = f"reference features of {split} (cached for later runs)"
+    real = gather(trainer, image_metrics, n, real_chunk, batch, progress, what)
     out = {POOL: real[POOL].cpu(), "labels": real[LABEL].cpu().long()}
     if trainer.is_global_zero:
         store_reference(key, cache_dir, out[POOL], out["labels"])

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genlab.atomic import atomic_torch_save
+from genlab.console import track
 from genlab.errors import GenlabError, GenlabWarning
 
 NUM_MODES = 1000
@@ -233,23 +234,23 @@ class ModeClassifier:
         s = self.settings
         train, held = held_out_split(labels, s["held_out_per_class"], s["seed"])
         steps = s["epochs"] * math.ceil(len(train) / s["batch_size"])
+        epochs = [(i, e) for i in range(s["members"]) for e in range(s["epochs"])]
+        what = f"digit classifier for val/modes (trained once, cached in {self.path.parent})"
         with torch.random.fork_rng(devices=[]):
-            for i in range(s["members"]):
-                torch.manual_seed(s["seed"] + i)  # members differ in init, order and augmentation
-                gen = torch.Generator().manual_seed(s["seed"] + i)
-                net = self.net.members[i] = digit_net(s["width"]).train()  # seeded init
-                opt = torch.optim.AdamW(net.parameters(), lr=s["lr"])
-                schedule = torch.optim.lr_scheduler.OneCycleLR(opt, s["lr"], total_steps=steps)
-                for _ in range(s["epochs"]):
-                    for idx in train[torch.randperm(len(train), generator=gen)].split(
-                        s["batch_size"]
-                    ):
-                        xb = random_affine(x[idx], gen) if s["augment"] else x[idx]
-                        loss = F.cross_entropy(net(xb), labels[idx])
-                        opt.zero_grad()
-                        loss.backward()
-                        opt.step()
-                        schedule.step()
+            for i, epoch in track(epochs, what, len(epochs), unit="epochs"):
+                if epoch == 0:  # members differ in init, order and augmentation
+                    torch.manual_seed(s["seed"] + i)
+                    gen = torch.Generator().manual_seed(s["seed"] + i)
+                    net = self.net.members[i] = digit_net(s["width"]).train()  # seeded init
+                    opt = torch.optim.AdamW(net.parameters(), lr=s["lr"])
+                    schedule = torch.optim.lr_scheduler.OneCycleLR(opt, s["lr"], total_steps=steps)
+                for idx in train[torch.randperm(len(train), generator=gen)].split(s["batch_size"]):
+                    xb = random_affine(x[idx], gen) if s["augment"] else x[idx]
+                    loss = F.cross_entropy(net(xb), labels[idx])
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                    schedule.step()
         self.net.eval()
         with torch.no_grad():
             reads = self.net(x[held]).argmax(1).reshape(10, s["held_out_per_class"])
