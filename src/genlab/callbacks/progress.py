@@ -3,13 +3,13 @@
 import logging
 import math
 import time
-from datetime import timedelta
 from typing import Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Timer
 
 from genlab.callbacks.checkpointing import fit_ends
+from genlab.console import clock
 
 log = logging.getLogger("genlab")
 
@@ -17,11 +17,6 @@ log = logging.getLogger("genlab")
 def batch_len(batch: Any) -> int:
     """Images in one ``(images, labels)`` batch (or a bare tensor of images)."""
     return len(batch[0]) if isinstance(batch, (tuple, list)) else len(batch)
-
-
-def clock(seconds: float) -> str:
-    """Seconds as H:MM:SS."""
-    return str(timedelta(seconds=round(seconds)))
 
 
 def done_fraction(trainer: pl.Trainer, epoch: int, batches: int) -> float:
