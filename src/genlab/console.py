@@ -30,8 +30,11 @@ CHECKPOINT_LOGGER = "pytorch_lightning.trainer.connectors.checkpoint_connector"
 LEAF_SPEC = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
 # What tells a process it is not rank 0 before Lightning knows: Lightning's DDP launcher sets
 # LOCAL_RANK in each process it starts, a second node runs with NODE_RANK, torchrun sets RANK
-# and GROUP_RANK, srun sets SLURM_PROCID.
-RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID")
+# and GROUP_RANK, srun sets SLURM_PROCID, LSF's jsrun JSM_NAMESPACE_RANK (Lightning's own guess
+# reads RANK, LOCAL_RANK, SLURM_PROCID and JSM_NAMESPACE_RANK, not NODE_RANK).
+RANK_VARIABLES = (
+    "RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"
+)  # fmt: skip
 
 
 class DropMessages(logging.Filter):
@@ -135,6 +138,13 @@ def clock(seconds: float) -> str:
     return str(timedelta(seconds=round(seconds)))
 
 
+def eta(elapsed: float, start: float, now: float) -> float | None:
+    """Seconds left if the rest goes as fast as ``start`` to ``now`` (fractions) did."""
+    if now <= start:
+        return None
+    return elapsed * (1.0 - now) / (now - start)
+
+
 def global_zero() -> bool:
     """True in global rank 0: by the process group once one is up (ddp_spawn's processes set
     no variable), else by ``rank_zero``."""
@@ -165,7 +175,7 @@ def waiting_line(
     if not final and done == 0:
         return f"{what} | 0/{total:,} {unit} | started"
     rate = done / max(elapsed, 1e-9)
-    left = "done" if final else f"ETA {clock(elapsed * (total - done) / done)}"
+    left = "done" if final else f"ETA {clock(eta(elapsed, 0.0, done / total))}"
     speed = f"{rate:,.1f} {unit}/s"
     return f"{what} | {done:,}/{total:,} {unit} | {speed} | elapsed {clock(elapsed)} | {left}"
 

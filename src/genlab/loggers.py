@@ -20,6 +20,7 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 from pytorch_lightning.utilities import rank_zero_only
 
+from genlab.console import rank_zero
 from genlab.keys import G_STEPS, IMAGES_SEEN, MAXIMISED, SUMMARY_MIN, TRAIN_TIME
 from genlab.redact import redact, redact_argv
 
@@ -124,10 +125,10 @@ def read_run_id(run_dir: Path) -> str | None:
 def write_run_id(run_dir: Path, run_id: str) -> None:
     """Store the run's W&B id in its directory (rank 0 only: every rank builds a config).
 
-    Before the Trainer exists ranks come from the environment: Lightning's guess (RANK,
-    LOCAL_RANK, SLURM_PROCID), which leaves out NODE_RANK of nodes launched by hand.
+    Before the Trainer exists ranks come from the environment (``genlab.console.rank_zero``:
+    Lightning's guess leaves out NODE_RANK of nodes launched by hand).
     """
-    if rank_zero_only.rank != 0 or os.environ.get("NODE_RANK", "0") not in ("", "0"):
+    if not rank_zero():
         return
     path = Path(run_dir) / ID_FILE
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -58,18 +58,14 @@ def monitor_of(
     make one warning.
     """
     metric = cfg.get("optimized_metric") or type(module).default_monitor
-    replaced = ""
+    said = [] if off is None else [f"FID/IS/KID are off: {off}"]
     if metric in SAMPLE_METRICS and (metrics is None or not metrics.computes(metric)):
         fallback = type(module).fallback_monitor
-        replaced = f"{metric} is not computed; monitoring {fallback}"
-        if off is None:
-            why = "sample metrics are off" if metrics is None else "not in metrics.metrics"
-            replaced = f"{metric} is not computed ({why}); monitoring {fallback}"
+        why = "sample metrics are off" if metrics is None else "not in metrics.metrics"
+        said.append(f"{metric} is not computed{'' if said else f' ({why})'}; monitoring {fallback}")
         metric = fallback
-    if off is not None:
-        log.warning(f"FID/IS/KID are off: {off}" + (f"; {replaced}" if replaced else ""))
-    elif replaced:
-        log.warning(replaced)
+    if said:
+        log.warning("; ".join(said))
     return metric, "max" if metric in MAXIMISED else "min"
 
 

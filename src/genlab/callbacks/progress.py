@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Timer
 
 from genlab.callbacks.checkpointing import fit_ends
-from genlab.console import clock
+from genlab.console import clock, eta
 
 log = logging.getLogger("genlab")
 
@@ -28,13 +28,6 @@ def done_fraction(trainer: pl.Trainer, epoch: int, batches: int) -> float:
     if (trainer.max_epochs or -1) > 0 and 0 < per_epoch < math.inf:
         fractions.append((epoch + batches / per_epoch) / trainer.max_epochs)
     return min(max(fractions), 1.0)
-
-
-def eta(elapsed: float, start: float, now: float) -> float | None:
-    """Seconds left if the rest goes as fast as ``start`` to ``now`` (fractions) did."""
-    if now <= start:
-        return None
-    return elapsed * (1.0 - now) / (now - start)
 
 
 def metrics_text(trainer: pl.Trainer) -> str:
