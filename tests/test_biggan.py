@@ -1,10 +1,16 @@
-"""BigGAN: shapes, StudioGAN's parameter counts, structure, orthogonal regularisation, learning."""
+"""BigGAN: shapes, StudioGAN's parameter counts and D outputs, structure, orthogonal
+regularisation, learning."""
+
+import re
+from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torch.nn.utils import parametrize
 
 from genlab import losses
+from genlab.config import instantiate
 from genlab.errors import GenlabError
 from genlab.nets import BigGANDiscriminator, BigGANGenerator
 from genlab.nets.biggan import SelfAttention
@@ -50,6 +56,72 @@ def test_parameter_counts_match_studiogan(size, classes, z, width, g_ref, d_ref)
     assert (count(g), count(d)) == (g_ref, d_ref)  # in fact exact
 
 
+# Written by experiments/references/biggan_d_studiogan.py from PyTorch-StudioGAN's own
+# src/models/big_resnet.py Discriminator (commit 947b35e9835b67860fdce44d337f6d7fee7c8db3, run
+# unmodified with nn.ReLU(inplace=True) as config.py's define_modules picks): tiny widths,
+# conditional and unconditional at 32 px, conditional at 64 px; their state_dict, inputs and
+# eval-mode outputs.
+STUDIOGAN_D = Path(__file__).parent / "fixtures" / "references" / "biggan_d_studiogan.pt"
+# their module names -> genlab's; blocks.i.0 (a list of one) -> blocks.i, old-style spectral
+# norm's weight_orig / weight_u / weight_v -> the parametrisation's original / _u / _v
+THEIR_NAMES = [
+    (r"^blocks\.(\d+)\.0\.", r"blocks.\1."), (r"\.conv2d0\.", ".shortcut."),
+    (r"\.conv2d1\.", ".conv1."), (r"\.conv2d2\.", ".conv2."), (r"\.conv1x1_theta\.", ".theta."),
+    (r"\.conv1x1_phi\.", ".phi."), (r"\.conv1x1_g\.", ".g."), (r"\.conv1x1_attn\.", ".out."),
+    (r"^linear1\.", "linear."), (r"^embedding\.", "embed."),
+    (r"\.weight_orig$", ".parametrizations.weight.original"),
+    (r"\.weight_u$", ".parametrizations.weight.0._u"),
+    (r"\.weight_v$", ".parametrizations.weight.0._v"),
+]  # fmt: skip
+
+
+def studiogan_d_difference(case: dict, shortcut: str) -> float:
+    """Max |genlab D - StudioGAN D| over the case's inputs, on their copied weights (eval)."""
+    size, classes = case["image_size"], case["num_classes"]
+    attention = 16 if size == 32 else 8  # their attn_d_loc [1] at 32 px, [3] at 64 px
+    d = BigGANDiscriminator(
+        size, 3, classes, base_channels=case["base_channels"], attention=attention,
+        shortcut=shortcut,
+    )  # fmt: skip
+    state = {}
+    for name, value in case["state_dict"].items():
+        for pattern, repl in THEIR_NAMES:
+            name = re.sub(pattern, repl, name)
+        state[name] = value
+    d.load_state_dict(state)  # strict: every name mapped, none left over
+    with torch.no_grad():
+        out = d.eval()(case["x"].float(), case["labels"] if classes else None)
+    return (out - case["out"]).abs().max().item()
+
+
+def test_discriminator_equals_studiogans_on_copied_weights():
+    reference = torch.load(STUDIOGAN_D, weights_only=True)
+    assert reference["studiogan_commit"] == "947b35e9835b67860fdce44d337f6d7fee7c8db3"
+    cases = reference["cases"]
+    for name, case in cases.items():
+        scale = case["out"].abs().max().item()
+        assert studiogan_d_difference(case, "relu") < 1e-5 * max(1, scale), name
+        # BigGAN-PyTorch's block (the shortcut on x) is another network: the test can fail
+        assert studiogan_d_difference(case, "input") > 0.05 * scale, name
+
+
+def test_shortcut_choice_config_default_and_old_configs():
+    cfg = OmegaConf.load(Path(__file__).parents[1] / "conf" / "model" / "biggan.yaml")
+    assert cfg.discriminator.shortcut == "relu"  # StudioGAN's network, behind the recipe's 4.16
+    node = {**OmegaConf.to_container(cfg.discriminator), "image_size": 32, "channels": 3}
+    node.update(num_classes=0, base_channels=8)
+    d = instantiate(node)
+    assert [b.relu_shortcut for b in d.blocks if hasattr(b, "relu_shortcut")] == [0, 1, 1, 1]
+    # a checkpoint saved before the key existed rebuilds the network it trained (x on the shortcut)
+    del node["shortcut"]
+    assert not any(getattr(b, "relu_shortcut", False) for b in instantiate(node).blocks)
+    x = torch.randn(2, 3, 32, 32)
+    old = BigGANDiscriminator(32, 3, base_channels=8, shortcut="input")
+    new = BigGANDiscriminator(32, 3, base_channels=8, shortcut="relu")
+    new.load_state_dict(old.state_dict())  # the same parameters: only the forward differs
+    assert not torch.allclose(old.eval()(x), new.eval()(x))
+
+
 def test_default_widths_are_studiogans_cifar10():
     assert count(BigGANGenerator(80, 32, 3, 10, init="N02")) == 9_416_196
 
@@ -91,6 +163,8 @@ def test_bad_arguments_name_their_key():
         BigGANDiscriminator(64, 3, base_channels=4)
     with pytest.raises(GenlabError, match="model.generator.init='xavier2'"):
         BigGANGenerator(80, 32, 3, init="xavier2")
+    with pytest.raises(GenlabError, match="model.discriminator.shortcut='studiogan'"):
+        BigGANDiscriminator(32, 3, shortcut="studiogan")
 
 
 def test_orthogonal_reg_hand_computed_and_biggans_gradient():

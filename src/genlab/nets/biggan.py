@@ -10,7 +10,15 @@ init. Unconditional models keep the conditional BatchNorms, fed by the z chunks 
 (StudioGAN's ``g_cond_mtd: W/O``), and drop the embeddings. Widths as StudioGAN's configs:
 CIFAR10/BigGAN.yaml at 32 px (G and D 96, z 80, attention at 16x16 in G and D) and
 Baby_ImageNet/BigGAN.yaml's layout at 64 px (attention at 32x32).
+
+D's blocks after the first come in two kinds (``shortcut``). StudioGAN's ``DiscBlock`` writes
+``x0 = x`` and then applies an in-place ReLU to ``x``, so its shortcut sees relu(x) ("relu"); its
+published numbers come from that network, and on copied weights genlab's D with "relu" gives its
+outputs (tests/test_biggan.py, against a fixture written by its own code). BigGAN-PyTorch's
+``DBlock`` keeps the ReLU out of place, so the shortcut sees x ("input"), as the paper intends.
 """
+
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +38,7 @@ DEFAULT_WIDTH = {32: 96, 64: 80}  # CIFAR10/BigGAN.yaml; Baby_ImageNet/BigGAN.ya
 SN_EPS = 1e-6  # StudioGAN's spectral norm epsilon (ops.snconv2d)
 BN_EPS = 1e-4  # StudioGAN's BatchNorm epsilon (ops.batchnorm_2d)
 INITS = ("ortho", "N02", "glorot")
+Shortcut = Literal["relu", "input"]  # D blocks 2+: shortcut on relu(x) (StudioGAN) or x
 
 
 def _init(net: nn.Module, style: str) -> None:
@@ -108,12 +117,30 @@ class GBlock(resnet.GBlock):
 
 
 class DBlock(resnet.DBlock):
-    """SNGAN's down-residual block, widened at its first conv (in -> out) as BigGAN's."""
+    """SNGAN's down-residual block, widened at its first conv (in -> out) as BigGAN's.
 
-    def __init__(self, in_channels: int, out_channels: int, downsample: bool, first: bool) -> None:
+    Args:
+        shortcut: "relu": the shortcut takes relu(x) in a pre-activating block (StudioGAN);
+            "input": it takes x (BigGAN-PyTorch, SNGAN).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        downsample: bool,
+        first: bool,
+        shortcut: Shortcut = "input",
+    ) -> None:
         super().__init__(in_channels, out_channels, downsample, first)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.relu_shortcut = shortcut == "relu" and not first  # the first block has no ReLU
+
+    def forward(self, x: Tensor) -> Tensor:
+        # StudioGAN's x0 = x aliases the input its nn.ReLU(inplace=True) then rectifies; the
+        # residual branch's own ReLU is idempotent, so only the shortcut changes
+        return super().forward(F.relu(x) if self.relu_shortcut else x)
 
 
 class BigGANGenerator(nn.Module):
@@ -190,6 +217,10 @@ class BigGANDiscriminator(nn.Module):
 
     Args:
         attention: resolution of the self-attention block (null: half the image size, 0: none).
+        shortcut: what the shortcut of every block after the first takes: "relu" (relu(x),
+            StudioGAN's network) or "input" (x, BigGAN-PyTorch's). The default is "input", what
+            genlab's D computed before the choice existed, so a checkpoint whose saved config
+            lacks the key rebuilds the network it trained; conf/model/biggan.yaml sets "relu".
     """
 
     def __init__(
@@ -201,6 +232,7 @@ class BigGANDiscriminator(nn.Module):
         attention: int | None = None,
         spectral_norm: bool = True,
         init: str = "ortho",
+        shortcut: Shortcut = "input",
     ) -> None:
         super().__init__()
         base = DEFAULT_WIDTH.get(image_size, 1) if base_channels is None else base_channels
@@ -210,6 +242,11 @@ class BigGANDiscriminator(nn.Module):
             base_channels=base,
         )  # fmt: skip
         _check_init(init, role)
+        if shortcut not in get_args(Shortcut):
+            raise GenlabError(
+                f"{role}.shortcut={shortcut!r}: use relu (StudioGAN's D) or input "
+                "(BigGAN-PyTorch's)"
+            )
         self.num_classes = num_classes
         widths = [channels] + [base * m for m in D_WIDTHS[image_size]]
         downs = D_DOWNSAMPLE[image_size]
@@ -217,7 +254,7 @@ class BigGANDiscriminator(nn.Module):
         blocks: list[nn.Module] = []
         size, placed = image_size, False
         for n, (i, o, down) in enumerate(zip(widths[:-1], widths[1:], downs, strict=True)):
-            blocks.append(DBlock(i, o, down, first=n == 0))
+            blocks.append(DBlock(i, o, down, first=n == 0, shortcut=shortcut))
             size //= 2 if down else 1
             if attention == size and not placed:  # after the first block at that resolution
                 blocks.append(SelfAttention(o, role))
