@@ -2,21 +2,25 @@
 
 Reference: Burda, Grosse & Salakhutdinov 2016 (IWAE), the authors' code yburda/iwae,
 experiments.py with --layers 2: latent_units [100, 50], hidden_units_q [[200, 200], [100, 100]],
-hidden_units_p [[100, 100], [200, 200]], tanh, sigma = exp(linear), Glorot-uniform init.
+hidden_units_p [[100, 100], [200, 200]], tanh, sigma = exp(linear), Glorot-uniform init, the
+Bernoulli decoder's output bias at the training data's log-odds (datasets.py, get_train_bias_np).
 Table 1, MNIST, two stochastic layers: VAE (k=1) 85.33 nats, IWAE (k=50) 82.90 nats.
 """
 
 import math
 from functools import partial
 
+import numpy as np
 import pytest
+import pytorch_lightning as pl
 import torch
 from torch import nn
 from torch.distributions import Bernoulli, Normal
 
 from genlab.errors import GenlabError
-from genlab.models.vae import VAE
+from genlab.models.vae import VAE, pixel_mean
 from genlab.nets import HierarchicalDecoder, HierarchicalEncoder
+from genlab.nets.hvae import data_logodds
 from genlab.training import build
 from tests.conftest import fit_built
 
@@ -55,7 +59,7 @@ def test_layers_match_the_authors_code():
     for layer in (m for m in model.modules() if isinstance(m, nn.Linear)):  # Glorot uniform
         bound = math.sqrt(6 / (layer.in_features + layer.out_features))
         assert layer.weight.abs().max() <= bound and layer.weight.abs().max() > 0.9 * bound
-        assert not layer.bias.any()
+        assert not layer.bias.any()  # the output bias too, until fit start sets it from the data
     x = binary_digits(4)
     assert model.sample(3).shape == (3, 1, 28, 28) and model.reconstruct(x).shape == x.shape
     assert model.prior_draw(3).shape == (3, 100)
@@ -204,5 +208,93 @@ def test_short_run_on_binarised_mnist5k_improves(k, key, cfg_tiny):
                    f"model.iwae_k={k}", "data.batch_size=50", "model.nll_k=8")  # fmt: skip
     start, end = learning_gain(cfg, key)
     sign = 1 if key == "val/elbo" else -1  # the ELBO rises, the NLL falls
-    # nats per digit: 100 steps took hvae2 from -804 to -217 (ELBO), 688 to 211 (NLL) here
+    # nats per digit: 100 steps took hvae2 from -804 to -197 (ELBO), 688 to 181 (NLL) here;
+    # -217 and 211 with model.decoder.output_bias=zero (start: before fit sets the bias)
     assert sign * (end - start) > 200, (start, end)
+
+
+def authors_train_bias(train_grey: np.ndarray) -> np.ndarray:
+    """The IWAE authors' ``get_train_bias_np``, written as theirs, on (N, D) pixels in [0, 1].
+
+    yburda/iwae at 78a6075484bd7dd6f47a4bb9880d2295bc7a5220, datasets.py, DatasetTheano and
+    BinarizedDatasetTheano: the mean of the training split's grey levels (binarised data are
+    binarised per minibatch, after this), clipped to [0.001, 0.999], as log-odds; iwae.py,
+    ``random_iwae``, puts it in the bias of the Bernoulli decoder's last linear layer only.
+    """
+    mean = np.mean(train_grey, axis=0)[None, :].astype(np.float32)
+    return -np.log(1.0 / np.clip(mean, 0.001, 0.999) - 1.0).astype(np.float32)
+
+
+class BiasAtTrainStart(pl.Callback):
+    """The decoder's output bias after fit start, before the first step (and any restore)."""
+
+    def on_train_start(self, trainer, module):
+        self.bias = module.decoder.net[-1].bias.detach().clone()
+
+
+def test_data_logodds_is_the_authors_formula_and_clips():
+    mean = torch.tensor([0.0, 0.0004, 0.001, 0.2, 0.5, 0.93, 0.9995, 1.0])
+    got = data_logodds(mean).numpy()
+    assert np.allclose(got, authors_train_bias(mean.numpy()[None])[0], atol=1e-5)
+    assert got[0] == got[1] == got[2] and got[-1] == got[-2] == pytest.approx(
+        math.log(999), abs=1e-4
+    )
+
+
+def test_output_bias_starts_at_the_training_split_log_odds(cfg_tiny):
+    """Through fit: the training split's grey levels, not the val split's nor the binary draws."""
+    cfg = cfg_tiny("model=hvae2", "data=synthetic", "data.binarize=true", "callbacks=none",
+                   "data.val_fraction=0.25", "model.nll_k=0")  # fmt: skip
+    cfg.trainer.max_epochs, cfg.trainer.limit_train_batches, cfg.trainer.limit_val_batches = 1, 1, 0
+    objs = build(cfg)
+    seen = BiasAtTrainStart()
+    objs["trainer"].callbacks.append(seen)
+    assert not objs["model"].decoder.net[-1].bias.any()  # built before the data are known
+    fit_built(objs)
+    train = objs["datamodule"].dataset("train").base  # Subset of the uint8 TensorImages
+    grey = train.dataset.images[train.indices].flatten(1).numpy() / 255  # (N, D)
+    expected = torch.from_numpy(authors_train_bias(grey)[0])
+    assert seen.bias.min() == pytest.approx(math.log(0.001 / 0.999))  # the blobs' dark corners
+    assert torch.allclose(seen.bias, expected, atol=1e-5)
+    val = objs["datamodule"].dataset("val").base
+    other = authors_train_bias(val.dataset.images[val.indices].flatten(1).numpy() / 255)[0]
+    assert not torch.allclose(seen.bias, torch.from_numpy(other), atol=1e-2)  # it can tell
+
+
+def test_a_resumed_run_keeps_its_trained_output_bias(tmp_path):
+    from genlab.checkpoints import load_model
+    from tests.conftest import compose_train, train_checkpoint
+
+    common = ["model=hvae2", "data=synthetic", "data.binarize=true", "model.nll_k=0"]
+    path = train_checkpoint(tmp_path, "first", *common)
+    saved = torch.load(path, weights_only=True)["state_dict"]["decoder.net.1.bias"]
+    cfg = compose_train(["debug=tiny", "logger=csv", "callbacks=none", *common], tmp_path / "go")
+    cfg.ckpt_path = str(path)
+    cfg.trainer.max_epochs, cfg.trainer.limit_train_batches, cfg.trainer.limit_val_batches = 2, 2, 0
+    objs = build(cfg)
+    seen = BiasAtTrainStart()
+    objs["trainer"].callbacks.append(seen)
+    objs["trainer"].fit(objs["model"], datamodule=objs["datamodule"], ckpt_path=cfg.ckpt_path)
+    # what a recomputation would give
+    objs["model"].decoder.init_output_bias(pixel_mean(objs["datamodule"].dataset("train")))
+    fresh = objs["model"].decoder.net[-1].bias.detach().clone()
+    assert torch.equal(seen.bias, saved) and not torch.allclose(saved, fresh, atol=1e-4)
+    assert torch.equal(load_model(str(path))[1].decoder.net[-1].bias, saved)  # genlab-eval's
+
+
+def test_output_bias_zero_and_config_errors(cfg_tiny, tmp_path):
+    assert HierarchicalDecoder(28, 1).output_bias == "data_logodds"  # the authors' default
+    with pytest.raises(GenlabError, match="model.decoder.output_bias='mean': use data_logodds"):
+        HierarchicalDecoder(28, 1, output_bias="mean")
+    cfg = cfg_tiny("model=hvae2", "data=synthetic", "callbacks=none", "model.nll_k=0",
+                   "model.decoder.output_bias=zero")  # fmt: skip
+    cfg.trainer.max_epochs, cfg.trainer.limit_train_batches, cfg.trainer.limit_val_batches = 1, 1, 0
+    objs = build(cfg)
+    seen = BiasAtTrainStart()
+    objs["trainer"].callbacks.append(seen)
+    fit_built(objs)
+    assert not seen.bias.any()
+    model = hvae2(likelihood="gaussian", gaussian_std=0.1)  # builds: a saved config loads
+    trainer = pl.Trainer(max_steps=1, logger=False, default_root_dir=tmp_path)
+    with pytest.raises(GenlabError, match="model.likelihood=gaussian: set it to zero"):
+        trainer.fit(model, datamodule=objs["datamodule"])

@@ -8,9 +8,11 @@ from typing import Literal
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
 from genlab import losses
 from genlab.config import check_optimizer
+from genlab.data.datasets import Binarized, fetch
 from genlab.errors import GenlabError
 from genlab.models.loop import finite_or_skip, logs_written
 from genlab.nets.priors import VampPrior, log_normal_mixture
@@ -58,6 +60,17 @@ def check_categorical(out: Tensor, channels: int | None = None) -> None:
             f"model.likelihood=categorical needs {want} decoder channels (256 per image "
             f"channel), got {n}: set model.decoder.channels"
         )
+
+
+def pixel_mean(dataset: Dataset, chunk: int = 4096) -> Tensor:
+    """Mean image (C, H, W) in [0, 1] of a dataset's grey levels, before any binarisation."""
+    if isinstance(dataset, Binarized):
+        dataset = dataset.base  # the IWAE authors average the grey levels they binarise per batch
+    total = 0
+    for start in range(0, len(dataset), chunk):
+        images = fetch(dataset, list(range(start, min(start + chunk, len(dataset))))).images
+        total = total + images.double().sum(0)  # float64: the same mean in any chunking
+    return ((total / len(dataset) + 1) / 2).float()
 
 
 def density_warning(likelihood: str) -> str:
@@ -127,6 +140,8 @@ class VAE(pl.LightningModule):
                 "model.iwae_k must be >= 1, model.kl_warmup_steps >= 0 and model.nll_k >= 0"
             )
         check_iwae(iwae_k, beta, kl_warmup_steps)
+        # checked at fit start, not here: a saved config without the key must still load
+        self.bias_from_data = getattr(decoder, "output_bias", "zero") == "data_logodds"
         self.save_hyperparameters(
             ignore=["encoder", "decoder", "optimizer", "scheduler"], logger=False
         )
@@ -173,6 +188,28 @@ class VAE(pl.LightningModule):
             raise GenlabError("model.prior=vamp needs model.image_shape (channels, size, size)")
         hp = self.hparams
         return VampPrior(components, image_shape, hp.pseudo_inputs_mean, hp.pseudo_inputs_std)
+
+    def on_fit_start(self) -> None:
+        """The decoder's output bias from the training images (nets.hvae), once, before step 1.
+
+        Not on resume: the checkpoint holds the trained bias.
+        """
+        if not self.bias_from_data or self.trainer.ckpt_path:
+            return
+        if self.hparams.likelihood != "bernoulli":
+            raise GenlabError(
+                "model.decoder.output_bias=data_logodds starts Bernoulli logits at the data's "
+                f"log-odds, but model.likelihood={self.hparams.likelihood}: set it to zero"
+            )
+        datamodule = self.trainer.datamodule
+        if not hasattr(datamodule, "dataset"):
+            raise GenlabError(
+                "model.decoder.output_bias=data_logodds needs the training images of an "
+                "ImageDataModule (trainer.fit(model, datamodule=...)); or set it to zero"
+            )
+        mean = pixel_mean(datamodule.dataset("train")) if self.trainer.is_global_zero else None
+        self.decoder.init_output_bias(self.trainer.strategy.broadcast(mean, src=0))
+        self.bias_from_data = False  # a second fit of this module continues from its weights
 
     def configure_optimizers(self):
         optimizer = self.optimizer(self.parameters())

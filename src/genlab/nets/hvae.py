@@ -4,7 +4,10 @@ The IWAE paper's two-stochastic-layer MNIST model, as in the authors' code (ybur
 experiments.py, ``--layers 2``): q(z1 | x) and q(z2 | z1), p(z1 | z2) and p(x | z1), each
 through two tanh layers, 200 units between x and z1 and 100 between z1 and z2; z1 has 100 units,
 z2 50; p(z2) = N(0, I). Each Gaussian gives its mean and sigma = exp(linear), and every linear
-layer starts Glorot-uniform with zero bias, as theirs.
+layer starts Glorot-uniform with zero bias, as theirs, but one: with ``output_bias=data_logodds``
+(the default) p(x | z1)'s output bias starts at the log-odds of the training images' mean, clipped
+to [0.001, 0.999], as theirs (datasets.py, ``get_train_bias_np``): the VAE module calls
+``init_output_bias`` at fit start, the data being unknown when the net is built.
 
 ``latent_dim`` is z1, ``upper_dims`` the layers above it, bottom up; ``hidden[l]`` is the width
 of the two tanh layers below stochastic layer l. ``upper_dims=[]`` is the one-layer IWAE model.
@@ -13,11 +16,21 @@ The VAE module reads ``encoder.upper`` (q(z_{l+1} | z_l)) and ``decoder.priors``
 """
 
 from collections.abc import Sequence
+from typing import Literal
 
+import torch
 from torch import Tensor, nn
 
 from genlab.errors import GenlabError
 from genlab.nets.layers import check_args
+
+OutputBias = Literal["data_logodds", "zero"]
+MEAN_CLIP = 1e-3  # the authors clip the mean pixel to [0.001, 0.999] before the log-odds
+
+
+def data_logodds(mean: Tensor) -> Tensor:
+    """log(m / (1 - m)) of mean pixels ``m`` in [0, 1], m clipped to [0.001, 0.999] first."""
+    return torch.logit(mean, eps=MEAN_CLIP)
 
 
 def glorot(module: nn.Module) -> nn.Module:
@@ -106,9 +119,30 @@ class HierarchicalEncoder(StochasticLayers):
 
 
 class HierarchicalDecoder(StochasticLayers):
-    """p(x | z1) as Bernoulli logits (B, C, H, W); p(z_l | z_{l+1}) in ``priors``."""
+    """p(x | z1) as Bernoulli logits (B, C, H, W); p(z_l | z_{l+1}) in ``priors``.
+
+    Args:
+        output_bias: ``data_logodds``: the logits' bias starts at the training data's log-odds
+            (set by ``init_output_bias`` at fit start, as the IWAE authors'); ``zero``: stays 0.
+    """
 
     role = "model.decoder"
+
+    def __init__(
+        self,
+        image_size: int,
+        channels: int,
+        latent_dim: int = 100,
+        upper_dims: Sequence[int] = (50,),
+        hidden: Sequence[int] = (200, 100),
+        num_classes: int = 0,
+        output_bias: OutputBias = "data_logodds",
+    ) -> None:
+        if output_bias not in OutputBias.__args__:
+            choices = " or ".join(OutputBias.__args__)
+            raise GenlabError(f"model.decoder.output_bias={output_bias!r}: use {choices}")
+        super().__init__(image_size, channels, latent_dim, upper_dims, hidden, num_classes)
+        self.output_bias = output_bias
 
     def build(self, steps: list[tuple[int, int, int]]) -> None:
         # priors[l] maps z_{l+1} to p(z_l | z_{l+1}), through the widths between the two layers
@@ -118,3 +152,14 @@ class HierarchicalDecoder(StochasticLayers):
 
     def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
         return self.net(z).view(z.shape[0], *self.shape)  # (B, C, H, W) logits
+
+    @torch.no_grad()
+    def init_output_bias(self, mean: Tensor) -> None:
+        """Set the logits' bias to ``data_logodds(mean)``; ``mean``: (C, H, W) pixels in [0, 1]."""
+        if tuple(mean.shape) != self.shape:
+            raise GenlabError(
+                f"the training images' mean is {tuple(mean.shape)}, but model.decoder makes "
+                f"{self.shape} images"
+            )
+        bias = self.net[-1].bias  # (C * H * W,), in the order forward's view reads it
+        bias.copy_(data_logodds(mean.flatten().to(bias)))
