@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from genlab.data import ImageDataModule
-from genlab.data.datasets import Batch, fetch
+from genlab.data.datasets import Batch, Mirrored, fetch
 from genlab.data.sources import synthetic_images
 from genlab.data.transforms import fit_size
 from genlab.errors import GenlabError
@@ -308,6 +308,7 @@ def test_download_only_in_prepare_data(monkeypatch):
         ({"source": "imagenet"}, "data.source"),
         ({"num_workers": -1}, "data.num_workers"),
         ({"limit": 0}, "data.limit"),
+        ({"mirror": "yes"}, "data.mirror"),
         ({"source": "synthetic", "synthetic_classes": 0}, "data.synthetic_classes"),
         ({"source": "synthetic", "synthetic_size": 0}, "data.synthetic_size"),
     ],
@@ -340,6 +341,27 @@ def test_dataloaders():
     first = [next(iter(val))[1] for _ in range(2)]
     assert torch.equal(first[0], first[1])  # not shuffled
     assert sum(len(b[0]) for b in val) == 500  # nothing dropped
+
+
+def test_mirror_adds_each_training_images_x_flip_once_per_epoch():
+    # StyleGAN2-ADA's Dataset(xflip=True): item i + N is item i flipped left to right
+    dm = ImageDataModule(source="synthetic", synthetic_size=40, val_fraction=0.2, batch_size=8,
+                         mirror=True)  # fmt: skip
+    dm.setup("fit")
+    train = dm.dataset("train")
+    mirrored = Mirrored(train)
+    assert len(mirrored) == 64 and len(train) == 32
+    image, label = train[3]
+    flipped, flipped_label = mirrored[32 + 3]
+    assert torch.equal(flipped, image.flip(-1)) and flipped_label == label
+    assert not torch.equal(flipped, image)  # the synthetic shapes are not symmetric
+    batch = fetch(mirrored, [3, 35, 0])
+    assert torch.equal(batch.images, torch.stack([mirrored[i][0] for i in (3, 35, 0)]))
+    epoch = torch.cat([x for x, _ in dm.train_dataloader()])  # (64, C, H, W): each way once
+    originals = torch.stack([train[i][0] for i in range(32)])
+    want = torch.cat([originals, originals.flip(-1)])
+    assert sorted(x.numpy().tobytes() for x in epoch) == sorted(x.numpy().tobytes() for x in want)
+    assert len(dm.val_dataloader().dataset) == 8  # validation is not mirrored
 
 
 def test_in_memory_batches_come_in_one_gather_and_equal_the_items():

@@ -171,6 +171,34 @@ def test_ramps_continue_from_a_checkpoint(cfg_tiny, tmp_path):
     assert resumed["trainer"].callback_metrics["train/lr"].item() == pytest.approx(2.5e-4)
 
 
+def test_ada_p_ramps_with_the_images_seen(cfg_tiny):
+    # R3GAN's aug_scheduler: p = cosine_decay_with_warmup(cur_nimg) before each iteration, with
+    # no adaptation (their p is set, never adjusted)
+    cfg = cfg_tiny(
+        "model=gan_mlp", *QUIET, "data.image_size=16", "model.ada.policy=bgco",
+        "+model.ramp.images=64", "+model.ramp.shape=linear", "+model.ramp.ada_p=[0,0.5]",
+        "model.ada.multipliers={c: 0.5}",
+    )  # fmt: skip
+    objs = fit_built(build(limit(cfg, 1, 3)))  # batches of 16: the last starts at 32 images
+    module, logged = objs["model"], objs["trainer"].callback_metrics
+    assert module.ada is not None and module.ada.multipliers == {"b": 1, "g": 1, "c": 0.5, "o": 1}
+    assert module.ada.p.item() == pytest.approx(0.25)  # 0.5 * 32 / 64
+    assert logged["train/ada_p"].item() == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ("model.ada.target=0.6", "model.ramp.ada_p schedules p, model.ada.target adapts it"),
+        ("model.ada.p=0", r"model.ramp.ada_p=\[0.0, 1.5\] must be in \[0, 1\]"),
+    ],
+)
+def test_a_ramped_ada_p_refuses_a_target_and_leaving_0_1(override, match, cfg_tiny):
+    ramp = "+model.ramp.ada_p=[0,0.5]" if "target" in override else "+model.ramp.ada_p=[0,1.5]"
+    with pytest.raises(GenlabError, match=match):
+        build(cfg_tiny("model=gan_mlp", *QUIET, "+model.ramp.images=64", ramp, override))
+
+
 @pytest.mark.parametrize(
     ("override", "match"),
     [

@@ -14,7 +14,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
 import genlab.data.sources as sources
-from genlab.data.datasets import Binarized, PILImages, TensorImages, collate
+from genlab.data.datasets import Binarized, Mirrored, PILImages, TensorImages, collate
 from genlab.data.loading import EpochShuffle, ResumableLoader
 from genlab.data.prepared import MANIFEST, PreparedImages, check_array, manifest_hash, read_manifest
 from genlab.data.sources import NUM_CLASSES, SOURCES, TORCHVISION_DIRS, Source
@@ -45,6 +45,7 @@ class ImageDataModule(pl.LightningDataModule):
         binarize: stochastic binarisation to {-1, 1} (binarised-MNIST likelihood benchmarks):
             redrawn at every access for training, drawn once (seeded by ``split_seed``) for
             val and test.
+        mirror: add each training image's x-flip to the training set (StyleGAN's --mirror).
         pin_memory: None means True when CUDA is available.
         drop_last: drop the last incomplete training batch.
         path: ``source=prepared``: the directory genlab-prepare wrote (manifest.json, SPLIT.npy);
@@ -68,6 +69,7 @@ class ImageDataModule(pl.LightningDataModule):
         stacked_size: int = 25_600,
         num_classes: int | None = None,
         binarize: bool = False,
+        mirror: bool = False,
         pin_memory: bool | None = None,
         drop_last: bool = True,
         path: str | None = None,
@@ -115,6 +117,9 @@ class ImageDataModule(pl.LightningDataModule):
         self.synthetic_classes = synthetic_classes
         self.stacked_size = stacked_size
         self.binarize = binarize
+        if not isinstance(mirror, bool):
+            raise GenlabError(f"data.mirror={mirror!r} must be true or false")
+        self.mirror = mirror
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.drop_last = drop_last
         self.path = Path(path).expanduser() if path is not None else None
@@ -157,8 +162,14 @@ class ImageDataModule(pl.LightningDataModule):
         return self.splits[split]
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled, resumable training batches; drops the last incomplete one if ``drop_last``."""
-        return self.loader(self.dataset("train"), shuffle=True, drop_last=self.drop_last)
+        """Shuffled, resumable training batches; drops the last incomplete one if ``drop_last``.
+
+        With ``mirror`` an epoch holds every training image and its x-flip (StyleGAN's --mirror);
+        validation, test and the metrics' reference images stay as they are.
+        """
+        train = self.dataset("train")
+        return self.loader(Mirrored(train) if self.mirror else train, shuffle=True,
+                           drop_last=self.drop_last)  # fmt: skip
 
     def val_dataloader(self) -> DataLoader:
         """Validation batches in a fixed order."""

@@ -67,6 +67,31 @@ class Binarized(Dataset):
         return Batch(on.float() * 2 - 1, labels)
 
 
+class Mirrored(Dataset):
+    """The images and then their x-flipped copies, twice as many items (StyleGAN's --mirror).
+
+    As StyleGAN2-ADA's ``Dataset(xflip=True)``: item i + N is item i flipped left to right, so an
+    epoch sees each image once each way. The label goes with the image.
+    """
+
+    def __init__(self, base: Dataset):
+        self.base = base
+
+    def __len__(self) -> int:
+        return 2 * len(self.base)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        n = len(self.base)
+        image, label = self.base[i % n]
+        return (image.flip(-1) if i >= n else image), label
+
+    def __getitems__(self, indices: list[int]) -> Batch:
+        n = len(self.base)
+        images, labels = fetch(self.base, [i % n for i in indices])
+        flipped = torch.as_tensor(indices) >= n
+        return Batch(torch.where(flipped.view(-1, 1, 1, 1), images.flip(-1), images), labels)
+
+
 class TensorImages(Dataset):
     """Images held in memory as uint8 (N, C, H, W), already at the final size and channels."""
 

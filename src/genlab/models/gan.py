@@ -129,8 +129,19 @@ class GAN(GeneratorEMA, ManualOptimization, pl.LightningModule):
             raise GenlabError(f"model.ema_stats={ema_stats!r}: use standing or average")
         if not grad_clip >= 0:
             raise GenlabError(f"model.grad_clip={grad_clip} must be >= 0 (0 = off)")
-        # ADA is on with a p or a target, the test StyleGAN2-ADA builds its pipeline on
-        ada_on = ada is not None and bool(ada.get("p") or ada.get("target") is not None)
+        # ADA is on with a p, a target (the test StyleGAN2-ADA builds its pipeline on) or a
+        # ramped p (R3GAN's schedule)
+        ramped_p = "ada_p" in self.ramp
+        if ramped_p and (ada is None or ada.get("target") is not None):
+            raise GenlabError(
+                "model.ramp.ada_p schedules p, model.ada.target adapts it: set "
+                "model.ada.target=null to ramp p"
+            )
+        if ramped_p and not all(0 <= v <= 1 for v in self.ramp.values["ada_p"]):
+            raise GenlabError(
+                f"model.ramp.ada_p={list(self.ramp.values['ada_p'])} must be in [0, 1]"
+            )
+        ada_on = ada is not None and bool(ada.get("p") or ada.get("target") is not None or ramped_p)
         if ada_on and diffaugment:
             raise GenlabError(
                 f"model.ada and model.diffaugment={diffaugment!r} are exclusive: set "
@@ -309,6 +320,8 @@ class GAN(GeneratorEMA, ManualOptimization, pl.LightningModule):
         logged: dict[str, Tensor] = {}
         ramped = self._ramped((opt_g, opt_d))
         r1_gamma, r2_gamma = (ramped.get(k, hp[k]) for k in ("r1_gamma", "r2_gamma"))
+        if "ada_p" in ramped:  # R3GAN: p set from the images seen before each iteration
+            self.ada.p.fill_(ramped["ada_p"])
 
         with self.toggled_optimizer(opt_d):
             z = torch.randn(real.shape[0], self.latent_dim, device=self.device)
@@ -384,7 +397,7 @@ class GAN(GeneratorEMA, ManualOptimization, pl.LightningModule):
             for name, value in ramped.items():  # model.ramp: the values this batch used
                 self.log(f"train/{name}", value)
             self.log("train/g_steps", float(self.batches_seen // hp.n_critic))
-            if self.ada is not None:
+            if self.ada is not None and "ada_p" not in ramped:
                 self.log("train/ada_p", self.ada.p)
                 self.log("train/ada_rt", self.ada.rt)
             if self.skipped_steps:

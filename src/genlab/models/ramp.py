@@ -11,8 +11,9 @@ from typing import Literal
 from genlab.errors import GenlabError
 
 RampShape = Literal["cosine", "linear"]
-# What a ramp may drive; ema_half_life is in images, as R3GAN's ema_nimg.
-RAMPED = ("lr", "beta2", "r1_gamma", "r2_gamma", "ema_half_life")
+# What a ramp may drive; ema_half_life is in images, as R3GAN's ema_nimg; ada_p is ADA's p
+# (R3GAN's aug_scheduler)
+RAMPED = ("lr", "beta2", "r1_gamma", "r2_gamma", "ema_half_life", "ada_p")
 
 
 def ramp_value(start: float, end: float, images: float, length: float, shape: RampShape) -> float:
