@@ -77,3 +77,21 @@ def test_trainer_instantiates(trainer, tmp_path):
     cfg = compose_train([f"trainer={trainer}"], tmp_path)
     t = instantiate(cfg.trainer, logger=False, enable_progress_bar=False)
     assert t.max_epochs == cfg.trainer.max_epochs
+
+
+# Flips as each quoted run: StudioGAN's loader flips at random (src/config.py PRE.apply_rflip =
+# True; none of its CIFAR10 configs behind these numbers turns it off), R3GAN's command has
+# --mirror=1, mimicry's load_cifar10_dataset has no flips.
+CIFAR_FLIPS = {
+    "dcgan_cifar10": True, "stylegan2_cifar10": True, "stylegan2_ada_cifar10": True,
+    "biggan_cifar10": True, "r3gan_cifar10": True,
+    "wgan_gp_cifar10": False, "sngan_cifar10": False, "cgan_pd_cifar10": False,
+}  # fmt: skip
+
+
+def test_every_cifar10_recipe_flips_as_its_source(tmp_path):
+    recipes = {p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*cifar10.yaml")}
+    assert recipes - {"vqvae_cifar10"} == set(CIFAR_FLIPS)
+    for recipe, flips in CIFAR_FLIPS.items():
+        cfg = compose_train([f"experiment={recipe}"], tmp_path)
+        assert cfg.data.mirror is flips, recipe
