@@ -408,3 +408,23 @@ def test_genlab_eval_records_truncation(run_cli, weights, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     protocol = json.loads((tmp_path / "eval" / "metrics.json").read_text())["protocol"]
     assert protocol["truncation_psi"] == 0.7
+
+
+@pytest.mark.parametrize("stats", ["copy", "average"])
+def test_ema_copies_w_avg_as_their_training_loop(stats, tmp_path):
+    # StyleGAN2-ADA's training_loop.py: parameters lerp towards G, buffers copied (b_ema.copy_(b)),
+    # so the EMA generator truncates towards the raw generator's w_avg
+    objs = fit_built(tiny_run(tmp_path, f"model.ema_stats={stats}", batches=3))
+    module = objs["model"]
+    assert module.hparams.ema_stats == stats
+    raw, ema = module.generator.w_avg, module.generator_ema.w_avg
+    assert raw.abs().sum() > 0
+    assert torch.equal(raw, ema) == (stats == "copy")
+    weights = dict(module.generator.named_parameters())
+    averaged = [not torch.equal(p, weights[k]) for k, p in module.generator_ema.named_parameters()]
+    assert any(averaged)  # the weights are averaged either way
+
+
+def test_conf_model_copies_the_ema_buffers(tmp_path):
+    for model in ("stylegan2", "r3gan"):
+        assert compose_train([f"model={model}"], tmp_path).model.ema_stats == "copy"

@@ -2,7 +2,9 @@
 
 Only the generator is averaged (Lightning's own ``WeightAveraging`` would average the whole
 module, discriminator included). A BatchNorm generator's EMA copy gets statistics of its own
-weights: averaged like the weights, or recomputed on fixed noise (standing statistics).
+weights: averaged like the weights, or recomputed on fixed noise (standing statistics). A
+generator without BatchNorm can copy its buffers instead, as StyleGAN2-ADA and R3GAN do (their
+``w_avg``: the truncation centre tracked by the raw generator).
 """
 
 import copy
@@ -13,7 +15,7 @@ from torch import nn
 
 from genlab.rng import seeded
 
-EMAStats = Literal["standing", "average"]
+EMAStats = Literal["standing", "average", "copy"]
 
 # Standing statistics of the EMA generator (BigGAN's accumulate_standing_stats): the BatchNorm
 # average over this many batches of fixed noise, recomputed whenever the EMA weights changed.
@@ -88,9 +90,11 @@ class GeneratorEMA:
             ema_p.lerp_(p, 1.0 - decay)
         # BatchNorm statistics averaged like the weights (BigGAN-PyTorch's ema): copied ones
         # would normalise the averaged weights by statistics of the raw weights. Under
-        # ema_stats="standing" these are replaced before use.
+        # ema_stats="standing" these are replaced before use; "copy" copies every buffer
+        # (StyleGAN2-ADA's training_loop: b_ema.copy_(b), w_avg included).
+        average = self.hparams.ema_stats != "copy"
         for ema_b, b in zip(self.generator_ema.buffers(), self.generator.buffers(), strict=True):
-            if ema_b.is_floating_point():
+            if average and ema_b.is_floating_point():
                 ema_b.lerp_(b, 1.0 - decay)
             else:
                 ema_b.copy_(b)  # num_batches_tracked: a count, not a statistic

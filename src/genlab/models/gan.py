@@ -126,7 +126,7 @@ class GAN(GeneratorEMA, ManualOptimization, pl.LightningModule):
         if not 0.0 <= ema_decay < 1.0:
             raise GenlabError(f"model.ema_decay={ema_decay} must be in [0, 1)")
         if ema_stats not in EMAStats.__args__:
-            raise GenlabError(f"model.ema_stats={ema_stats!r}: use standing or average")
+            raise GenlabError(f"model.ema_stats={ema_stats!r}: use standing, average or copy")
         if not grad_clip >= 0:
             raise GenlabError(f"model.grad_clip={grad_clip} must be >= 0 (0 = off)")
         # ADA is on with a p, a target (the test StyleGAN2-ADA builds its pipeline on) or a
