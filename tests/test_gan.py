@@ -223,3 +223,58 @@ def test_val_swd_leaves_the_training_rng_alone(cfg_tiny, monkeypatch):
     fit_built(objs)
     assert "val/swd" in objs["trainer"].callback_metrics
     assert equal and all(equal)
+
+
+def _labels_given_to_g(cfg_tiny, mode: str, batches: int = 2) -> tuple[dict, list, list]:
+    """A conditional GAN fitted ``batches`` batches; the labels G got and the real batches'."""
+    cfg = cfg_tiny("data=synthetic", "callbacks=none", "model=gan_mlp", "data.image_size=16",
+                   "+model.generator.num_classes=4", "+model.discriminator.num_classes=4",
+                   f"model.fake_labels={mode}")  # fmt: skip
+    objs = prepare(cfg, batches=batches)
+    module, given, real = objs["model"], [], []
+    forward = module.generator.forward
+    module.generator.forward = lambda z, y=None: given.append(y.clone()) or forward(z, y)
+    step = module.training_step
+    module.training_step = lambda batch, *a: real.append(batch[1].clone()) or step(batch, *a)
+    fit_built(objs)
+    return module, given, real
+
+
+def test_fake_labels_batch_reuses_the_real_labels(cfg_tiny):
+    _, given, real = _labels_given_to_g(cfg_tiny, "batch")
+    assert len(given) == 4  # D and G step of 2 batches
+    for n, y in enumerate(given):
+        assert torch.equal(y, real[n // 2])
+
+
+def test_fake_labels_uniform_draws_every_class_afresh(cfg_tiny):
+    # StudioGAN's sample_y("totally_random"), mimicry and BigGAN-PyTorch: randint per batch
+    _, given, real = _labels_given_to_g(cfg_tiny, "uniform", batches=4)
+    drawn = torch.cat(given)
+    assert not any(torch.equal(y, real[n // 2]) for n, y in enumerate(given))
+    assert not torch.equal(given[0], given[1])  # the G step draws its own
+    assert set(drawn.tolist()) == {0, 1, 2, 3}
+
+
+def test_fake_labels_dataset_follow_the_training_labels(cfg_tiny):
+    # StyleGAN2-ADA's and R3GAN's training_loop: training_set.get_label(randint(len(training_set)))
+    module, given, _ = _labels_given_to_g(cfg_tiny, "dataset")
+    train = module.trainer.datamodule.dataset("train")
+    counts = torch.bincount(torch.stack([train[i][1] for i in range(len(train))]), minlength=4)
+    assert torch.equal(module._label_weights, counts.float())
+    module._label_weights = torch.tensor([0.0, 0.0, 5.0, 0.0])  # only class 2 among the images
+    assert (module._fake_labels(torch.zeros(64, dtype=torch.long)) == 2).all()
+
+
+def test_labels_of_reads_held_labels_through_the_wrappers():
+    from genlab.data.datasets import Binarized, Mirrored, TensorImages, labels_of
+
+    images = TensorImages(torch.zeros(5, 1, 8, 8, dtype=torch.uint8), torch.tensor([3, 1, 4, 1, 5]))
+    subset = torch.utils.data.Subset(images, [4, 0, 2])
+    assert labels_of(subset).tolist() == [5, 3, 4]
+    assert labels_of(Mirrored(Binarized(subset))).tolist() == [5, 3, 4, 5, 3, 4]
+
+
+def test_bad_fake_labels_name_the_key(cfg_tiny):
+    with pytest.raises(GenlabError, match="model.fake_labels='random': use batch, uniform or"):
+        build(cfg_tiny("data=synthetic", "model=gan_mlp", "model.fake_labels=random"))

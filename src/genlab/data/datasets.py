@@ -11,7 +11,7 @@ from typing import NamedTuple
 import torch
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import Dataset, Subset, default_collate
 
 from genlab.data.transforms import pil_to_uint8, to_float
 from genlab.errors import GenlabError
@@ -36,6 +36,24 @@ def fetch(dataset: Dataset, indices: list[int]) -> Batch:
     getitems = getattr(dataset, "__getitems__", None)
     items = getitems(indices) if callable(getitems) else [dataset[i] for i in indices]
     return items if isinstance(items, Batch) else Batch(*default_collate(items))
+
+
+def labels_of(dataset: Dataset) -> Tensor:
+    """Every label of ``dataset`` (N,), in item order: from memory where a source holds them
+    (in-memory and prepared sets, through subsets, binarisation and mirroring), else 0 for the
+    unlabelled sources."""
+    if isinstance(dataset, Subset):
+        return labels_of(dataset.dataset)[torch.as_tensor(dataset.indices, dtype=torch.long)]
+    if isinstance(dataset, Mirrored):
+        return labels_of(dataset.base).repeat(2)
+    if isinstance(dataset, Binarized):
+        return labels_of(dataset.base)
+    labels = getattr(dataset, "labels", None)
+    if isinstance(labels, Tensor):
+        return labels.long()
+    if isinstance(dataset, (FileImages, PILImages)):  # labels dropped to 0
+        return torch.zeros(len(dataset), dtype=torch.long)
+    return torch.stack([torch.as_tensor(dataset[i][1]) for i in range(len(dataset))]).long()
 
 
 class Binarized(Dataset):

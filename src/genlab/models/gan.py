@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from genlab import losses
 from genlab.augment import ADA, diff_augment
 from genlab.config import check_optimizer
+from genlab.data.datasets import labels_of
 from genlab.errors import GenlabError
 from genlab.metrics.swd import sliced_wasserstein
 from genlab.models.ema import EMAStats, GeneratorEMA
@@ -97,6 +98,7 @@ class GAN(GeneratorEMA, ManualOptimization, pl.LightningModule):
         ada: dict | None = None,
         ema_decay: float = 0.0,
         ema_stats: EMAStats = "standing",
+        fake_labels: Literal["batch", "uniform", "dataset"] = "batch",
         grad_clip: float = 0.0,
         nonfinite: Literal["stop", "skip", "off"] = "stop",
         num_grid: int = 64,
@@ -125,6 +127,8 @@ class GAN(GeneratorEMA, ManualOptimization, pl.LightningModule):
             raise GenlabError(f"model.nonfinite={nonfinite!r}: use stop, skip or off")
         if not 0.0 <= ema_decay < 1.0:
             raise GenlabError(f"model.ema_decay={ema_decay} must be in [0, 1)")
+        if fake_labels not in ("batch", "uniform", "dataset"):
+            raise GenlabError(f"model.fake_labels={fake_labels!r}: use batch, uniform or dataset")
         if ema_stats not in EMAStats.__args__:
             raise GenlabError(f"model.ema_stats={ema_stats!r}: use standing, average or copy")
         if not grad_clip >= 0:
@@ -229,6 +233,26 @@ class GAN(GeneratorEMA, ManualOptimization, pl.LightningModule):
     def _labels(self, labels: Tensor) -> Tensor | None:
         return labels if self.num_classes else None
 
+    def _fake_labels(self, y: Tensor | None) -> Tensor | None:
+        """Labels for a batch of fakes, as ``model.fake_labels`` says: the real batch's, uniform
+        over the classes, or drawn from the training set's labels."""
+        mode = self.hparams.fake_labels
+        if y is None or mode == "batch":
+            return y
+        if mode == "uniform":
+            return torch.randint(self.num_classes, y.shape, device=y.device)
+        return torch.multinomial(self._label_weights.to(y.device), len(y), replacement=True)
+
+    def on_fit_start(self) -> None:
+        """``model.fake_labels=dataset``: how often each class occurs among the training images."""
+        if self.hparams.fake_labels != "dataset" or not self.num_classes:
+            return
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if not hasattr(datamodule, "dataset"):
+            raise GenlabError("model.fake_labels=dataset needs genlab's ImageDataModule")
+        labels = labels_of(datamodule.dataset("train"))
+        self._label_weights = torch.bincount(labels, minlength=self.num_classes).float()
+
     def _augment(self, x: Tensor) -> Tensor:
         if self.ada is not None:
             return self.ada(x)
@@ -325,8 +349,9 @@ class GAN(GeneratorEMA, ManualOptimization, pl.LightningModule):
 
         with self.toggled_optimizer(opt_d):
             z = torch.randn(real.shape[0], self.latent_dim, device=self.device)
+            y_fake = self._fake_labels(y)
             with torch.no_grad():
-                fake = self._generate(z, y)
+                fake = self._generate(z, y_fake)
             # lazy R1 (StyleGAN2): on every model.r1_interval-th D step, weighted by the interval
             lazy_r1 = bool(r1_gamma) and self.batches_seen % hp.r1_interval == 0
             if lazy_r1:
@@ -334,7 +359,7 @@ class GAN(GeneratorEMA, ManualOptimization, pl.LightningModule):
             if r2_gamma:
                 fake.requires_grad_(True)
             d_real = self._critic(real, y)
-            d_fake = self._critic(fake, y)
+            d_fake = self._critic(fake, y_fake)
             d_loss = losses.d_loss(hp.loss, d_real, d_fake)
             scale = self._loss_scale() if hp.gp_weight or r1_gamma or r2_gamma else None
             if hp.gp_weight:
@@ -358,7 +383,8 @@ class GAN(GeneratorEMA, ManualOptimization, pl.LightningModule):
         if self.batches_seen % hp.n_critic == 0:
             with self.toggled_optimizer(opt_g):
                 z = torch.randn(real.shape[0], self.latent_dim, device=self.device)
-                d_fake_g = self._critic(self._generate(z, y), y)
+                y_fake = self._fake_labels(y)
+                d_fake_g = self._critic(self._generate(z, y_fake), y_fake)
                 # rpgan pairs each fake logit with a real one, so G's loss needs D(real) too
                 d_real_g = self._critic(real.detach(), y) if hp.loss == "rpgan" else None
                 g_loss = losses.g_loss(hp.loss, d_fake_g, d_real_g)
@@ -368,7 +394,7 @@ class GAN(GeneratorEMA, ManualOptimization, pl.LightningModule):
                     logged["train/ortho"] = ortho.detach()
                 # path length (StyleGAN2): on every model.pl_interval-th G step, x the interval
                 if hp.pl_weight and (self.batches_seen // hp.n_critic - 1) % hp.pl_interval == 0:
-                    pl_penalty = self._path_length(z, y)
+                    pl_penalty = self._path_length(z, y_fake)
                     g_loss = g_loss + hp.pl_weight * hp.pl_interval * pl_penalty
                     logged["train/pl"] = pl_penalty.detach()
                     logged["train/pl_mean"] = self.pl_mean.clone()
