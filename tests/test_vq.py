@@ -1,15 +1,19 @@
 """VQ-VAE: nearest-code quantisation, straight-through gradients, EMA codebook, restarts."""
 
+import importlib.util
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 
 from genlab.config import instantiate
 from genlab.errors import GenlabError
-from genlab.models.vqvae import code_counts, perplexity
-from genlab.nets.vq import VectorQuantizer
+from genlab.models.vqvae import code_counts, perplexity, vq_loss
+from genlab.nets.taming import TamingDecoder, TamingEncoder
+from genlab.nets.vq import VectorQuantizer, VQEncoder
 from genlab.training import build
 from tests.conftest import compose_train, fit_built
 
@@ -209,3 +213,163 @@ def test_codebook_state_travels_in_the_checkpoint(tmp_path):
     _, model = load_model(str(ckpt))
     for k, v in model.quantizer.state_dict().items():
         assert torch.equal(v, state[f"quantizer.{k}"]), k
+
+
+# tests/fixtures/references/taming_vqgan.pt: written by experiments/references/taming_vqgan.py
+# from taming-transformers 3ba01b241669f5ade541ce990f7650a3b8f65318 (CompVis, HEAD): their
+# Encoder/Decoder + VQModel's quant_conv/post_quant_conv at a tiny width with seeded weights,
+# fixed inputs and outputs, VectorQuantizer2's loss and gradients for legacy=True and False,
+# configs/custom_vqgan.yaml and the parameter counts of its networks.
+TAMING = torch.load(
+    Path(__file__).parent / "fixtures" / "references" / "taming_vqgan.pt", weights_only=False
+)
+REFERENCE = Path(__file__).parents[1] / "experiments" / "references" / "taming_vqgan.py"
+
+
+def _fill_(state: dict, seed: int) -> None:
+    """The reference script's seeded weights, by its own function."""
+    spec = importlib.util.spec_from_file_location("taming_reference", REFERENCE)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    script.fill_(state, seed)
+
+
+def tiny_taming() -> tuple[TamingEncoder, TamingDecoder]:
+    t = TAMING["tiny"]
+    kw = {k: t[k] for k in ("ch", "ch_mult", "num_res_blocks", "attn_resolutions", "z_channels")}
+    enc = TamingEncoder(t["resolution"], t["in_channels"], TAMING["tiny_embed"], **kw)
+    dec = TamingDecoder(TAMING["tiny_embed"], t["out_ch"], t["resolution"], **kw)
+    return enc, dec
+
+
+def test_taming_networks_give_tamings_outputs_on_the_same_weights():
+    enc, dec = tiny_taming()
+    for net, role, seed in ((enc, "encoder", 0), (dec, "decoder", 1)):
+        state = net.state_dict()
+        # the same names and shapes as taming's modules: their weights load as they are
+        assert {k: tuple(v.shape) for k, v in state.items()} == TAMING[f"{role}_shapes"]
+        _fill_(state, TAMING["seed"] + seed)
+        sums = {k: v.double().sum().item() for k, v in state.items()}
+        assert sums == pytest.approx(TAMING[f"{role}_sums"], abs=1e-9)  # the same weights
+    with torch.no_grad():
+        z, out = enc(TAMING["x"]), dec(TAMING["q_in"])
+    assert z.shape == TAMING["z"].shape and out.shape == TAMING["out"].shape
+    assert torch.allclose(z, TAMING["z"], atol=1e-5), (z - TAMING["z"]).abs().max()
+    assert torch.allclose(out, TAMING["out"], atol=1e-5), (out - TAMING["out"]).abs().max()
+    # the comparison can fail: other weights give clearly other outputs
+    _fill_(dec.state_dict(), TAMING["seed"] + 5)
+    with torch.no_grad():
+        assert (dec(TAMING["q_in"]) - TAMING["out"]).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("legacy", [True, False])
+def test_quantiser_loss_forms_give_tamings_gradients(legacy):
+    ref = TAMING["quantizer"][legacy]
+    q = VectorQuantizer(num_codes=16, embedding_dim=8, codebook="loss")
+    q.embedding.data.copy_(TAMING["codebook"])
+
+    def grads(beta_on: str) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        q.embedding.grad = None
+        z = TAMING["zq_in"].clone().requires_grad_(True)
+        out = q(z)
+        loss = vq_loss(out, TAMING["beta"], beta_on).mean()
+        loss.backward()
+        return z.grad, q.embedding.grad.clone(), {**out, "loss": loss}
+
+    form = "codebook" if legacy else "commitment"  # taming's legacy=True puts beta on codebook
+    grad_z, grad_e, out = grads(form)
+    assert torch.equal(out["codes"], ref["codes"])
+    assert torch.allclose(out["quantized"], ref["z_q"], atol=1e-6)
+    assert out["loss"].item() == pytest.approx(ref["loss"].item(), rel=1e-6)
+    assert torch.allclose(grad_z, ref["grad_z"], atol=1e-7), (grad_z - ref["grad_z"]).abs().max()
+    assert torch.allclose(grad_e, ref["grad_codebook"], atol=1e-7)
+    # the other form moves z and the codebook differently by a factor of 1 / beta = 4
+    other_z, other_e, _ = grads("codebook" if form == "commitment" else "commitment")
+    ratio = 4.0 if legacy else 0.25
+    assert torch.allclose(other_z, grad_z / ratio, atol=1e-7)
+    assert torch.allclose(other_e, grad_e * ratio, atol=1e-7)
+    assert (other_z - ref["grad_z"]).abs().max() > 1e-3
+
+
+def test_taming_recipe_is_custom_vqgan_yaml_with_its_parameter_counts(tmp_path):
+    cfg = compose_train(["experiment=vqgan_folder", f"data.root={tmp_path}"], tmp_path)
+    theirs = TAMING["custom_config"]["model"]
+    dd, loss = theirs["params"]["ddconfig"], theirs["params"]["lossconfig"]["params"]
+    enc = cfg.model.encoder
+    assert cfg.data.image_size == dd["resolution"] and cfg.data.channels == dd["in_channels"]
+    for key in ("ch", "ch_mult", "num_res_blocks", "attn_resolutions", "z_channels", "dropout"):
+        assert enc[key] == dd[key], key
+    assert enc.embedding_dim == theirs["params"]["embed_dim"]
+    assert cfg.model.quantizer.num_codes == theirs["params"]["n_embed"]
+    assert cfg.model.disc_start == loss["disc_start"] == 10000
+    assert cfg.model.disc_weight == loss["disc_weight"]
+    assert cfg.model.beta_on == "codebook" and cfg.model.beta == 0.25  # VQModel's beta, legacy
+    batch = TAMING["custom_config"]["data"]["params"]["batch_size"]
+    assert cfg.data.batch_size == batch
+    assert cfg.model.optimizer.lr == pytest.approx(theirs["base_learning_rate"] * batch)
+    model = instantiate(cfg.model, _convert_="object")
+
+    def count(net) -> int:
+        return sum(p.numel() for p in net.parameters())
+
+    # taming's custom_vqgan.yaml networks, counted by experiments/references/taming_vqgan.py:
+    # Encoder + quant_conv, post_quant_conv + Decoder, 1024 x 256 codes, NLayerDiscriminator
+    want = {"encoder": 29_363_968, "decoder": 42_515_587, "codebook": 262_144}
+    want["discriminator"] = 2_765_633
+    assert TAMING["custom_params"] == want
+    got = {
+        "encoder": count(model.encoder), "decoder": count(model.decoder),
+        "codebook": model.quantizer.embedding.numel(), "discriminator": count(model.discriminator),
+    }  # fmt: skip
+    assert got == want
+    assert model.grid == (16, 16)
+
+
+def sonnet_encoder(enc: VQEncoder, x: torch.Tensor, relu3: bool = True) -> torch.Tensor:
+    """sonnet's Encoder (examples/vqvae_example.ipynb) on genlab's weights, then pre_vq_conv1;
+    ``relu3=False``: without the ReLU after the 3x3 conv (genlab's encoder before the fix)."""
+    conv1, _, conv2, _, conv3, stack, pre_vq = enc.net
+    h = F.relu(conv1(x))
+    h = F.relu(conv2(h))
+    h = conv3(h)
+    if relu3:  # sonnet: h = tf.nn.relu(self._enc_3(h)) before the residual stack
+        h = F.relu(h)
+    for block in stack.blocks:
+        _, res3, _, res1 = block
+        h = h + res1(F.relu(res3(F.relu(h))))
+    return pre_vq(F.relu(h))
+
+
+def test_vqvae_encoder_is_sonnets_and_old_checkpoints_keep_theirs(tmp_path):
+    cfg = compose_train(["model=vqvae", *QUIET, *SMALL], tmp_path)
+    enc = instantiate(cfg.model.encoder)
+    x = torch.rand(2, 1, 32, 32) * 2 - 1
+    with torch.no_grad():
+        assert torch.allclose(enc(x), sonnet_encoder(enc, x), atol=1e-6)
+        # an encoder saved before relu_after_conv existed: its config lacks the key; it loads
+        # the same state_dict keys and computes what it was trained as
+        saved = {k: v for k, v in cfg.model.encoder.items() if k != "relu_after_conv"}
+        old = instantiate(saved)
+        old.load_state_dict(enc.state_dict())
+        assert torch.allclose(old(x), sonnet_encoder(enc, x, relu3=False), atol=1e-6)
+        assert (old(x) - enc(x)).abs().max() > 1e-3  # the ReLU matters: the test can fail
+
+
+def test_beta_weighs_the_term_beta_on_names(tmp_path):
+    for model, form in (("vqvae", "commitment"), ("vqgan", "codebook")):
+        cfg = compose_train([f"model={model}", *QUIET, *SMALL], tmp_path)
+        assert cfg.model.beta_on == form
+    cfg = compose_train(["model=vqvae", *QUIET, *SMALL, "model.quantizer.codebook=loss"], tmp_path)
+    x = torch.rand(2, 1, 32, 32) * 2 - 1
+    for form in ("commitment", "codebook"):
+        cfg.model.beta_on = form
+        module = instantiate(cfg.model, _convert_="object")
+        with torch.no_grad():
+            t = module.terms(x)
+            c, e = t["commitment"], t["codebook_loss"]
+            quant = 0.25 * c + e if form == "commitment" else c + 0.25 * e
+            want = (t["recon"] / x[0].numel() + quant).mean()
+            assert module.objective(t, x).item() == pytest.approx(want.item(), rel=1e-6)
+    cfg.model.beta_on = "paper"
+    with pytest.raises(GenlabError, match="model.beta_on"):
+        instantiate(cfg.model, _convert_="object")

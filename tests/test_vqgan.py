@@ -1,5 +1,7 @@
 """VQGAN: adaptive adversarial weight, alternating optimizers, LPIPS from a local file, DDP."""
 
+from pathlib import Path
+
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -11,6 +13,10 @@ from genlab.models.vqgan import adaptive_weight
 from genlab.training import build
 from tests.conftest import TINY, compose_train, fit_built, load_ckpt, ok
 
+# taming-transformers' VQLPIPSWithDiscriminator on fixed inputs: see test_losses_equal_tamings_...
+TAMING = torch.load(
+    Path(__file__).parent / "fixtures" / "references" / "taming_vqgan.pt", weights_only=False
+)
 QUIET = ["callbacks=none", "metrics=none", "data=synthetic"]
 # narrow networks: these tests are about the training logic, not capacity
 SMALL = [
@@ -187,3 +193,54 @@ def test_vqgan_learns_on_synthetic_data(tmp_path):
     after = trainer.validate(objs["model"], objs["datamodule"], verbose=False)[0]["val/mse"]
     assert after < 0.3 * before, (before, after)
     assert objs["model"].batches_seen > 60  # the adversarial phase ran
+
+
+def test_taming_networks_train_and_reload_from_their_checkpoint(tmp_path):
+    """model/vq_nets=taming plugs taming's encoder/decoder into VQGAN (narrow, for the CPU)."""
+    from genlab.checkpoints import load_model
+    from tests.conftest import train_checkpoint
+
+    nets = [
+        "model/vq_nets=taming", "model.encoder.ch=32", "model.encoder.ch_mult=[1,2]",
+        "model.encoder.num_res_blocks=1", "model.encoder.z_channels=8",
+        "model.encoder.embedding_dim=8", "model.encoder.attn_resolutions=[16]",
+        "model.quantizer.num_codes=16", "model.discriminator.base_channels=8",
+    ]  # fmt: skip
+    ckpt = train_checkpoint(tmp_path, "taming", "model=vqgan", *QUIET, *nets)
+    _, model = load_model(str(ckpt))
+    assert type(model.encoder).__name__ == "TamingEncoder" and model.grid == (16, 16)
+    assert model.decoder.last_layer is model.decoder.conv_out.weight
+    assert model.hparams.beta_on == "codebook"  # taming's legacy=True quantiser loss
+    state = load_ckpt(ckpt)["state_dict"]
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    x = torch.rand(2, 1, 32, 32) * 2 - 1
+    with torch.no_grad():
+        assert model.reconstruct(x).shape == x.shape and model.sample(2).shape == x.shape
+
+
+def test_losses_equal_tamings_vqlpips_with_discriminator(tmp_path):
+    """Against VQLPIPSWithDiscriminator (perceptual weight 0, disc_weight 0.8, hinge) in
+    tests/fixtures/references/taming_vqgan.pt (experiments/references/taming_vqgan.py,
+    taming-transformers 3ba01b241669f5ade541ce990f7650a3b8f65318)."""
+    ref = TAMING["vqperceptual"]
+    cfg = tiny_vqgan(tmp_path, "data.channels=3", "model.discriminator.base_channels=8")
+    module = instantiate(cfg.model, _convert_="object")
+    module.discriminator.load_state_dict(ref["disc_state"])
+    last = torch.nn.Conv2d(4, 3, 3, padding=1)  # the decoder's last layer
+    last.load_state_dict(ref["last_state"])
+    x, out = ref["x"], last(ref["h"])
+    with torch.no_grad():
+        assert torch.allclose(module.discriminator(x).view(ref["d_out"].shape), ref["d_out"],
+                              atol=1e-5)  # fmt: skip
+    assert module.hparams.disc_weight == ref["disc_weight"]
+    vq = ref["codebook_loss"].mean()  # taming: codebook_weight 1 x the quantiser's loss
+    ae = module.autoencoder_loss(x, out, vq, last.weight, adversarial=True)
+    d = module.discriminator_loss(x, out)
+    for key, theirs in [("rec", "nll_loss"), ("g_loss", "g_loss"), ("weight", "d_weight"),
+                        ("loss", "loss")]:  # fmt: skip
+        assert ae[key].item() == pytest.approx(ref[theirs].item(), rel=1e-5), key
+    assert d["d_loss"].item() == pytest.approx(ref["d_loss"].item(), rel=1e-5)
+    # the adversarial term counts: without it the loss is clearly another number
+    plain = module.autoencoder_loss(x, out, vq, last.weight, adversarial=False)["loss"]
+    assert abs(plain.item() - ref["loss"].item()) > 1e-2

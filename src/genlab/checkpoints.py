@@ -26,6 +26,7 @@ NETS = (
     "ResNetDiscriminator", "ResNetGenerator", "StyleGAN2Discriminator", "StyleGAN2Generator",
 )  # fmt: skip
 VQ_NETS = ("GatedPixelCNN", "PatchDiscriminator", "VQDecoder", "VQEncoder", "VectorQuantizer")
+TAMING_NETS = ("TamingDecoder", "TamingEncoder")  # VQGAN's, as conf/model/vq_nets/taming.yaml
 # torch classes a config may swap in: they take numbers and parameters, and run no code of theirs
 OPTIMIZERS = ("Adadelta", "Adagrad", "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "RMSprop", "SGD")
 SCHEDULERS = ("ConstantLR", "CosineAnnealingLR", "ExponentialLR", "LinearLR", "MultiStepLR",
@@ -36,6 +37,7 @@ CURRENT = (
     "genlab.callbacks.sample_metrics.SampleMetrics", "genlab.callbacks.images.ImageGrid",
     "genlab.callbacks.checkpointing.LastCheckpoint",
     *(f"genlab.nets.{name}" for name in NETS), *(f"genlab.nets.vq.{name}" for name in VQ_NETS),
+    *(f"genlab.nets.taming.{name}" for name in TAMING_NETS),
     *(f"torch.optim.{name}" for name in OPTIMIZERS),
     *(f"torch.optim.lr_scheduler.{name}" for name in SCHEDULERS),
 )  # fmt: skip

@@ -1,7 +1,8 @@
 """VQGAN (Esser et al. 2021): a VQ-VAE trained with a patch discriminator and perceptual loss.
 
 As taming-transformers' ``VQLPIPSWithDiscriminator`` (taming/modules/losses/vqperceptual.py):
-reconstruction |x - x'| (+ LPIPS), the codebook and commitment terms, and the adversarial
+reconstruction |x - x'| (+ LPIPS), the codebook and commitment terms (``beta_on="codebook"``
+weighs them as taming's default ``legacy=True`` quantiser does), and the adversarial
 loss weighted adaptively by ||grad_L(rec)|| / (||grad_L(g)|| + 1e-4) at the decoder's last
 layer L, clamped to [0, 1e4], times ``disc_weight``, from batch ``disc_start`` on. Per batch
 one autoencoder step, then one discriminator step on the same reconstructions (taming's order).
@@ -18,7 +19,7 @@ from genlab.errors import GenlabError
 from genlab.metrics.lpips import load_lpips
 from genlab.models.loop import logs_written
 from genlab.models.manual import ManualOptimization
-from genlab.models.vqvae import VQVAE, OptimizerFactory, check_choice
+from genlab.models.vqvae import VQVAE, BetaOn, OptimizerFactory, check_choice, vq_loss
 
 GANLoss = Literal["ns", "hinge", "ls"]
 
@@ -53,6 +54,7 @@ class VQGAN(ManualOptimization, VQVAE):
         lpips_net: Literal["vgg", "alex", "squeeze"] = "vgg",
         lpips_weights: str | None = None,
         beta: float = 0.25,
+        beta_on: BetaOn = "commitment",
         gaussian_std: float = 0.1,
         likelihood: Literal["gaussian", "discretized_gaussian"] = "gaussian",
         grad_clip: float = 0.0,
@@ -72,7 +74,8 @@ class VQGAN(ManualOptimization, VQVAE):
             raise GenlabError("model.gaussian_std must be a number: VQGAN's L1 learns no scale")
         super().__init__(
             encoder, quantizer, decoder, optimizer, likelihood=likelihood,
-            gaussian_std=gaussian_std, beta=beta, nonfinite=nonfinite, num_grid=num_grid,
+            gaussian_std=gaussian_std, beta=beta, beta_on=beta_on, nonfinite=nonfinite,
+            num_grid=num_grid,
         )  # fmt: skip
         self.save_hyperparameters(
             ignore=["encoder", "quantizer", "decoder", "discriminator", "optimizer"]
@@ -110,6 +113,28 @@ class VQGAN(ManualOptimization, VQVAE):
             rec = rec + self.hparams.perceptual_weight * net(x, out).mean()
         return rec
 
+    def autoencoder_loss(
+        self, x: Tensor, out: Tensor, vq: Tensor, last_layer: Tensor, adversarial: bool
+    ) -> dict[str, Tensor]:
+        """Taming's generator-step loss: ``rec`` + ``vq`` (+ ``weight`` * ``g_loss``), ``weight``
+        the adaptive weight at ``last_layer`` times ``disc_weight``."""
+        hp = self.hparams
+        rec = self.rec_loss(out, x)
+        terms = {"rec": rec, "loss": rec + vq}
+        if adversarial:
+            g_loss = losses.g_loss(hp.loss, self.discriminator(out).flatten())
+            weight = adaptive_weight(rec, g_loss, last_layer) * hp.disc_weight
+            terms.update(g_loss=g_loss, weight=weight, loss=terms["loss"] + weight * g_loss)
+        return terms
+
+    def discriminator_loss(self, x: Tensor, out: Tensor) -> dict[str, Tensor]:
+        """Taming's discriminator-step loss ``d_loss`` and the ``real`` and ``fake`` logits."""
+        real = self.discriminator(x).flatten()
+        fake = self.discriminator(out.detach()).flatten()
+        # taming's hinge_d_loss and vanilla_d_loss halve the sum of the two terms
+        return {"d_loss": 0.5 * losses.d_loss(self.hparams.loss, real, fake), "real": real,
+                "fake": fake}  # fmt: skip
+
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, _ = batch
         hp = self.hparams
@@ -118,34 +143,26 @@ class VQGAN(ManualOptimization, VQVAE):
         log_now = logs_written(self.trainer)
         with self.toggled_optimizer(opt_ae):
             t = self.terms(x)
-            rec = self.rec_loss(t["out"], x)
-            vq = (hp.beta * t["commitment"] + t["codebook_loss"]).mean()
-            loss = rec + vq
-            if adversarial:
-                g_loss = losses.g_loss(hp.loss, self.discriminator(t["out"]).flatten())
-                weight = adaptive_weight(rec, g_loss, self.decoder.last_layer) * hp.disc_weight
-                loss = loss + weight * g_loss
-            if self._step(opt_ae, loss, "train/loss"):
+            vq = vq_loss(t, hp.beta, hp.beta_on).mean()
+            ae = self.autoencoder_loss(x, t["out"], vq, self.decoder.last_layer, adversarial)
+            if self._step(opt_ae, ae["loss"], "train/loss"):
                 self.quantizer.update(t["z"], t["codes"])
         if adversarial:
             with self.toggled_optimizer(opt_d):
-                real = self.discriminator(x).flatten()
-                fake = self.discriminator(t["out"].detach()).flatten()
-                # taming's hinge_d_loss and vanilla_d_loss halve the sum of the two terms
-                d_loss = 0.5 * losses.d_loss(hp.loss, real, fake)
-                self._step(opt_d, d_loss, "train/d_loss")
+                d = self.discriminator_loss(x, t["out"])
+                self._step(opt_d, d["d_loss"], "train/d_loss")
         self._update_scaler()
         self.batches_seen += 1
         if log_now:
-            self._log_train(t, loss)
-            self.log("train/rec", rec)
+            self._log_train(t, ae["loss"])
+            self.log("train/rec", ae["rec"])
             self.log("train/ae_steps", float(self.batches_seen))
             if adversarial:
-                self.log("train/g_loss", g_loss)
-                self.log("train/d_weight", weight)
-                self.log("train/d_loss", d_loss, prog_bar=True)
-                self.log("train/d_real", real.mean())
-                self.log("train/d_fake", fake.mean())
+                self.log("train/g_loss", ae["g_loss"])
+                self.log("train/d_weight", ae["weight"])
+                self.log("train/d_loss", d["d_loss"], prog_bar=True)
+                self.log("train/d_real", d["real"].mean())
+                self.log("train/d_fake", d["fake"].mean())
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["genlab_batches_seen"] = self.batches_seen

@@ -17,6 +17,9 @@ from genlab.rng import seeded
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 Likelihood = Literal["gaussian", "discretized_gaussian"]
+# which quantiser term beta weighs: the paper's commitment, or the codebook term as
+# taming-transformers' VectorQuantizer2(legacy=True), its default, does
+BetaOn = Literal["commitment", "codebook"]
 NONFINITE = ("stop", "skip", "off")  # model.nonfinite: what a NaN/inf loss does
 GRID_SEED = 0  # the grid's code draws: the same each epoch, training RNG untouched
 
@@ -38,6 +41,17 @@ def perplexity(counts: Tensor) -> Tensor:
     return torch.exp(-(p * torch.log(p.clamp_min(1e-10))).sum())
 
 
+def vq_loss(t: dict[str, Tensor], beta: float, beta_on: BetaOn) -> Tensor:
+    """The quantiser's loss per example (B,) from its ``commitment`` and ``codebook_loss``.
+
+    ``beta_on="commitment"`` (the paper): beta ||z - sg(e)||^2 + ||sg(z) - e||^2;
+    ``"codebook"`` (taming's legacy=True): ||z - sg(e)||^2 + beta ||sg(z) - e||^2.
+    """
+    if beta_on == "commitment":
+        return beta * t["commitment"] + t["codebook_loss"]
+    return t["commitment"] + beta * t["codebook_loss"]
+
+
 def sample_grids(model: pl.LightningModule) -> dict[str, Tensor]:
     """``num_grid`` samples drawn under a fixed seed; ``_grid_batch`` above its reconstructions."""
     with seeded(GRID_SEED, model.device):
@@ -51,9 +65,10 @@ def sample_grids(model: pl.LightningModule) -> dict[str, Tensor]:
 class VQVAE(pl.LightningModule):
     """``encoder(x) -> z`` (B, D, h, w), nearest codes, ``decoder(codes) -> means`` (B, C, H, W).
 
-    Loss per example: -log p(x | z_q) per pixel dimension + beta * commitment (+ the codebook
-    loss when ``quantizer.codebook="loss"``), the terms averaged over their elements as in
-    sonnet's example. p(x | z_q) is a Gaussian (a density) or a discretised Gaussian (8-bit
+    Loss per example: -log p(x | z_q) per pixel dimension + ``vq_loss`` (beta on the commitment,
+    or on the codebook loss with ``beta_on="codebook"``; the codebook loss is zero unless
+    ``quantizer.codebook="loss"``), the terms averaged over their elements as in sonnet's
+    example. p(x | z_q) is a Gaussian (a density) or a discretised Gaussian (8-bit
     bins) with a fixed ``gaussian_std`` or one learned scale. ``val/nll_bpd`` (discretised
     only) is the bound with the uniform prior over codes, -log p(x | z_q) + h * w * log K;
     ``model=vq_prior`` replaces log K by a learned prior.
@@ -74,11 +89,13 @@ class VQVAE(pl.LightningModule):
         likelihood: Likelihood = "gaussian",
         gaussian_std: float | None = None,
         beta: float = 0.25,
+        beta_on: BetaOn = "commitment",
         nonfinite: Literal["stop", "skip", "off"] = "stop",
         num_grid: int = 64,
     ) -> None:
         super().__init__()
         check_choice("model.likelihood", likelihood, Likelihood.__args__)
+        check_choice("model.beta_on", beta_on, BetaOn.__args__)
         check_choice("model.nonfinite", nonfinite, NONFINITE)
         if not (beta >= 0 and (gaussian_std is None or gaussian_std > 0)):
             raise GenlabError(
@@ -158,7 +175,7 @@ class VQVAE(pl.LightningModule):
     def objective(self, t: dict[str, Tensor], x: Tensor) -> Tensor:
         """The training loss (a scalar) from ``terms``."""
         per_dim = t["recon"] / x[0].numel()
-        return (per_dim + self.hparams.beta * t["commitment"] + t["codebook_loss"]).mean()
+        return (per_dim + vq_loss(t, self.hparams.beta, self.hparams.beta_on)).mean()
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor | None:
         x, _ = batch

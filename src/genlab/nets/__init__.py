@@ -1,4 +1,4 @@
-"""Plain nn.Modules: generators, discriminators, VAE encoders and decoders, the VampPrior."""
+"""Plain nn.Modules: generators, discriminators, VAE and VQGAN encoders/decoders, the VampPrior."""
 
 from genlab.nets.biggan import BigGANDiscriminator, BigGANGenerator
 from genlab.nets.dcgan import DCGANDiscriminator, DCGANGenerator
@@ -7,6 +7,7 @@ from genlab.nets.mlp import MLPDiscriminator, MLPGenerator
 from genlab.nets.r3gan import R3GANDiscriminator, R3GANGenerator
 from genlab.nets.resnet import ResNetDiscriminator, ResNetGenerator
 from genlab.nets.stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator
+from genlab.nets.taming import TamingDecoder, TamingEncoder
 from genlab.nets.vae import ConvDecoder, ConvEncoder
 
 __all__ = [
@@ -26,4 +27,6 @@ __all__ = [
     "ResNetGenerator",
     "StyleGAN2Discriminator",
     "StyleGAN2Generator",
+    "TamingDecoder",
+    "TamingEncoder",
 ]

@@ -1,9 +1,10 @@
 """Discrete-latent networks: VQ-VAE encoder/decoder, vector quantiser, gated PixelCNN, patch D.
 
 Shapes follow van den Oord et al. 2017 (VQ-VAE) and DeepMind's sonnet example
-(``sonnet/examples/vqvae_example.ipynb``): two 4x4 stride-2 convolutions down, a stack of
-residual blocks (ReLU, 3x3 conv, ReLU, 1x1 conv), a 1x1 convolution to the code dimension;
-the decoder mirrors it with transposed convolutions.
+(``examples/vqvae_example.ipynb``): two 4x4 stride-2 convolutions down, each with a ReLU, a 3x3
+convolution and its ReLU, a stack of residual blocks (ReLU, 3x3 conv, ReLU, 1x1 conv), a 1x1
+convolution to the code dimension; the decoder mirrors it with transposed convolutions.
+VQGAN's larger networks (taming-transformers') are in ``genlab.nets.taming``.
 """
 
 import torch
@@ -22,10 +23,15 @@ def _positive(role: str, **values: int) -> None:
 
 
 class ResidualStack(nn.Module):
-    """``layers`` blocks x + conv1x1(relu(conv3x3(relu(x)))), then a ReLU (sonnet's stack)."""
+    """``layers`` blocks x + conv1x1(relu(conv3x3(relu(x)))), then a ReLU (sonnet's stack).
 
-    def __init__(self, width: int, res_width: int, layers: int) -> None:
+    ``relu_in``: a ReLU on the input first (the sonnet encoder's ReLU after its 3x3 conv,
+    kept here so that the encoder's state_dict keys stay those of earlier checkpoints).
+    """
+
+    def __init__(self, width: int, res_width: int, layers: int, relu_in: bool = False) -> None:
         super().__init__()
+        self.relu_in = relu_in
         self.blocks = nn.ModuleList(
             nn.Sequential(
                 nn.ReLU(),
@@ -37,13 +43,20 @@ class ResidualStack(nn.Module):
         )
 
     def forward(self, h: Tensor) -> Tensor:
+        if self.relu_in:
+            h = F.relu(h)
         for block in self.blocks:
             h = h + block(h)
         return F.relu(h)
 
 
 class VQEncoder(nn.Module):
-    """(B, C, H, W) images to (B, D, H / 2^d, W / 2^d) vectors before quantisation."""
+    """(B, C, H, W) images to (B, D, H / 2^d, W / 2^d) vectors before quantisation.
+
+    ``relu_after_conv``: True is sonnet's encoder (conf/model/vqvae.yaml sets it); False, the
+    class default, rebuilds checkpoints saved before the option existed, whose encoders had
+    no ReLU between the 3x3 conv and the residual stack, as they were trained.
+    """
 
     def __init__(
         self,
@@ -54,6 +67,7 @@ class VQEncoder(nn.Module):
         res_hidden: int = 32,
         res_layers: int = 2,
         downsample: int = 2,
+        relu_after_conv: bool = False,
     ) -> None:
         super().__init__()
         check_args(type(self).__name__, "model.encoder", image_size, channels, 0)
@@ -75,7 +89,7 @@ class VQEncoder(nn.Module):
         self.net = nn.Sequential(
             *layers,
             nn.Conv2d(hidden, hidden, 3, padding=1),
-            ResidualStack(hidden, res_hidden, res_layers),
+            ResidualStack(hidden, res_hidden, res_layers, relu_in=relu_after_conv),
             nn.Conv2d(hidden, embedding_dim, 1),
         )
 
