@@ -304,6 +304,7 @@ def test_taming_recipe_is_custom_vqgan_yaml_with_its_parameter_counts(tmp_path):
     assert cfg.model.disc_start == loss["disc_start"] == 10000
     assert cfg.model.disc_weight == loss["disc_weight"]
     assert cfg.model.beta_on == "codebook" and cfg.model.beta == 0.25  # VQModel's beta, legacy
+    assert cfg.model.quantizer.init == "taming"
     batch = TAMING["custom_config"]["data"]["params"]["batch_size"]
     assert cfg.data.batch_size == batch
     assert cfg.model.optimizer.lr == pytest.approx(theirs["base_learning_rate"] * batch)
@@ -373,3 +374,16 @@ def test_beta_weighs_the_term_beta_on_names(tmp_path):
     cfg.model.beta_on = "paper"
     with pytest.raises(GenlabError, match="model.beta_on"):
         instantiate(cfg.model, _convert_="object")
+
+
+def test_codebook_init_is_sonnets_or_tamings():
+    # taming/modules/vqvae/quantize.py VectorQuantizer2: weight.data.uniform_(-1/n_e, 1/n_e)
+    torch.manual_seed(0)
+    taming = VectorQuantizer(num_codes=1024, embedding_dim=256, codebook="loss", init="taming")
+    sonnet = VectorQuantizer(num_codes=1024, embedding_dim=256, codebook="loss")
+    e, s = taming.embedding.detach(), sonnet.embedding.detach()
+    assert e.abs().max() <= 1 / 1024 and e.abs().max() > 0.99 / 1024
+    assert e.std().item() == pytest.approx(1 / 1024 / 3**0.5, rel=0.01)  # uniform's std
+    assert s.abs().max() <= (3 / 256) ** 0.5 and s.abs().max() > 0.99 * (3 / 256) ** 0.5
+    with pytest.raises(GenlabError, match="model.quantizer.init"):
+        VectorQuantizer(init="kmeans")

@@ -157,6 +157,8 @@ class VectorQuantizer(nn.Module):
     with decay 0.99, Laplace-smoothed counts with epsilon 1e-5). ``codebook="loss"``: the codes
     are a parameter trained by the codebook loss ||sg(z) - e||^2. Codes no vector chose for
     ``restart_after`` training updates are re-initialised to random encoder outputs (0 = off).
+    ``init``: the codes start uniform in +-sqrt(3 / D) (``sonnet``) or in +-1 / K (``taming``,
+    taming-transformers' VectorQuantizer2).
     """
 
     def __init__(
@@ -167,9 +169,12 @@ class VectorQuantizer(nn.Module):
         decay: float = 0.99,
         epsilon: float = 1e-5,
         restart_after: int = 0,
+        init: str = "sonnet",
     ) -> None:
         super().__init__()
         _positive("model.quantizer", num_codes=num_codes, embedding_dim=embedding_dim)
+        if init not in ("sonnet", "taming"):
+            raise GenlabError(f"model.quantizer.init={init!r}: use sonnet or taming")
         if codebook not in ("ema", "loss"):
             raise GenlabError(f"model.quantizer.codebook={codebook!r}: use ema or loss")
         if not 0.0 <= decay < 1.0:
@@ -178,8 +183,9 @@ class VectorQuantizer(nn.Module):
             raise GenlabError(f"model.quantizer.restart_after={restart_after} must be >= 0")
         self.num_codes, self.embedding_dim, self.codebook = num_codes, embedding_dim, codebook
         self.decay, self.epsilon, self.restart_after = decay, epsilon, restart_after
-        # sonnet's VarianceScaling(distribution="uniform") on the (D, K) matrix: fan_in = D
-        bound = (3.0 / embedding_dim) ** 0.5
+        # sonnet's VarianceScaling(distribution="uniform") on the (D, K) matrix: fan_in = D;
+        # taming's embedding.weight.data.uniform_(-1.0 / n_e, 1.0 / n_e)
+        bound = (3.0 / embedding_dim) ** 0.5 if init == "sonnet" else 1.0 / num_codes
         init = torch.empty(num_codes, embedding_dim).uniform_(-bound, bound)
         if codebook == "ema":
             self.register_buffer("embedding", init)
