@@ -235,7 +235,7 @@ def tiny_run(tmp_path, *overrides: str, batches: int = 4) -> dict:
 
 def spied_run(tmp_path, monkeypatch, penalty: str, adversarial: str, *overrides: str):
     """4 tiny batches with ``losses.<penalty>`` and ``losses.<adversarial>`` spied on; returns
-    the module, both spies and every loss stepped on (D, G, D, G, ...)."""
+    the module, both spies and every (name, loss) stepped on (D, G, D, G, ...)."""
     objs = tiny_run(tmp_path, *overrides)
     module, stepped = objs["model"], []
     spies = [Spy(module, getattr(losses, name)) for name in (penalty, adversarial)]
@@ -244,7 +244,7 @@ def spied_run(tmp_path, monkeypatch, penalty: str, adversarial: str, *overrides:
     step = module._step
 
     def recorded(optimizer, loss, name):
-        stepped.append(loss.detach())
+        stepped.append((name, loss.detach()))
         step(optimizer, loss, name)
 
     monkeypatch.setattr(module, "_step", recorded)
@@ -254,28 +254,58 @@ def spied_run(tmp_path, monkeypatch, penalty: str, adversarial: str, *overrides:
 
 def test_lazy_r1_every_nth_d_step_weighted_by_n(tmp_path, monkeypatch):
     _, r1, d_adv, stepped = spied_run(
-        tmp_path, monkeypatch, "r1_penalty", "d_loss", "model.r1_gamma=2", "model.r1_interval=3"
-    )
+        tmp_path, monkeypatch, "r1_penalty", "d_loss", "model.r1_gamma=2", "model.r1_interval=3",
+        "model.lazy_step=joint",
+    )  # fmt: skip
     assert [n for n, _ in r1.calls] == [0, 3]  # D steps 0 and 3 of 0..3
     for n, (_, adv) in enumerate(d_adv.calls):
         extra = {0: r1.calls[0][1], 3: r1.calls[1][1]}.get(n)
         expected = adv if extra is None else adv + 0.5 * 2 * 3 * extra  # gamma / 2 x N x R1
-        assert stepped[2 * n].item() == pytest.approx(expected.item(), rel=1e-6), n
+        assert stepped[2 * n][1].item() == pytest.approx(expected.item(), rel=1e-6), n
 
 
 def test_path_length_every_nth_g_step_weighted_by_n(tmp_path, monkeypatch):
     module, pl, g_adv, stepped = spied_run(
         tmp_path, monkeypatch, "path_length_penalty", "g_loss",
-        "model.pl_weight=2", "model.pl_interval=2", "model.r1_gamma=0",
+        "model.pl_weight=2", "model.pl_interval=2", "model.r1_gamma=0", "model.lazy_step=joint",
     )  # fmt: skip
     assert [n for n, _ in pl.calls] == [1, 3]  # G steps 0 and 2 (after batches 1 and 3)
     for n, (_, adv) in enumerate(g_adv.calls):
         extra = {0: pl.calls[0][1][0], 2: pl.calls[1][1][0]}.get(n)
         expected = adv if extra is None else adv + 2 * 2 * extra  # pl_weight x N x penalty
-        assert stepped[2 * n + 1].item() == pytest.approx(expected.item(), rel=1e-6), n
+        assert stepped[2 * n + 1][1].item() == pytest.approx(expected.item(), rel=1e-6), n
     assert module.pl_mean.item() == pytest.approx(pl.calls[1][1][1].item())  # a buffer
     assert "pl_mean" in dict(module.named_buffers())  # travels in checkpoints
     assert "model.generator (model.pl_weight)" in module.double_backward_networks()
+
+
+def test_separate_lazy_steps_are_stylegan2_adas_dreg_and_greg_phases(tmp_path, monkeypatch):
+    # training_loop.py: Dmain every iteration, Dreg (R1 alone, x gamma / 2 x interval) its own
+    # optimizer step every 16th; Gmain, then Greg (path length x weight x interval) every 4th
+    module, r1, pl, stepped = spied_run(
+        tmp_path, monkeypatch, "r1_penalty", "path_length_penalty", "model.r1_gamma=2",
+        "model.r1_interval=3", "model.pl_weight=2", "model.pl_interval=2",
+        "model.lazy_step=separate",
+    )  # fmt: skip
+    names = [name for name, _ in stepped]
+    assert names == [
+        "train/d_loss", "train/r1", "train/g_loss", "train/pl",  # batch 0: both regularised
+        "train/d_loss", "train/g_loss",
+        "train/d_loss", "train/g_loss", "train/pl",
+        "train/d_loss", "train/r1", "train/g_loss",
+    ]  # fmt: skip
+    r1_losses = [loss for name, loss in stepped if name == "train/r1"]
+    pl_losses = [loss for name, loss in stepped if name == "train/pl"]
+    for (_, penalty), loss in zip(r1.calls, r1_losses, strict=True):
+        assert loss.item() == pytest.approx(0.5 * 2 * 3 * penalty.item(), rel=1e-6)
+    for (_, (penalty, _)), loss in zip(pl.calls, pl_losses, strict=True):
+        assert loss.item() == pytest.approx(2 * 2 * penalty.item(), rel=1e-6)
+    assert module.trainer.global_step == len(stepped)  # every optimizer step counts
+
+
+def test_conf_model_takes_separate_lazy_steps(tmp_path):
+    assert compose_train(["model=stylegan2"], tmp_path).model.lazy_step == "separate"
+    assert compose_train(["model=gan"], tmp_path).model.lazy_step == "joint"
 
 
 def test_style_mixing_switches_to_a_second_latent_at_a_cutoff(tmp_path):

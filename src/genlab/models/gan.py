@@ -99,6 +99,7 @@ class GAN(GeneratorEMA, ManualOptimization, pl.LightningModule):
         ema_decay: float = 0.0,
         ema_stats: EMAStats = "standing",
         fake_labels: Literal["batch", "uniform", "dataset"] = "batch",
+        lazy_step: Literal["joint", "separate"] = "joint",
         grad_clip: float = 0.0,
         nonfinite: Literal["stop", "skip", "off"] = "stop",
         num_grid: int = 64,
@@ -127,6 +128,8 @@ class GAN(GeneratorEMA, ManualOptimization, pl.LightningModule):
             raise GenlabError(f"model.nonfinite={nonfinite!r}: use stop, skip or off")
         if not 0.0 <= ema_decay < 1.0:
             raise GenlabError(f"model.ema_decay={ema_decay} must be in [0, 1)")
+        if lazy_step not in ("joint", "separate"):
+            raise GenlabError(f"model.lazy_step={lazy_step!r}: use joint or separate")
         if fake_labels not in ("batch", "uniform", "dataset"):
             raise GenlabError(f"model.fake_labels={fake_labels!r}: use batch, uniform or dataset")
         if ema_stats not in EMAStats.__args__:
@@ -352,9 +355,11 @@ class GAN(GeneratorEMA, ManualOptimization, pl.LightningModule):
             y_fake = self._fake_labels(y)
             with torch.no_grad():
                 fake = self._generate(z, y_fake)
-            # lazy R1 (StyleGAN2): on every model.r1_interval-th D step, weighted by the interval
+            # lazy R1 (StyleGAN2): on every model.r1_interval-th D step, weighted by the interval;
+            # in that step's loss (joint) or in an optimizer step of its own (separate)
             lazy_r1 = bool(r1_gamma) and self.batches_seen % hp.r1_interval == 0
-            if lazy_r1:
+            joint_r1 = lazy_r1 and hp.lazy_step == "joint"
+            if joint_r1:
                 real.requires_grad_(True)
             if r2_gamma:
                 fake.requires_grad_(True)
@@ -368,7 +373,7 @@ class GAN(GeneratorEMA, ManualOptimization, pl.LightningModule):
                 )
                 d_loss = d_loss + hp.gp_weight * gp
                 logged["train/gp"] = gp
-            if lazy_r1:
+            if joint_r1:
                 r1 = losses.r1_penalty(d_real, real, scale=scale)
                 d_loss = d_loss + 0.5 * r1_gamma * hp.r1_interval * r1
                 logged["train/r1"] = r1
@@ -377,6 +382,11 @@ class GAN(GeneratorEMA, ManualOptimization, pl.LightningModule):
                 d_loss = d_loss + 0.5 * r2_gamma * r2
                 logged["train/r2"] = r2
             self._step(opt_d, d_loss, "train/d_loss")
+            if lazy_r1 and not joint_r1:  # StyleGAN2-ADA's Dreg phase: R1 alone, its own step
+                real_r1 = real.detach().requires_grad_(True)
+                r1 = losses.r1_penalty(self._critic(real_r1, y), real_r1, scale=self._loss_scale())
+                self._step(opt_d, 0.5 * r1_gamma * hp.r1_interval * r1, "train/r1")
+                logged["train/r1"] = r1.detach()
 
         self.batches_seen += 1
         self.images_seen += real.shape[0] * self.trainer.world_size
@@ -392,13 +402,21 @@ class GAN(GeneratorEMA, ManualOptimization, pl.LightningModule):
                     ortho = losses.orthogonal_reg(self._ortho_weights())
                     g_loss = g_loss + hp.ortho_reg * ortho
                     logged["train/ortho"] = ortho.detach()
-                # path length (StyleGAN2): on every model.pl_interval-th G step, x the interval
-                if hp.pl_weight and (self.batches_seen // hp.n_critic - 1) % hp.pl_interval == 0:
+                # path length (StyleGAN2): on every model.pl_interval-th G step, x the interval,
+                # in that step's loss (joint) or in a step of its own after it (separate)
+                lazy_pl = bool(hp.pl_weight)
+                lazy_pl &= (self.batches_seen // hp.n_critic - 1) % hp.pl_interval == 0
+                if lazy_pl and hp.lazy_step == "joint":
                     pl_penalty = self._path_length(z, y_fake)
                     g_loss = g_loss + hp.pl_weight * hp.pl_interval * pl_penalty
+                self._step(opt_g, g_loss, "train/g_loss")
+                if lazy_pl and hp.lazy_step == "separate":  # StyleGAN2-ADA's Greg phase
+                    z = torch.randn(real.shape[0], self.latent_dim, device=self.device)
+                    pl_penalty = self._path_length(z, self._fake_labels(y))
+                    self._step(opt_g, hp.pl_weight * hp.pl_interval * pl_penalty, "train/pl")
+                if lazy_pl:
                     logged["train/pl"] = pl_penalty.detach()
                     logged["train/pl_mean"] = self.pl_mean.clone()
-                self._step(opt_g, g_loss, "train/g_loss")
             half_life = ramped.get("ema_half_life")
             images = hp.n_critic * real.shape[0] * self.trainer.world_size
             # R3GAN's EMA: beta = 0.5 ** (images per update / half-life in images)
