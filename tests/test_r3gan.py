@@ -1,6 +1,7 @@
 """R3GAN: networks vs the authors' counts and init, RpGAN and R2 values, the ramps, learning."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from genlab.models.ramp import ramp_value
 from genlab.nets import R3GANDiscriminator, R3GANGenerator
 from genlab.nets.r3gan import LRELU_GAIN, Resample, ResidualBlock
 from genlab.training import build
-from tests.conftest import fit_built
+from tests.conftest import compose_train, fit_built
 from tests.zoo_checks import count, limit, swd_before_after
 
 QUIET = ["data=synthetic", "callbacks=none", "metrics=none"]
@@ -232,3 +233,36 @@ def test_short_run_moves_samples_toward_data(cfg_tiny):
     )
     start, end = swd_before_after(limit(cfg, 2, 40, val_batches=4))
     assert end < 0.5 * start, (start, end)
+
+
+def test_g_real_own_gives_the_g_step_its_own_half_of_the_batch(cfg_tiny, monkeypatch):
+    # R3GAN's training_loop fetches D_img and G_img, two batches, per iteration; the G step's
+    # RpGAN pairs its fakes with G_img, labelled as those reals (their Trainer passes Conditions)
+    cfg = cfg_tiny(
+        "model=gan_mlp", *QUIET, "data.image_size=16", "model.loss=rpgan", "model.g_real=own",
+        "+model.generator.num_classes=4", "+model.discriminator.num_classes=4",
+        "model.fake_labels=batch",
+    )  # fmt: skip
+    objs = build(limit(cfg, 1, 2))
+    module, seen, batches = objs["model"], [], []
+    critic = module._critic
+    spy = lambda x, y: seen.append((x.detach(), y)) or critic(x, y)  # noqa: E731
+    monkeypatch.setattr(module, "_critic", spy)
+    step = module.training_step
+    monkeypatch.setattr(module, "training_step", lambda b, *a: batches.append(b) or step(b, *a))
+    fit_built(objs)
+    (real, labels), _ = batches
+    half = len(real) // 2
+    # D step: D(real of the first half), D(fake); G step: D(fake), D(real of the second half)
+    d_real, d_fake, g_fake, g_real = seen[:4]
+    assert torch.equal(d_real[0], real[:half]) and torch.equal(d_real[1], labels[:half])
+    assert torch.equal(g_real[0], real[half:]) and torch.equal(g_real[1], labels[half:])
+    assert torch.equal(d_fake[1], labels[:half]) and torch.equal(g_fake[1], labels[half:])
+    assert module.images_seen == 2 * half  # the clock counts the D step's reals, as cur_nimg
+
+
+def test_g_real_own_needs_rpgan_and_is_the_recipe(cfg_tiny):
+    with pytest.raises(GenlabError, match="model.g_real=own gives the G step reals of its own"):
+        build(cfg_tiny("model=gan_mlp", *QUIET, "model.g_real=own"))
+    cfg = compose_train(["experiment=r3gan_cifar10"], Path(cfg_tiny().paths.output_dir))
+    assert (cfg.model.g_real, cfg.data.batch_size, cfg.model.fake_labels) == ("own", 1024, "batch")

@@ -100,6 +100,7 @@ class GAN(GeneratorEMA, ManualOptimization, pl.LightningModule):
         ema_stats: EMAStats = "standing",
         fake_labels: Literal["batch", "uniform", "dataset"] = "batch",
         lazy_step: Literal["joint", "separate"] = "joint",
+        g_real: Literal["shared", "own"] = "shared",
         grad_clip: float = 0.0,
         nonfinite: Literal["stop", "skip", "off"] = "stop",
         num_grid: int = 64,
@@ -128,6 +129,13 @@ class GAN(GeneratorEMA, ManualOptimization, pl.LightningModule):
             raise GenlabError(f"model.nonfinite={nonfinite!r}: use stop, skip or off")
         if not 0.0 <= ema_decay < 1.0:
             raise GenlabError(f"model.ema_decay={ema_decay} must be in [0, 1)")
+        if g_real not in ("shared", "own"):
+            raise GenlabError(f"model.g_real={g_real!r}: use shared or own")
+        if g_real == "own" and loss != "rpgan":
+            raise GenlabError(
+                f"model.g_real=own gives the G step reals of its own, which only model.loss=rpgan "
+                f"reads (model.loss={loss!r})"
+            )
         if lazy_step not in ("joint", "separate"):
             raise GenlabError(f"model.lazy_step={lazy_step!r}: use joint or separate")
         if fake_labels not in ("batch", "uniform", "dataset"):
@@ -340,7 +348,15 @@ class GAN(GeneratorEMA, ManualOptimization, pl.LightningModule):
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         real, labels = batch  # (B, C, H, W), (B,)
-        y = self._labels(labels)
+        real_g, labels_g = real, labels
+        if self.hparams.g_real == "own":  # R3GAN: D and G steps each get half the batch
+            if real.shape[0] % 2:
+                raise GenlabError(
+                    f"model.g_real=own halves each batch, and {real.shape[0]} images do not "
+                    "halve: make data.batch_size even"
+                )
+            (real, real_g), (labels, labels_g) = real.chunk(2), labels.chunk(2)
+        y, y_g = self._labels(labels), self._labels(labels_g)
         opt_g, opt_d = self.optimizers()
         hp = self.hparams
         log_now = logs_written(self.trainer)  # each self.log costs ~0.5 ms on a small CPU
@@ -393,10 +409,10 @@ class GAN(GeneratorEMA, ManualOptimization, pl.LightningModule):
         if self.batches_seen % hp.n_critic == 0:
             with self.toggled_optimizer(opt_g):
                 z = torch.randn(real.shape[0], self.latent_dim, device=self.device)
-                y_fake = self._fake_labels(y)
+                y_fake = self._fake_labels(y_g)
                 d_fake_g = self._critic(self._generate(z, y_fake), y_fake)
                 # rpgan pairs each fake logit with a real one, so G's loss needs D(real) too
-                d_real_g = self._critic(real.detach(), y) if hp.loss == "rpgan" else None
+                d_real_g = self._critic(real_g.detach(), y_g) if hp.loss == "rpgan" else None
                 g_loss = losses.g_loss(hp.loss, d_fake_g, d_real_g)
                 if hp.ortho_reg:
                     ortho = losses.orthogonal_reg(self._ortho_weights())
@@ -412,7 +428,7 @@ class GAN(GeneratorEMA, ManualOptimization, pl.LightningModule):
                 self._step(opt_g, g_loss, "train/g_loss")
                 if lazy_pl and hp.lazy_step == "separate":  # StyleGAN2-ADA's Greg phase
                     z = torch.randn(real.shape[0], self.latent_dim, device=self.device)
-                    pl_penalty = self._path_length(z, self._fake_labels(y))
+                    pl_penalty = self._path_length(z, self._fake_labels(y_g))
                     self._step(opt_g, hp.pl_weight * hp.pl_interval * pl_penalty, "train/pl")
                 if lazy_pl:
                     logged["train/pl"] = pl_penalty.detach()
