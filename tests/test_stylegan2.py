@@ -2,6 +2,8 @@
 
 import json
 import math
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -86,6 +88,84 @@ def test_parameter_counts_match_stylegan2_ada_cifar(num_classes, architecture, g
     g = StyleGAN2Generator(512, 32, 3, num_classes, mapping_layers=2)
     d = StyleGAN2Discriminator(32, 3, num_classes, architecture, mbstd_group_size=32)
     assert (count(g), count(d)) == (g_count, d_count)
+
+
+# Written by experiments/references/stylegan2_networks.py from NVlabs/stylegan2-ada-pytorch's own
+# training/networks.py Generator and Discriminator (commit
+# d72cc7d041b42ec8e806021a205ed9349f87c6a4, run unmodified on a CPU: their ops' reference
+# paths), fp32 and tiny: conditional 32 px RGB with the cifar config's 'orig' D, unconditional
+# 16 px grey with the residual D; random biases, noise strengths and w_avg; their state_dicts,
+# inputs, ws, images (noise_mode='random' after a fixed seed, fused and unfused modconv) and
+# D logits.
+STYLEGAN2_NETWORKS = Path(__file__).parent / "fixtures" / "references" / "stylegan2_networks.pt"
+# their names -> genlab's; b{res} -> blocks.{i} (G from 4 px up, D from the image size down)
+THEIR_G_NAMES = [
+    (r"^mapping\.fc(\d+)\.", r"mapping_net.layers.\1."), (r"^mapping\.", "mapping_net."),
+    (r"^synthesis\.b(\d+)\.", lambda m: f"synthesis_net.blocks.{int(m[1]).bit_length() - 3}."),
+]  # fmt: skip
+THEIR_D_NAMES = [
+    (r"^mapping\.fc(\d+)\.", r"mapping.layers.\1."), (r"^b4\.", ""),
+]  # fmt: skip
+
+
+def _renamed(state: dict, names: list) -> dict:
+    out = {}
+    for name, value in state.items():
+        for pattern, repl in names:
+            name = re.sub(pattern, repl, name)
+        out[name] = value
+    return out
+
+
+def _stylegan2_nets(case: dict, settings: dict, mbstd_group_size: int):
+    """genlab's G (eval) and D at the case's sizes, holding the reference's weights."""
+    size, channels, classes = case["image_size"], case["channels"], case["num_classes"]
+    widths = dict(channel_base=case["channel_base"], channel_max=case["channel_max"])
+    g = StyleGAN2Generator(
+        settings["z_dim"], size, channels, classes, w_dim=settings["w_dim"],
+        mapping_layers=settings["g_mapping_layers"], **widths,
+    ).eval()  # fmt: skip
+    d = StyleGAN2Discriminator(
+        size, channels, classes, case["architecture"], mbstd_group_size=mbstd_group_size,
+        **widths,
+    )  # fmt: skip
+    g.load_state_dict(_renamed(case["g_state_dict"], THEIR_G_NAMES))  # strict: all mapped
+    d_state = {
+        re.sub(r"^b(\d+)\.", lambda m: f"blocks.{(size // int(m[1])).bit_length() - 1}.", k): v
+        for k, v in _renamed(case["d_state_dict"], THEIR_D_NAMES).items()
+    }
+    d.load_state_dict(d_state)
+    return g, d
+
+
+def test_networks_equal_stylegan2_adas_on_copied_weights():
+    reference = torch.load(STYLEGAN2_NETWORKS, weights_only=True)
+    assert reference["commit"] == "d72cc7d041b42ec8e806021a205ed9349f87c6a4"
+    settings = reference["settings"]
+    for name, case in reference["cases"].items():
+        g, d = _stylegan2_nets(case, settings, settings["mbstd_group_size"])
+        _, d_other = _stylegan2_nets(case, settings, 2)
+        z, x = case["z"], case["x"].float()
+        g_labels, d_labels = (
+            (case["g_labels"], case["d_labels"]) if case["num_classes"] else (None, None)
+        )
+        with torch.no_grad():
+            got = {"ws": g.mapping(z, g_labels), "ws_psi0.7": g.mapping(z, g_labels, 0.7)}
+            # genlab draws each layer's noise as their noise_mode='random' does (torch.randn, one
+            # (B, 1, H, W) per layer, in the same order): the same seed, the same noise
+            torch.manual_seed(settings["noise_seed"])
+            # against their eval default (fused modconv) and their training's path (unfused)
+            got["img_fused"] = got["img_unfused"] = g(z, g_labels)
+            got["logits"] = d(x, d_labels)
+            torch.manual_seed(settings["noise_seed"] + 1)
+            other_noise = g(z, g_labels)
+            other_groups = d_other(x, d_labels)
+        for key, value in got.items():
+            scale = max(1, case[key].abs().max().item())
+            assert (value - case[key]).abs().max() < 1e-5 * scale, (name, key)
+        # the comparison can fail: other per-pixel noise, other mbstd groups
+        assert (other_noise - case["img_unfused"]).abs().max() > 0.1, name
+        assert (other_groups - case["logits"]).abs().max() > 5e-4, name
 
 
 def test_conf_model_builds_the_cifar_configuration(tmp_path):
