@@ -1,6 +1,7 @@
 """R3GAN: networks vs the authors' counts and init, RpGAN and R2 values, the ramps, learning."""
 
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -266,3 +267,92 @@ def test_g_real_own_needs_rpgan_and_is_the_recipe(cfg_tiny):
         build(cfg_tiny("model=gan_mlp", *QUIET, "model.g_real=own"))
     cfg = compose_train(["experiment=r3gan_cifar10"], Path(cfg_tiny().paths.output_dir))
     assert (cfg.model.g_real, cfg.data.batch_size, cfg.model.fake_labels) == ("own", 1024, "batch")
+
+
+# Written by experiments/references/r3gan_networks.py from brownvc/R3GAN's own
+# training/networks.py Generator / Discriminator around R3GAN/Networks.py (commit
+# 19a7ddf463fbac2bd39b4c1c73d63f1c441c7403, run unmodified with fp32 stages and their reference,
+# non-CUDA activation and resamplers): width 8, cardinality 2, conditional at 32 px,
+# unconditional at 64 px (a fifth stage of half the width); their state_dicts, inputs, outputs.
+R3GAN_NETWORKS = Path(__file__).parent / "fixtures" / "references" / "r3gan_networks.pt"
+THEIR_LEAVES = [
+    (r"\.LinearLayer(\d)\.Layer\.weight$", r".conv\1.weight"),
+    (r"\.NonLinearity(\d)\.Bias$", r".act\1.bias"), (r"^Model\.EmbeddingLayer\.", "embed."),
+    (r"^Model\.AggregationLayer\.Layer\.", "out."), (r"^Model\.ExtractionLayer\.Layer\.", "inp."),
+]  # fmt: skip
+
+
+def their_prefixes(state: dict, generator: bool) -> dict[str, str]:
+    """Their MainLayers.s.Layers.l prefixes -> genlab's flat layers.k (or basis) prefixes.
+
+    Their resampling layers hold a 1x1 conv where the width changes (before upsampling in G,
+    after downsampling in D) and their kernel buffer; genlab's are two layers, the kernel unsaved.
+    """
+    pattern = r"^(Model\.MainLayers\.(\d+)\.Layers\.(\d+)\.)"
+    found = {(int(m[2]), int(m[3])): m[1] for k in state if (m := re.match(pattern, k))}
+    prefixes, k = {}, 0
+    for _, theirs in sorted(found.items()):
+        if theirs + "LinearLayer1.Layer.weight" in state:  # a residual block
+            prefixes[theirs], k = f"layers.{k}.", k + 1
+        elif theirs + "Resampler.Kernel" in state:
+            conv = theirs + "LinearLayer.Layer."
+            has_conv = conv + "weight" in state
+            if has_conv:
+                prefixes[conv] = f"layers.{k if generator else k + 1}."
+            k += 1 + has_conv
+        elif generator:  # GenerativeBasis
+            prefixes.update({theirs + "Basis": "basis", theirs + "LinearLayer.": "basis_linear."})
+        else:  # DiscriminativeBasis
+            prefixes.update({theirs + "Basis.": "basis.", theirs + "LinearLayer.": "linear."})
+    return prefixes
+
+
+def to_genlab(state: dict, generator: bool) -> dict:
+    """Their state_dict under genlab's names (their resampling kernels dropped)."""
+    prefixes, out = their_prefixes(state, generator), {}
+    for name, value in state.items():
+        if name.endswith(".Resampler.Kernel"):
+            assert torch.equal(value, Resample(up=generator).kernel[0, 0]), name
+            continue
+        for theirs, ours in prefixes.items():
+            if name.startswith(theirs):
+                name = ours + name[len(theirs) :]
+                break
+        for pattern, repl in THEIR_LEAVES:
+            name = re.sub(pattern, repl, name)
+        out[name] = value
+    return out
+
+
+def r3gan_difference(case: dict, generator: bool, perturb: float = 0.0) -> float:
+    """Max |genlab - R3GAN| over the case's inputs, on their copied weights (+ perturb on one)."""
+    size, classes = case["image_size"], case["num_classes"]
+    sizes = dict(
+        width=case["width"], cardinality=case["cardinality"],
+        blocks_per_stage=case["blocks_per_stage"], expansion=case["expansion"],
+    )  # fmt: skip
+    labels = case["labels"] if classes else None
+    if generator:
+        net = R3GANGenerator(
+            case["latent_dim"], size, 3, classes, embed_dim=case["g_embed_dim"], **sizes
+        )
+        state, inputs, want = case["g_state_dict"], (case["z"],), case["g_out"]
+    else:
+        net = R3GANDiscriminator(size, 3, classes, **sizes)  # embed_dim: the width, as theirs
+        state, inputs, want = case["d_state_dict"], (case["x"].float(),), case["d_out"]
+    state = to_genlab(state, generator)
+    state["layers.0.conv2.weight"] = state["layers.0.conv2.weight"] + perturb
+    net.load_state_dict(state)  # strict: every name mapped, none left over
+    with torch.no_grad():
+        return (net.eval()(*inputs, labels) - want).abs().max().item()
+
+
+def test_networks_equal_the_authors_on_copied_weights():
+    reference = torch.load(R3GAN_NETWORKS, weights_only=True)
+    assert reference["r3gan_commit"] == "19a7ddf463fbac2bd39b4c1c73d63f1c441c7403"
+    for name, case in reference["cases"].items():
+        for generator, out in ((True, case["g_out"]), (False, case["d_out"])):
+            scale = out.abs().max().item()
+            assert r3gan_difference(case, generator) < 1e-5 * scale, (name, generator)
+            # the test can fail: one conv's weights moved by 0.01 show
+            assert r3gan_difference(case, generator, 0.01) > 1e-3 * scale, (name, generator)
