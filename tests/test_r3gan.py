@@ -185,6 +185,7 @@ def test_ada_p_ramps_with_the_images_seen(cfg_tiny):
     assert module.ada is not None and module.ada.multipliers == {"b": 1, "g": 1, "c": 0.5, "o": 1}
     assert module.ada.p.item() == pytest.approx(0.25)  # 0.5 * 32 / 64
     assert logged["train/ada_p"].item() == pytest.approx(0.25)
+    assert "train/ada_rt" in logged  # r_t is still measured, for the log
 
 
 @pytest.mark.parametrize(

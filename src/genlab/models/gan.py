@@ -457,8 +457,9 @@ class GAN(GeneratorEMA, ManualOptimization, pl.LightningModule):
             for name, value in ramped.items():  # model.ramp: the values this batch used
                 self.log(f"train/{name}", value)
             self.log("train/g_steps", float(self.batches_seen // hp.n_critic))
-            if self.ada is not None and "ada_p" not in ramped:
-                self.log("train/ada_p", self.ada.p)
+            if self.ada is not None:  # a ramped p is logged with the ramps
+                if "ada_p" not in ramped:
+                    self.log("train/ada_p", self.ada.p)
                 self.log("train/ada_rt", self.ada.rt)
             if self.skipped_steps:
                 self.log("train/skipped_steps", float(self.skipped_steps))
