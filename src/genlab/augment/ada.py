@@ -174,7 +174,8 @@ def warp(x: Tensor, g_inv: Tensor) -> Tensor:
     Coordinates are pixels about the image centre (x right, y down); ``g_inv`` is (B, 3, 3).
     The batch is reflect-padded as far as any image reads beyond its border, upsampled 2x with
     the sym6 filter, resampled bilinearly and filtered down 2x: sub-pixel moves keep more of the
-    image's high frequencies than one bilinear pass, and integer moves are exact.
+    image's high frequencies than one bilinear pass, and whole-pixel translations are exact
+    (flips and quarter turns pass through the asymmetric filter, as theirs).
     """
     b, c, h, w = x.shape
     g_inv = g_inv.to(torch.float32)
