@@ -116,10 +116,13 @@ def _renamed(state: dict, names: list) -> dict:
     return out
 
 
-def _stylegan2_nets(case: dict, settings: dict, mbstd_group_size: int):
-    """genlab's G (eval) and D at the case's sizes, holding the reference's weights."""
+def _stylegan2_nets(case: dict, settings: dict, mbstd_group_size: int, **precision):
+    """genlab's G (eval) and D at the case's sizes, holding the reference's weights.
+
+    ``precision``: conv_clamp, num_fp16_res, fp16_dtype for both nets (default: fp32, no clamp).
+    """
     size, channels, classes = case["image_size"], case["channels"], case["num_classes"]
-    widths = dict(channel_base=case["channel_base"], channel_max=case["channel_max"])
+    widths = dict(channel_base=case["channel_base"], channel_max=case["channel_max"], **precision)
     g = StyleGAN2Generator(
         settings["z_dim"], size, channels, classes, w_dim=settings["w_dim"],
         mapping_layers=settings["g_mapping_layers"], **widths,
@@ -537,3 +540,148 @@ def test_ema_copies_w_avg_as_their_training_loop(stats, tmp_path):
 def test_conf_model_copies_the_ema_buffers(tmp_path):
     for model in ("stylegan2", "r3gan"):
         assert compose_train([f"model={model}"], tmp_path).model.ema_stats == "copy"
+
+
+# The same fixture's weights run by their code with conv_clamp=0.5 (fp32: every clamp bites) and
+# with train.py's num_fp16_res=4, conv_clamp=256 in float16 on a CPU, on G's first example.
+# Measured: clamp images 2.4e-7 of scale 1.4, logits exactly; fp16 images against their
+# unfused modconv (genlab's path) 9.5e-7 of scale 7.8, against their fused one 8.9e-3 (their
+# own fused vs unfused differ as much), logits exactly; genlab in fp32 is 6.8e-3 (32 px) and
+# 2.3e-3 (16 px) away from their fp16 image, so the float16 comparison can fail.
+@pytest.mark.parametrize("suffix", ["clamp", "fp16"])
+def test_clamped_and_fp16_networks_equal_stylegan2_adas(suffix):
+    reference = torch.load(STYLEGAN2_NETWORKS, weights_only=True)
+    settings = reference["settings"]
+    _, num_fp16_res, conv_clamp = next(v for v in settings["variants"] if v[0] == suffix)
+    for name, case in reference["cases"].items():
+        g, d = _stylegan2_nets(
+            case, settings, settings["mbstd_group_size"], conv_clamp=conv_clamp,
+            num_fp16_res=num_fp16_res,
+        )  # fmt: skip
+        g32, d32 = _stylegan2_nets(case, settings, settings["mbstd_group_size"])
+        z, x = case["z"][:1], case["x"].float()
+        g_labels, d_labels = (
+            (case["g_labels"][:1], case["d_labels"]) if case["num_classes"] else (None, None)
+        )
+        with torch.no_grad():
+            torch.manual_seed(settings["noise_seed"])
+            img = g(z, g_labels)
+            torch.manual_seed(settings["noise_seed"])
+            img32 = g32(z, g_labels)
+            logits, logits32 = d(x, d_labels), d32(x, d_labels)
+        assert img.dtype == logits.dtype == torch.float32
+        assert (logits - case[f"logits_{suffix}"]).abs().max() < 1e-6, name
+        assert (logits32 - case[f"logits_{suffix}"]).abs().max() > 5e-4, name  # it can fail
+        if suffix == "clamp":
+            want = case["img_clamp"]
+            assert (img - want).abs().max() < 1e-5 * want.abs().max(), name
+            assert (img32 - want).abs().max() > 0.5, name
+            continue
+        want, fused = case["img_fp16_unfused"], case["img_fp16_fused"].float()
+        scale = want.abs().max()
+        assert (img - want).abs().max() < 1e-5 * scale, name
+        assert (img - fused).abs().max() < 2e-3 * scale, name  # their fused path's own rounding
+        assert (img32 - want).abs().max() > 2e-4 * scale, name
+
+
+def _conv_dtypes(net: torch.nn.Module) -> dict[str, torch.dtype]:
+    """Runs nothing: registers hooks that record each conv layer's output dtype by name."""
+    seen = {}
+    for name, module in net.named_modules():
+        if type(module).__name__ in ("SynthesisLayer", "ToRGB", "Conv2d"):
+            module.register_forward_hook(lambda m, i, o, name=name: seen.__setitem__(name, o.dtype))
+    return seen
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_reduced_precision_blocks_are_the_highest_resolutions_and_outputs_stay_fp32(dtype):
+    reduced = getattr(torch, dtype)
+    # 32 px with 2 fp16 resolutions: G's 16 and 32 px blocks, D's 32 and 16 px blocks
+    g = StyleGAN2Generator(
+        16, 32, 3, 5, w_dim=16, mapping_layers=2, channel_base=512, channel_max=16,
+        conv_clamp=256, num_fp16_res=2, fp16_dtype=dtype,
+    )  # fmt: skip
+    d = StyleGAN2Discriminator(
+        32, 3, 5, channel_base=512, channel_max=16, conv_clamp=256, num_fp16_res=2,
+        fp16_dtype=dtype,
+    )  # fmt: skip
+    g_seen, d_seen = _conv_dtypes(g), _conv_dtypes(d)
+    labels = torch.arange(4) % 5
+    img = g(torch.randn(4, 16), labels)
+    logits = d(img, labels)
+    assert img.dtype == logits.dtype == torch.float32
+    for name, seen in g_seen.items():  # synthesis_net.blocks.{i}: i = 0 at 4 px .. 3 at 32 px
+        block = int(name.split(".")[2])
+        # toRGB computes in its block's dtype too; the block adds it to the image in float32
+        want = torch.float32 if block < 2 else reduced
+        assert seen == want, (name, seen)
+    assert len(g_seen) == 4 * 2 + 3  # conv0 + conv1 + toRGB per block, no conv0 at 4 px
+    for name, seen in d_seen.items():  # blocks.{i}: i = 0 at 32 px .. 2 at 8 px; conv at 4 px
+        want = reduced if name.startswith(("blocks.0.", "blocks.1.")) else torch.float32
+        assert seen == want, (name, seen)
+    # 16 px with 4: everything from 8 px up (never the 4 px block)
+    g16 = StyleGAN2Generator(16, 16, 1, w_dim=16, mapping_layers=2, channel_base=512,
+                             channel_max=16, num_fp16_res=4, fp16_dtype=dtype)  # fmt: skip
+    assert [b.dtype for b in g16.synthesis_net.blocks] == [torch.float32, reduced, reduced]
+
+
+def test_bf16_blocks_give_finite_gradients_through_r1_and_a_training_batch(tmp_path):
+    g = StyleGAN2Generator(
+        16, 16, 1, w_dim=16, mapping_layers=2, channel_base=512, channel_max=16,
+        conv_clamp=256, num_fp16_res=2, fp16_dtype="bfloat16",
+    )  # fmt: skip
+    d = StyleGAN2Discriminator(
+        16, 1, channel_base=512, channel_max=16, conv_clamp=256, num_fp16_res=2,
+        fp16_dtype="bfloat16",
+    )  # fmt: skip
+    real = torch.randn(8, 1, 16, 16, requires_grad=True)
+    real_logits = d(real)
+    d_loss = losses.d_loss("ns", real_logits, d(g(torch.randn(8, 16)).detach()))
+    (d_loss + losses.r1_penalty(real_logits, real)).backward()  # double backward through bf16
+    losses.g_loss("ns", d(g(torch.randn(8, 16)))).backward()
+    for net in (g, d):
+        for name, p in net.named_parameters():
+            assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    assert d.blocks[0].conv0.weight.grad.abs().sum() > 0  # a bf16 block's weights learn
+    assert g.synthesis_net.blocks[-1].conv1.weight.grad.abs().sum() > 0
+    # and one batch of the training module, through the config keys
+    objs = tiny_run(
+        tmp_path, "model.generator.num_fp16_res=2", "model.generator.fp16_dtype=bfloat16",
+        "model.generator.conv_clamp=256", batches=1,
+    )  # fmt: skip
+    module = objs["model"]
+    assert module.discriminator.blocks[0].dtype == torch.bfloat16
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    fit_built(objs)
+    after = module.state_dict()
+    assert all(torch.isfinite(v).all() for v in after.values() if v.is_floating_point())
+    for key in (
+        "generator.synthesis_net.blocks.2.conv1.weight",
+        "discriminator.blocks.0.conv0.weight",
+    ):
+        assert not torch.equal(before[key], after[key]), key
+
+
+@pytest.mark.parametrize(
+    "kwargs, key",
+    [
+        (dict(num_fp16_res=-1), "model.generator.num_fp16_res"),
+        (dict(num_fp16_res=True), "model.generator.num_fp16_res"),
+        (dict(conv_clamp=0), "model.generator.conv_clamp"),
+        (dict(fp16_dtype="half"), "model.generator.fp16_dtype"),
+    ],
+)
+def test_precision_arguments_are_checked_naming_the_key(kwargs, key):
+    with pytest.raises(GenlabError, match=key):
+        StyleGAN2Generator(16, 16, 1, channel_base=512, channel_max=16, **kwargs)
+    with pytest.raises(GenlabError, match=key.replace("generator", "discriminator")):
+        StyleGAN2Discriminator(16, 1, channel_base=512, channel_max=16, **kwargs)
+
+
+def test_recipes_turn_on_stylegan2_adas_fp16_and_clamp_and_the_model_leaves_them_off(tmp_path):
+    model = compose_train(["model=stylegan2"], tmp_path / "m").model
+    assert (model.generator.num_fp16_res, model.generator.conv_clamp) == (0, None)
+    for experiment in ("stylegan2_cifar10", "stylegan2_ada_cifar10", "stylegan2_ada_folder"):
+        model = compose_train([f"experiment={experiment}"], tmp_path / experiment).model
+        for net in (model.generator, model.discriminator):
+            assert (net.num_fp16_res, net.conv_clamp, net.fp16_dtype) == (4, 256, "float16")

@@ -6,6 +6,9 @@
 1. Training images/s of DCGAN-32 and SNGAN-32 at batch 64 and 256 in fp32, bf16-mixed,
    ``speed.channels_last`` and ``speed.compile`` (one ``genlab-train -m`` sweep per setting),
    with peak GPU memory; DCGAN fp32 paired step by step with the hand-written loop, as on the CPU.
+   StyleGAN2-32 (``model=stylegan2``, the cifar config) in fp32 and with StyleGAN2-ADA's float16
+   blocks (``num_fp16_res=4``, ``conv_clamp=256``), GPU runs only (tests/test_stylegan2.py
+   checks those blocks on the CPU).
 2. FID/IS/KID of N generated against N real images: genlab's ImageMetrics vs torch-fidelity's
    ``calculate_metrics`` on the same uint8 tensors (time, images/s, values).
 3. ``data=prepared`` vs ``data=folder`` feeding DCGAN-64 (128 px PNGs, decoded by 2 workers).
@@ -38,6 +41,7 @@ SIZES = {
         "warmup": 10,
         "batches": 40,
         "sngan_width": [],  # the paper's widths (256 in G, 128 in D at 32 px)
+        "sg2_width": [],  # the cifar config: 512 channels at every resolution
         "metrics_n": 10000,
         "metrics_batch": 200,
         "feed_files": 4000,
@@ -50,6 +54,7 @@ SIZES = {
         "warmup": 1,
         "batches": 3,
         "sngan_width": ["model.generator.base_channels=16", "model.discriminator.base_channels=16"],
+        "sg2_width": None,  # seconds a step even tiny (4 sweeps: 3.5 min here); GPU runs only
         "metrics_n": 24,
         "metrics_batch": 8,
         "feed_files": 96,
@@ -66,6 +71,11 @@ SETTINGS = {
     "compile": ["speed.compile=true"],
 }
 MODELS = {"dcgan32": "gan", "sngan32": "sngan"}
+# StyleGAN2's own mixed precision is its float16 blocks, under trainer.precision=32-true
+SG2_SETTINGS = {
+    "fp32": [],
+    "fp16-blocks": ["model.generator.num_fp16_res=4", "model.generator.conv_clamp=256"],
+}
 
 
 def device_overrides() -> list[str]:
@@ -129,6 +139,12 @@ def bench_training(size: dict, work: Path) -> dict:
             results[name] = {"model": label, "setting": setting, "rows": rows}
             rates = ", ".join(f"b{r['batch_size']} {r['images_per_s']:.0f}" for r in rows)
             print(f"  {name}: images/s {rates}", flush=True)
+    for setting, overrides in SG2_SETTINGS.items() if size["sg2_width"] is not None else ():
+        name = f"stylegan2_32_{setting}"
+        rows = train_sweep(size, work, name, "stylegan2", [*overrides, *size["sg2_width"]])
+        results[name] = {"model": "stylegan2_32", "setting": setting, "rows": rows}
+        rates = ", ".join(f"b{r['batch_size']} {r['images_per_s']:.0f}" for r in rows)
+        print(f"  {name}: images/s {rates}", flush=True)
     return results
 
 

@@ -16,6 +16,16 @@ Saves, per case, their state_dicts (their names; no filter or ``noise_const`` bu
 inputs (z, integer labels, D's images in float16) and outputs: the mapping's ws at psi 1 and
 0.7, G's images (``noise_mode='random'`` after ``torch.manual_seed(noise_seed)``, fused and
 unfused modulated conv) and D's logits.
+
+The same weights then run in the two settings of their ``train.py`` that fp32 leaves out, on the
+first example of G's batch only (the fixture stays small) and on D's whole batch:
+
+- ``clamp``: fp32 with ``conv_clamp=0.5``, small enough that every layer's clamp bites
+  (``img_clamp``, unfused modconv, saved in float32; ``logits_clamp``);
+- ``fp16``: ``num_fp16_res=4``, ``conv_clamp=256``, their default: float16 in every block from
+  8 px up, run on a CPU (PyTorch's CPU float16 convolutions), the 4 px block and D's epilogue
+  in float32 (``img_fp16_unfused`` in float32, ``img_fp16_fused`` saved as float16;
+  ``logits_fp16``).
 tests/test_stylegan2.py maps the weights into genlab's nets and compares. Usage, with the
 reference's tree extracted somewhere:
 
@@ -42,6 +52,8 @@ G_MAPPING_LAYERS = 2  # the cifar config's map=2; D's label mapping keeps its de
 MBSTD_GROUP = 4
 G_BATCH, D_BATCH = 2, 8  # D: two mbstd groups
 NOISE_SEED = 123
+# (output suffix, num_fp16_res, conv_clamp): the settings run on the same weights
+VARIANTS = [("clamp", 0, 0.5), ("fp16", 4, 256)]
 
 
 def randomise(net: torch.nn.Module) -> None:
@@ -66,23 +78,32 @@ def weights(net: torch.nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
+def nets(case: tuple, num_fp16_res: int = 0, conv_clamp: float | None = None) -> tuple:
+    """Their G and D (eval) for a CASES row."""
+    from training.networks import Discriminator, Generator  # noqa: PLC0415 (their own code)
+
+    _, size, channels, classes, arch, base, cmax = case
+    g = Generator(
+        Z_DIM, classes, W_DIM, size, channels,
+        mapping_kwargs=dict(num_layers=G_MAPPING_LAYERS),
+        synthesis_kwargs=dict(channel_base=base, channel_max=cmax, num_fp16_res=num_fp16_res,
+                              conv_clamp=conv_clamp),
+    ).eval()  # fmt: skip
+    d = Discriminator(
+        classes, size, channels, architecture=arch, channel_base=base, channel_max=cmax,
+        num_fp16_res=num_fp16_res, conv_clamp=conv_clamp,
+        epilogue_kwargs=dict(mbstd_group_size=MBSTD_GROUP),
+    ).eval()  # fmt: skip
+    return g, d
+
+
 def main(repo: Path, commit: str | None = None) -> None:
     sys.path.insert(0, str(repo))
-    from training.networks import Discriminator, Generator  # noqa: PLC0415 (their own code)
 
     cases = {}
     for n, (name, size, channels, classes, arch, base, cmax) in enumerate(CASES):
         torch.manual_seed(n)
-        g = Generator(
-            Z_DIM, classes, W_DIM, size, channels,
-            mapping_kwargs=dict(num_layers=G_MAPPING_LAYERS),
-            synthesis_kwargs=dict(channel_base=base, channel_max=cmax, num_fp16_res=0,
-                                  conv_clamp=None),
-        ).eval()  # fmt: skip
-        d = Discriminator(
-            classes, size, channels, architecture=arch, channel_base=base, channel_max=cmax,
-            num_fp16_res=0, conv_clamp=None, epilogue_kwargs=dict(mbstd_group_size=MBSTD_GROUP),
-        ).eval()  # fmt: skip
+        g, d = nets(CASES[n])
         randomise(g)
         randomise(d)
         with torch.no_grad():
@@ -105,6 +126,19 @@ def main(repo: Path, commit: str | None = None) -> None:
                     z, onehot(g_labels), noise_mode="random", fused_modconv=fused
                 )  # (B, C, H, W)
             out["logits"] = d(x, onehot(d_labels)).squeeze(1)  # (B,)
+            for suffix, num_fp16_res, conv_clamp in VARIANTS:
+                g2, d2 = nets(CASES[n], num_fp16_res, conv_clamp)
+                g2.load_state_dict(g.state_dict())
+                d2.load_state_dict(d.state_dict())
+                for fused in (True, False) if num_fp16_res else (False,):
+                    torch.manual_seed(NOISE_SEED)
+                    img = g2(z[:1], onehot(g_labels[:1]), noise_mode="random", fused_modconv=fused)
+                    if num_fp16_res:  # the fused image in float16: the fixture stays small
+                        key = f"img_{suffix}_{'fused' if fused else 'unfused'}"
+                        out[key] = img.half() if fused else img
+                    else:
+                        out[f"img_{suffix}"] = img
+                out[f"logits_{suffix}"] = d2(x, onehot(d_labels)).squeeze(1)
         cases[name] = {
             "image_size": size, "channels": channels, "num_classes": classes,
             "architecture": arch, "channel_base": base, "channel_max": cmax,
@@ -112,6 +146,14 @@ def main(repo: Path, commit: str | None = None) -> None:
             "z": z, "g_labels": g_labels, "d_labels": d_labels, "x": x.half(), **out,
         }  # fmt: skip
         print(name, {k: round(v.abs().max().item(), 3) for k, v in out.items()})
+        with torch.no_grad():  # the fp32 image of G's first example, for the printout only
+            torch.manual_seed(NOISE_SEED)
+            img = g(z[:1], onehot(g_labels[:1]), noise_mode="random", fused_modconv=False)
+        for key in ("img_fp16_fused", "img_fp16_unfused", "img_clamp"):  # what each changes
+            diff = (out[key].float() - img).abs().max().item()
+            print(f"  {key} vs fp32: max |diff| {diff:.4g}")
+        for key in ("logits_fp16", "logits_clamp"):
+            print(f"  {key} vs fp32: max |diff| {(out[key] - out['logits']).abs().max():.4g}")
     commit = (
         commit
         or subprocess.run(
@@ -119,7 +161,8 @@ def main(repo: Path, commit: str | None = None) -> None:
         ).stdout.strip()
     )
     settings = dict(z_dim=Z_DIM, w_dim=W_DIM, g_mapping_layers=G_MAPPING_LAYERS,
-                    mbstd_group_size=MBSTD_GROUP, noise_seed=NOISE_SEED)  # fmt: skip
+                    mbstd_group_size=MBSTD_GROUP, noise_seed=NOISE_SEED,
+                    variants=VARIANTS)  # fmt: skip
     torch.save({"commit": commit or None, "settings": settings, "cases": cases}, OUT)
     print(f"wrote {OUT} ({OUT.stat().st_size} bytes, reference commit {commit or 'unknown'})")
 

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 FIR = (1.0, 3.0, 3.0, 1.0)  # the binomial low-pass filter of every up/downsampling
 LRELU_GAIN = math.sqrt(2)  # leaky ReLU (slope 0.2) with this gain keeps activations unit-variance
+REDUCED = (torch.float16, torch.bfloat16)  # the dtypes of StyleGAN2's reduced-precision blocks
 
 
 def normalize_2nd_moment(x: Tensor, eps: float = 1e-8) -> Tensor:
@@ -49,9 +50,12 @@ def downsample2d(x: Tensor) -> Tensor:
 def bias_act(
     x: Tensor, bias: Tensor | None, lrelu: bool, gain: float = 1.0, clamp: float | None = None
 ) -> Tensor:
-    """Add a per-channel bias, apply leaky ReLU (0.2) times sqrt(2) and ``gain``, then clamp."""
+    """Add a per-channel bias, apply leaky ReLU (0.2) times sqrt(2) and ``gain``, then clamp.
+
+    The bias is cast to ``x``'s dtype, as the reference's layers do in their float16 blocks.
+    """
     if bias is not None:
-        x = x + bias.view(1, -1, *([1] * (x.dim() - 2)))
+        x = x + bias.to(x.dtype).view(1, -1, *([1] * (x.dim() - 2)))
     if lrelu:
         x = F.leaky_relu(x, 0.2) * (LRELU_GAIN * gain)
     elif gain != 1:
@@ -102,7 +106,7 @@ class Conv2d(nn.Module):
         self.weight_gain = 1 / math.sqrt(in_channels * kernel_size**2)
 
     def forward(self, x: Tensor, gain: float = 1.0) -> Tensor:
-        w = self.weight * self.weight_gain
+        w = (self.weight * self.weight_gain).to(x.dtype)  # fp32 weights, cast per layer
         k = w.shape[-1]
         if not self.down:
             x = F.conv2d(x, w, padding=k // 2)
@@ -114,7 +118,12 @@ class Conv2d(nn.Module):
 
 
 def modulated_conv2d(
-    x: Tensor, weight: Tensor, styles: Tensor, demodulate: bool = True, up: bool = False
+    x: Tensor,
+    weight: Tensor,
+    styles: Tensor,
+    demodulate: bool = True,
+    up: bool = False,
+    noise: Tensor | None = None,
 ) -> Tensor:
     """Convolve each example with ``weight`` modulated by its styles (B, I), demodulated per output.
 
@@ -122,16 +131,29 @@ def modulated_conv2d(
         x: (B, I, H, W) activations.
         weight: (O, I, k, k) raw weight; demodulation makes its scale irrelevant.
         up: a transposed stride-2 convolution followed by the FIR filter: (B, O, 2H, 2W).
+        noise: added to the output, (B, 1, H', W'); with demodulation in one fused multiply-add
+            (one rounding in float16, as the reference's ``fma``).
+
+    In a reduced-precision block ``x`` is float16 (or bfloat16) while weight and styles stay
+    float32: the demodulation coefficients are computed in float32 and every factor is cast to
+    ``x``'s dtype where it meets ``x``, as the reference's unfused path.
     """
-    x = x * styles[:, :, None, None]
+    if x.dtype in REDUCED and demodulate:  # the reference's pre-normalisation against fp16
+        # overflow; demodulation divides the scale out again (but for its 1e-8)
+        i, kh, kw = weight.shape[1:]
+        weight = weight * (1 / math.sqrt(i * kh * kw) / weight.abs().amax((1, 2, 3), True))
+        styles = styles / styles.abs().amax(1, True)
+    x = x * styles.to(x.dtype)[:, :, None, None]
+    weight_x = weight.to(x.dtype)
     k = weight.shape[-1]
     if up:  # conv2d_resample for up=2: transposed conv, then the filter with gain 4
-        x = F.conv_transpose2d(x, weight.transpose(0, 1), stride=2)
+        x = F.conv_transpose2d(x, weight_x.transpose(0, 1), stride=2)
         x = _filter(x, ((k - 1) // 2, (k - 1) // 2), gain=4.0)
     else:
-        x = F.conv2d(x, weight, padding=k // 2)
+        x = F.conv2d(x, weight_x, padding=k // 2)
     if demodulate:  # 1 / the L2 norm of each example's modulated weights per output channel:
         # sum over i, kh, kw of (w s_i)^2 = sum_i s_i^2 sum_kk w^2: no (B, O, I, k, k) tensor
         norms = styles.square() @ weight.square().sum((2, 3)).t()  # (B, O)
-        x = x * (norms + 1e-8).rsqrt()[:, :, None, None]
-    return x
+        dcoefs = (norms + 1e-8).rsqrt().to(x.dtype)[:, :, None, None]
+        return x * dcoefs if noise is None else torch.addcmul(noise.to(x.dtype), x, dcoefs)
+    return x if noise is None else x + noise.to(x.dtype)

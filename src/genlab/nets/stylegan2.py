@@ -13,10 +13,13 @@ configuration (channel_base 32768, channel_max 512) is 512 wide at every resolut
 model. Their CUDA kernels (bias_act, upfirdn2d, fused modulated conv) are replaced by the same
 arithmetic in plain PyTorch ops (``genlab.nets.equalized``): the modulated conv scales activations
 before and after one ordinary convolution (their ``fused_modconv=False`` path), which is the faster
-one on CPU.
+one on CPU. Their mixed precision is in the networks: ``num_fp16_res`` blocks at the highest
+resolutions compute in float16 on float32 weights cast per layer, and ``conv_clamp`` bounds every
+conv's output (train.py: 4 and 256; off by default here, as their ``--fp32``).
 """
 
 import math
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -33,6 +36,7 @@ from genlab.nets.equalized import (
 from genlab.nets.layers import check_args, one_hot, require_labels
 
 SQRT_HALF = math.sqrt(0.5)  # residual D: the sum of two branches keeps unit variance
+FP16_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 class MappingNetwork(nn.Module):
@@ -96,9 +100,11 @@ class SynthesisLayer(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_channels))
 
     def forward(self, x: Tensor, w: Tensor) -> Tensor:
-        x = modulated_conv2d(x, self.weight, self.affine(w), up=self.up)  # (B, O, H', W')
-        noise = torch.randn(x.shape[0], 1, *x.shape[2:], device=x.device, dtype=x.dtype)
-        return bias_act(x + noise * self.noise_strength, self.bias, True, clamp=self.conv_clamp)
+        b, size = x.shape[0], x.shape[-1] * (2 if self.up else 1)
+        # drawn in float32 and cast, as the reference: the same seed gives the same noise
+        noise = torch.randn(b, 1, size, size, device=x.device) * self.noise_strength
+        x = modulated_conv2d(x, self.weight, self.affine(w), up=self.up, noise=noise)
+        return bias_act(x, self.bias, True, clamp=self.conv_clamp)  # (B, O, H', W')
 
 
 class ToRGB(nn.Module):
@@ -121,7 +127,11 @@ class ToRGB(nn.Module):
 
 
 class SynthesisBlock(nn.Module):
-    """One resolution of the skip generator: (up)conv, conv, and a toRGB added to the image."""
+    """One resolution of the skip generator: (up)conv, conv, and a toRGB added to the image.
+
+    Its convolutions, toRGB's included, compute in ``dtype`` (float16 in the reference's highest
+    resolutions); toRGB's output is cast to float32 and the image accumulates in float32.
+    """
 
     def __init__(
         self,
@@ -130,8 +140,10 @@ class SynthesisBlock(nn.Module):
         w_dim: int,
         channels: int,
         conv_clamp: float | None = None,
+        dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__()
+        self.dtype = dtype
         self.first = in_channels == 0
         if self.first:  # the learned 4x4 constant input
             self.const = nn.Parameter(torch.randn(out_channels, 4, 4))
@@ -143,9 +155,12 @@ class SynthesisBlock(nn.Module):
 
     def forward(self, x: Tensor | None, img: Tensor | None, ws: Tensor) -> tuple[Tensor, Tensor]:
         """ws (B, num_conv + 1, w_dim): one w per conv, the last also for toRGB."""
-        x = self.const.expand(ws.shape[0], -1, -1, -1) if self.first else self.conv0(x, ws[:, 0])
+        if self.first:
+            x = self.const.to(self.dtype).expand(ws.shape[0], -1, -1, -1)
+        else:
+            x = self.conv0(x.to(self.dtype), ws[:, 0])
         x = self.conv1(x, ws[:, self.num_conv - 1])
-        y = self.torgb(x, ws[:, self.num_conv])
+        y = self.torgb(x, ws[:, self.num_conv]).float()
         return x, y if img is None else upsample2d(img) + y
 
 
@@ -160,12 +175,17 @@ class SynthesisNetwork(nn.Module):
         channel_base: int,
         channel_max: int,
         conv_clamp: float | None = None,
+        num_fp16_res: int = 0,
+        fp16_dtype: str = "float16",
     ) -> None:
         super().__init__()
         widths = _widths(image_size, channel_base, channel_max)
         resolutions = [2**i for i in range(2, int(math.log2(image_size)) + 1)]
+        dtypes = _block_dtypes(image_size, num_fp16_res, fp16_dtype)
         self.blocks = nn.ModuleList(
-            SynthesisBlock(widths[r // 2] if r > 4 else 0, widths[r], w_dim, channels, conv_clamp)
+            SynthesisBlock(
+                widths[r // 2] if r > 4 else 0, widths[r], w_dim, channels, conv_clamp, dtypes[r]
+            )
             for r in resolutions
         )
         # toRGB of one block shares its w with the next block's first conv, as in the reference
@@ -186,6 +206,29 @@ def _widths(image_size: int, channel_base: int, channel_max: int) -> dict[int, i
     return {r: min(channel_base // r, channel_max) for r in resolutions}
 
 
+def _block_dtypes(image_size: int, num_fp16_res: int, fp16_dtype: str) -> dict[int, torch.dtype]:
+    """The compute dtype at each resolution 4 .. image_size: ``fp16_dtype`` in the
+    ``num_fp16_res`` highest, but never below 8 px (the reference's ``fp16_resolution``)."""
+    fp16_resolution = max(2 ** (int(math.log2(image_size)) + 1 - num_fp16_res), 8)
+    resolutions = [2**i for i in range(2, int(math.log2(image_size)) + 1)]
+    return {
+        r: FP16_DTYPES[fp16_dtype] if r >= fp16_resolution else torch.float32 for r in resolutions
+    }
+
+
+def _check_precision(
+    role: str, num_fp16_res: int, conv_clamp: float | None, fp16_dtype: str
+) -> None:
+    if isinstance(num_fp16_res, bool) or not isinstance(num_fp16_res, int) or num_fp16_res < 0:
+        raise GenlabError(
+            f"{role}.num_fp16_res={num_fp16_res!r} must be an integer >= 0 (0: all float32)"
+        )
+    if conv_clamp is not None and not conv_clamp > 0:
+        raise GenlabError(f"{role}.conv_clamp={conv_clamp!r} must be > 0 or null (no clamping)")
+    if fp16_dtype not in FP16_DTYPES:
+        raise GenlabError(f"{role}.fp16_dtype={fp16_dtype!r}: use float16 or bfloat16")
+
+
 def _check(owner: str, role: str, image_size: int, channels: int, num_classes: int, **kw) -> None:
     check_args(owner, role, image_size, channels, num_classes, **kw)
     if image_size < 8 or image_size & (image_size - 1):
@@ -202,6 +245,14 @@ class StyleGAN2Generator(nn.Module):
     """Mapping network then synthesis network; ``truncation_psi`` < 1 pulls w toward ``w_avg``.
 
     ``style_mixing`` is the training's job: it calls ``mapping`` and ``synthesis`` itself.
+
+    Args:
+        conv_clamp: every synthesis conv's output clamped to +-conv_clamp (times the layer's
+            gain), toRGB's too: StyleGAN2-ADA's guard against float16 overflow (256 there).
+        num_fp16_res: synthesis blocks at the highest resolutions (never below 8 px) that
+            compute in ``fp16_dtype``; weights stay float32 and are cast per layer; the mapping
+            and the image stay float32 (StyleGAN2-ADA's ``num_fp16_res``: 4).
+        fp16_dtype: float16 (the reference's) or bfloat16 (wider range, no overflow).
     """
 
     def __init__(
@@ -216,6 +267,8 @@ class StyleGAN2Generator(nn.Module):
         channel_max: int = 512,
         conv_clamp: float | None = None,
         truncation_psi: float = 1.0,
+        num_fp16_res: int = 0,
+        fp16_dtype: Literal["float16", "bfloat16"] = "float16",
     ) -> None:
         super().__init__()
         _check(
@@ -223,11 +276,13 @@ class StyleGAN2Generator(nn.Module):
             latent_dim=latent_dim, w_dim=w_dim, mapping_layers=mapping_layers,
             channel_base=channel_base, channel_max=channel_max,
         )  # fmt: skip
+        _check_precision("model.generator", num_fp16_res, conv_clamp, fp16_dtype)
         self.latent_dim, self.num_classes = latent_dim, num_classes
         self.truncation_psi = truncation_psi
         self.synthesis_net = SynthesisNetwork(
-            w_dim, image_size, channels, channel_base, channel_max, conv_clamp
-        )
+            w_dim, image_size, channels, channel_base, channel_max, conv_clamp, num_fp16_res,
+            fp16_dtype,
+        )  # fmt: skip
         self.num_ws = self.synthesis_net.num_ws
         self.mapping_net = MappingNetwork(latent_dim, num_classes, w_dim, mapping_layers)
 
@@ -268,8 +323,10 @@ class DiscriminatorBlock(nn.Module):
         channels: int,
         resnet: bool,
         conv_clamp: float | None = None,
+        dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__()
+        self.dtype = dtype  # the compute dtype of its convolutions (weights cast per layer)
         self.fromrgb = (
             Conv2d(channels, tmp_channels, 1, conv_clamp=conv_clamp) if not in_channels else None
         )
@@ -278,6 +335,7 @@ class DiscriminatorBlock(nn.Module):
         self.skip = Conv2d(tmp_channels, out_channels, 1, False, False, True) if resnet else None
 
     def forward(self, x: Tensor) -> Tensor:
+        x = x.to(self.dtype)
         if self.fromrgb is not None:
             x = self.fromrgb(x)
         if self.skip is None:
@@ -308,6 +366,8 @@ class StyleGAN2Discriminator(nn.Module):
     Args:
         architecture: ``resnet`` (the paper's) or ``orig`` (no skips; the ``cifar`` config's).
         mbstd_group_size: examples per minibatch-stddev group (4 in the paper, 32 for CIFAR).
+        conv_clamp, num_fp16_res, fp16_dtype: as the generator's, for D's blocks from the
+            image size down (the epilogue at 4 px computes in float32).
         spectral_norm: refused (true); accepted so that gan.yaml's defaults compose.
     """
 
@@ -323,6 +383,8 @@ class StyleGAN2Discriminator(nn.Module):
         mapping_layers: int = 8,
         conv_clamp: float | None = None,
         spectral_norm: bool = False,
+        num_fp16_res: int = 0,
+        fp16_dtype: Literal["float16", "bfloat16"] = "float16",
     ) -> None:
         super().__init__()
         if spectral_norm:  # the key comes with gan.yaml's defaults
@@ -335,6 +397,7 @@ class StyleGAN2Discriminator(nn.Module):
             channel_base=channel_base, channel_max=channel_max,
             mbstd_group_size=mbstd_group_size, mapping_layers=mapping_layers,
         )  # fmt: skip
+        _check_precision("model.discriminator", num_fp16_res, conv_clamp, fp16_dtype)
         if architecture not in ("resnet", "orig"):
             raise GenlabError(
                 f"model.discriminator.architecture={architecture!r}: use resnet or orig"
@@ -342,6 +405,7 @@ class StyleGAN2Discriminator(nn.Module):
         self.num_classes, self.mbstd_group_size = num_classes, mbstd_group_size
         widths = _widths(image_size, channel_base, channel_max)
         resolutions = sorted(widths, reverse=True)[:-1]  # image_size .. 8
+        dtypes = _block_dtypes(image_size, num_fp16_res, fp16_dtype)
         self.blocks = nn.Sequential(
             *(
                 DiscriminatorBlock(
@@ -351,6 +415,7 @@ class StyleGAN2Discriminator(nn.Module):
                     channels,
                     architecture == "resnet",
                     conv_clamp,
+                    dtypes[r],
                 )  # fmt: skip
                 for r in resolutions
             )
@@ -368,7 +433,7 @@ class StyleGAN2Discriminator(nn.Module):
 
     def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         require_labels(type(self).__name__, self.num_classes, labels)
-        h = self.blocks(x)  # (B, C4, 4, 4)
+        h = self.blocks(x).float()  # (B, C4, 4, 4); the epilogue in float32, as the reference
         h = self.conv(minibatch_std(h, self.mbstd_group_size))
         out = self.out(self.fc(h.flatten(1)))  # (B, cmap_dim or 1)
         if self.mapping is None:
