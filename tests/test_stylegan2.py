@@ -685,3 +685,19 @@ def test_recipes_turn_on_stylegan2_adas_fp16_and_clamp_and_the_model_leaves_them
         model = compose_train([f"experiment={experiment}"], tmp_path / experiment).model
         for net in (model.generator, model.discriminator):
             assert (net.num_fp16_res, net.conv_clamp, net.fp16_dtype) == (4, 256, "float16")
+
+
+def test_grad_nan_to_num_as_their_training_loop(tmp_path):
+    # training_loop.py: misc.nan_to_num(param.grad, nan=0, posinf=1e5, neginf=-1e5) after each
+    # backward, so one float16 overflow does not spoil the weights
+    module = tiny_run(tmp_path)["model"]
+    assert module.hparams.grad_nan_to_num  # model=stylegan2 sets it
+    weight = next(module.generator.parameters())
+    weight.grad = torch.zeros_like(weight)
+    weight.grad.view(-1)[:4] = torch.tensor([float("nan"), float("inf"), -float("inf"), 3.0])
+    module.on_before_optimizer_step(torch.optim.SGD([weight], lr=0.1))
+    assert weight.grad.view(-1)[:4].tolist() == [0.0, 1e5, -1e5, 3.0]
+    module.hparams.grad_nan_to_num = False  # other GANs leave gradients as they are
+    weight.grad.view(-1)[0] = float("nan")
+    module.on_before_optimizer_step(torch.optim.SGD([weight], lr=0.1))
+    assert weight.grad.view(-1)[0].isnan()

@@ -102,6 +102,7 @@ class GAN(GeneratorEMA, ManualOptimization, pl.LightningModule):
         lazy_step: Literal["joint", "separate"] = "joint",
         g_real: Literal["shared", "own"] = "shared",
         grad_clip: float = 0.0,
+        grad_nan_to_num: bool = False,
         nonfinite: Literal["stop", "skip", "off"] = "stop",
         num_grid: int = 64,
     ) -> None:

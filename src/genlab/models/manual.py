@@ -28,10 +28,16 @@ class ManualOptimization:
         return []
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Clip the stepping network's gradient norm to ``model.grad_clip``."""
+        """Clip the stepping network's gradient norm to ``model.grad_clip``; with
+        ``model.grad_nan_to_num``, first replace NaN by 0 and +-inf by +-1e5 in its gradients
+        (StyleGAN2-ADA's training_loop.py does so after every backward, for its float16 blocks)."""
         # runs after GradScaler.unscale_ under 16-mixed (GANMixedPrecision): true gradients
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        if self.hparams.get("grad_nan_to_num"):
+            for p in params:
+                if p.grad is not None:
+                    torch.nan_to_num(p.grad, nan=0.0, posinf=1e5, neginf=-1e5, out=p.grad)
         if self.hparams.grad_clip:
-            params = [p for group in optimizer.param_groups for p in group["params"]]
             nn.utils.clip_grad_norm_(params, self.hparams.grad_clip)
 
     def _loss_scale(self) -> float | None:
