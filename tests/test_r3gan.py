@@ -356,3 +356,112 @@ def test_networks_equal_the_authors_on_copied_weights():
             assert r3gan_difference(case, generator) < 1e-5 * scale, (name, generator)
             # the test can fail: one conv's weights moved by 0.01 show
             assert r3gan_difference(case, generator, 0.01) > 1e-3 * scale, (name, generator)
+
+
+def r3gan_bf16_outputs(case: dict, generator: bool) -> torch.Tensor:
+    """genlab's output with the case's bfloat16 stages (their FP16Stages), on their weights."""
+    size, classes = case["image_size"], case["num_classes"]
+    sizes = dict(
+        width=case["width"], cardinality=case["cardinality"],
+        blocks_per_stage=case["blocks_per_stage"], expansion=case["expansion"],
+    )  # fmt: skip
+    labels = case["labels"] if classes else None
+    if generator:
+        n = len(case["g_fp16_stages"])
+        net = R3GANGenerator(
+            case["latent_dim"], size, 3, classes, embed_dim=case["g_embed_dim"], bf16_stages=n,
+            **sizes,
+        )  # fmt: skip
+        state, inputs = case["g_state_dict"], (case["z"],)
+    else:
+        net = R3GANDiscriminator(size, 3, classes, bf16_stages=len(case["d_fp16_stages"]), **sizes)
+        state, inputs = case["d_state_dict"], (case["x"].float(),)
+    net.load_state_dict(to_genlab(state, generator))
+    with torch.no_grad():
+        return net.eval()(*inputs, labels)
+
+
+def test_bf16_stages_equal_the_authors_on_copied_weights():
+    """Their FP16Stages (CIFAR10's at 32 px, FFHQ-64's at 64 px) vs genlab's bf16_stages."""
+    reference = torch.load(R3GAN_NETWORKS, weights_only=True)
+    for name, case in reference["cases"].items():
+        n = 3 if case["image_size"] == 32 else 4  # every stage but the 4x4 one, as their presets
+        assert case["g_fp16_stages"] == list(range(-1, -n - 1, -1)), name
+        assert case["d_fp16_stages"] == list(range(n - 1, -1, -1)), name
+        for generator in (True, False):
+            want = case["g_out_bf16" if generator else "d_out_bf16"]
+            got = r3gan_bf16_outputs(case, generator)
+            assert got.dtype == torch.float32  # theirs returns G's in bfloat16: the same values
+            assert torch.equal(got, want.float()), (name, generator)  # bit for bit
+            # and the bf16 stages count: the float32 nets' outputs differ
+            fp32 = case["g_out" if generator else "d_out"]
+            assert not torch.equal(got, fp32), (name, generator)
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_bf16_stages_compute_in_bfloat16_the_4x4_stages_in_float32(size):
+    from torch import nn  # noqa: PLC0415
+
+    from genlab.nets.r3gan import STAGES, BiasedLeakyReLU  # noqa: PLC0415
+
+    n = STAGES[size] - 1  # all but the 4x4 stage, as their presets
+
+    def record(seen: dict, name: str):
+        def hook(module, args, out) -> None:
+            seen.setdefault(name, (args[0].dtype, out.dtype))
+
+        return hook
+
+    g = R3GANGenerator(16, size, 3, 5, width=16, cardinality=2, embed_dim=8, bf16_stages=n)
+    d = R3GANDiscriminator(size, 3, 5, width=16, cardinality=2, embed_dim=8, bf16_stages=n)
+    y = torch.tensor([0, 4])
+    for net, inputs in ((g, (torch.randn(2, 16), y)), (d, (torch.randn(2, 3, size, size), y))):
+        seen: dict[str, tuple] = {}
+        for name, m in net.named_modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear, BiasedLeakyReLU, Resample, ResidualBlock)):
+                m.register_forward_hook(record(seen, name))
+        assert net(*inputs).dtype == torch.float32  # G's samples and D's logits
+        # the 4x4 stage: G's first layers (blocks_per_stage 2), D's last two blocks
+        last = len(d.layers) - 1
+        fp32_blocks = (
+            {"layers.0", "layers.1"} if net is g else {f"layers.{last - 1}", f"layers.{last}"}
+        )
+        for name, dtypes in seen.items():
+            block = ".".join(name.split(".")[:2])
+            fp32 = not name.startswith("layers.") or block in fp32_blocks
+            if name == ("out" if net is g else "inp"):  # in the dtype of the stage next to them
+                fp32 = False
+            want = torch.float32 if fp32 else torch.bfloat16
+            assert dtypes == (want, want), (type(net).__name__, name, dtypes)
+        assert all(p.dtype == torch.float32 for p in net.parameters())  # weights stay float32
+
+
+def test_bf16_stages_are_checked_and_off_by_default(cfg_tiny):
+    with pytest.raises(GenlabError, match=r"model.generator.bf16_stages=4 must be in 0..3"):
+        R3GANGenerator(16, 32, 3, width=16, cardinality=2, bf16_stages=4)
+    with pytest.raises(GenlabError, match=r"model.discriminator.bf16_stages=-1 must be in 0..4"):
+        R3GANDiscriminator(64, 3, width=16, cardinality=2, bf16_stages=-1)
+    model = build(cfg_tiny("model=r3gan", *QUIET, *TINY_WIDTH))["model"]
+    assert model.generator.dtypes == model.discriminator.dtypes == [torch.float32] * 4
+    cfg = compose_train(["experiment=r3gan_cifar10"], Path(cfg_tiny().paths.output_dir))
+    assert cfg.model.generator.bf16_stages == cfg.model.discriminator.bf16_stages == 3
+
+
+def test_a_training_step_with_bf16_stages_gives_finite_gradients(cfg_tiny):
+    cfg = cfg_tiny(
+        "model=r3gan", *QUIET, *TINY_WIDTH, "model.generator.bf16_stages=3",
+        "model.r1_gamma=1", "model.r2_gamma=1",
+    )  # fmt: skip
+    objs = build(limit(cfg, 1, 1))
+    module = objs["model"]
+    assert module.discriminator.dtypes == [torch.bfloat16] * 3 + [torch.float32]
+    before = {k: v.clone() for k, v in module.state_dict().items() if "ema" not in k}
+    fit_built(objs)  # a D step with R1 and R2 through the bf16 stages, then a G step
+    logged = objs["trainer"].callback_metrics
+    assert all(torch.isfinite(logged[k]) for k in ("train/d_loss", "train/g_loss", "train/r1"))
+    for net in (module.generator, module.discriminator):
+        grads = [p.grad for p in net.parameters() if p.grad is not None]
+        assert grads and all(g.dtype == torch.float32 and g.isfinite().all() for g in grads)
+    after = module.state_dict()
+    assert any(not torch.equal(v, after[k]) for k, v in before.items() if "generator." in k)
+    assert any(not torch.equal(v, after[k]) for k, v in before.items() if "discriminator." in k)

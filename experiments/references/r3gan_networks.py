@@ -5,10 +5,13 @@ Usage (R3GAN's repository extracted, e.g. ``git archive HEAD | tar -x -C /tmp/r3
     python experiments/references/r3gan_networks.py /tmp/r3gan [--commit SHA] [--out PATH]
 
 Builds ``training/networks.py``'s ``Generator`` and ``Discriminator`` (the wrappers train.py
-builds around ``R3GAN/Networks.py``) with ``FP16Stages=[]``, so every stage runs in float32, at
-a tiny width: conditional at 32 px (four stages as the CIFAR10 preset), unconditional at 64 px
-(a fifth stage of half the width and cardinality, as FFHQ-64, so the 1x1 transition convs
-count). Their code runs unmodified. Two things stand in:
+builds around ``R3GAN/Networks.py``) with ``FP16Stages=[]``, so every stage runs in float32, and
+again on the same weights with their presets' FP16Stages (bfloat16 stages, which run on the
+CPU): G's ``[-1, -2, -3]`` at 32 px as CIFAR10, ``[-1, -2, -3, -4]`` at 64 px as FFHQ-64, and
+D's ``[x + len(FP16Stages) for x in FP16Stages]`` as train.py maps them; at a tiny width:
+conditional at 32 px (four stages as the CIFAR10 preset), unconditional at 64 px (a fifth
+stage of half the width and cardinality, as FFHQ-64, so the 1x1 transition convs count).
+Their code runs unmodified. Two things stand in:
 
 - ``R3GAN/Networks.py`` binds ``BiasedActivation``, ``InterpolativeUpsampler`` and
   ``InterpolativeDownsampler`` at import from FusedOperators.py / Resamplers.py, whose
@@ -23,7 +26,8 @@ Weights that their init leaves at zero (the activations' biases, each residual b
 1x1 conv) are set to random values so that every weight counts. Saves, per case, their
 state_dicts (their names, with the ``Model.`` prefix of the wrappers), the inputs (z, D's
 images as float16, integer labels: their one-hot is ``F.one_hot(labels).float()``) and their
-outputs; tests/test_r3gan.py maps the weights into genlab's nets and compares.
+outputs in float32 and with the bfloat16 stages (G's in bfloat16, the dtype theirs returns);
+tests/test_r3gan.py maps the weights into genlab's nets and compares.
 """
 
 import argparse
@@ -85,7 +89,13 @@ def randomise(net: torch.nn.Module) -> None:
                 p.normal_(0, 0.5 / math.sqrt(p[0].numel()))
 
 
-def kwargs(size: int, classes: int, blocks: int, d: bool) -> dict:
+def fp16_stages(size: int, d: bool) -> list[int]:
+    """train.py's FP16Stages of the preset with this stage layout (CIFAR10 / FFHQ-64)."""
+    g = [-1, -2, -3] if size == 32 else [-1, -2, -3, -4]
+    return [x + len(g) for x in g] if d else g
+
+
+def kwargs(size: int, classes: int, blocks: int, d: bool, bf16: bool = False) -> dict:
     """train.py's G_kwargs / D_kwargs at the tiny width (D's stage lists reversed, as theirs)."""
     stages = 4 if size == 32 else 5
     widths = [WIDTH] * 4 + [WIDTH // 2] * (stages - 4)
@@ -93,7 +103,8 @@ def kwargs(size: int, classes: int, blocks: int, d: bool) -> dict:
     blocks = [blocks] * stages
     kw = dict(
         WidthPerStage=widths, CardinalityPerStage=cards, BlocksPerStage=blocks,
-        ExpansionFactor=EXPANSION, FP16Stages=[], c_dim=classes, img_resolution=size,
+        ExpansionFactor=EXPANSION, c_dim=classes, img_resolution=size,
+        FP16Stages=fp16_stages(size, d) if bf16 else [],
     )  # fmt: skip
     if d:
         kw.update(WidthPerStage=widths[::-1], CardinalityPerStage=cards[::-1])
@@ -128,6 +139,13 @@ def main() -> None:
         with torch.no_grad():
             g_out, d_out = g(z, c), d(x, c)  # (B, 3, H, W), (B,)
         assert g_out.dtype == d_out.dtype == torch.float32
+        g16 = networks.Generator(**kwargs(size, classes, blocks, d=False, bf16=True))
+        d16 = networks.Discriminator(**kwargs(size, classes, blocks, d=True, bf16=True))
+        g16.load_state_dict(g.state_dict())
+        d16.load_state_dict(d.state_dict())
+        with torch.no_grad():
+            g_bf16, d_bf16 = g16(z, c), d16(x, c)
+        assert (g_bf16.dtype, d_bf16.dtype) == (torch.bfloat16, torch.float32)
         cases[name] = {
             "image_size": size, "num_classes": classes, "width": WIDTH,
             "cardinality": CARDINALITY, "blocks_per_stage": blocks, "expansion": EXPANSION,
@@ -135,9 +153,13 @@ def main() -> None:
             "g_state_dict": {k: v.clone() for k, v in g.state_dict().items()},
             "d_state_dict": {k: v.clone() for k, v in d.state_dict().items()},
             "z": z, "x": x.half(), "labels": labels, "g_out": g_out, "d_out": d_out,
+            "g_fp16_stages": fp16_stages(size, False), "d_fp16_stages": fp16_stages(size, True),
+            "g_out_bf16": g_bf16, "d_out_bf16": d_bf16,
         }  # fmt: skip
         nets[name] = (z, x, c, size, classes, blocks)
         print(f"{name}: G out std {g_out.std():.3f}, D out {[round(v, 4) for v in d_out.tolist()]}")
+        gd, dd = (g_bf16.float() - g_out).abs().max(), (d_bf16 - d_out).abs().max()
+        print(f"{name}: their bf16 stages move G by {gd:.2e}, D by {dd:.2e} (max |fp32 - bf16|)")
     use_cuda_classes(args.r3gan)
     for name, (z, x, c, size, classes, blocks) in nets.items():
         g = networks.Generator(**kwargs(size, classes, blocks, d=False))
@@ -148,6 +170,14 @@ def main() -> None:
             dg = (g(z, c) - cases[name]["g_out"]).abs().max().item()
             dd = (d(x, c) - cases[name]["d_out"]).abs().max().item()
         print(f"{name}: their CUDA classes' CPU fallback differs by {dg:.2e} (G), {dd:.2e} (D)")
+        g = networks.Generator(**kwargs(size, classes, blocks, d=False, bf16=True))
+        d = networks.Discriminator(**kwargs(size, classes, blocks, d=True, bf16=True))
+        g.load_state_dict(cases[name]["g_state_dict"])
+        d.load_state_dict(cases[name]["d_state_dict"])
+        with torch.no_grad():
+            dg = (g(z, c).float() - cases[name]["g_out_bf16"].float()).abs().max().item()
+            dd = (d(x, c) - cases[name]["d_out_bf16"]).abs().max().item()
+        print(f"{name}: with bf16 stages, by {dg:.2e} (G), {dd:.2e} (D)")
     commit = (
         args.commit
         or subprocess.run(

@@ -12,6 +12,14 @@ blocks each, z 64) and the FFHQ-64 preset at 64 px (a fifth stage of half the wi
 
 G has no output nonlinearity, as theirs: samples leave [-1, 1] slightly; metrics and image
 saving clamp when they convert to 8 bits.
+
+``bf16_stages``: their FP16Stages (training/networks.py sets ``MainLayers[x].DataType =
+torch.bfloat16``), the n highest-resolution stages of each net computing in bfloat16 as theirs
+do: the activations are cast at the stage's start and every layer casts its weights, biases and
+resampling kernel to them. Their presets put every stage but the 4x4 one there (CIFAR10 3,
+FFHQ-64 4); the 4x4 stages hold G's basis and D's, which theirs can only run in float32. G's
+last 1x1 conv runs in its last stage's dtype, as theirs, and its bfloat16 output comes back as
+float32 (the same values); D's 1x1 input conv runs in its first stage's dtype.
 """
 
 import math
@@ -39,8 +47,15 @@ def _msr(layer: nn.Module, gain: float = 1.0) -> nn.Module:
     return layer
 
 
-def _conv(c_in: int, c_out: int, k: int = 1, groups: int = 1, gain: float = 1.0) -> nn.Conv2d:
-    return _msr(nn.Conv2d(c_in, c_out, k, padding=(k - 1) // 2, groups=groups, bias=False), gain)
+class Conv(nn.Conv2d):
+    """A bias-free conv in its input's dtype (their Convolution casts the weight to x.dtype)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._conv_forward(x, self.weight.to(x.dtype), None)
+
+
+def _conv(c_in: int, c_out: int, k: int = 1, groups: int = 1, gain: float = 1.0) -> Conv:
+    return _msr(Conv(c_in, c_out, k, padding=(k - 1) // 2, groups=groups, bias=False), gain)
 
 
 def _stage_widths(image_size: int, width: int, cardinality: int) -> list[tuple[int, int]]:
@@ -64,7 +79,7 @@ class BiasedLeakyReLU(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.leaky_relu(x + self.bias.view(1, -1, 1, 1), 0.2)
+        return F.leaky_relu(x + self.bias.to(x.dtype).view(1, -1, 1, 1), 0.2)
 
 
 class Resample(nn.Module):
@@ -101,6 +116,31 @@ class ResidualBlock(nn.Module):
         return x + self.conv3(self.act2(self.conv2(self.act1(self.conv1(x)))))
 
 
+def _stage_dtypes(role: str, bf16_stages: int, n_stages: int) -> list[torch.dtype]:
+    """Per stage from 4x4 up: bfloat16 for the ``bf16_stages`` highest resolutions."""
+    if type(bf16_stages) is not int or not 0 <= bf16_stages < n_stages:  # bool is no count
+        raise GenlabError(
+            f"{role}.bf16_stages={bf16_stages} must be in 0..{n_stages - 1}: the "
+            "highest-resolution stages in bfloat16, all but the 4x4 one at most (its basis "
+            "runs in float32, as theirs)"
+        )
+    return [
+        torch.bfloat16 if n >= n_stages - bf16_stages else torch.float32 for n in range(n_stages)
+    ]
+
+
+def _run_stages(
+    layers: nn.Sequential, starts: list[int], dtypes: list[torch.dtype], h: Tensor
+) -> Tensor:
+    """``layers`` in order, ``h`` cast to each stage's dtype where it starts (their stage input)."""
+    bounds = [*starts, len(layers)]
+    for n, dtype in enumerate(dtypes):
+        h = h.to(dtype)
+        for layer in layers[bounds[n] : bounds[n + 1]]:
+            h = layer(h)
+    return h
+
+
 def _check(role: str, width: int, cardinality: int, expansion: int, blocks: int, size: int) -> None:
     for stage_width, groups in _stage_widths(size, width, cardinality):
         if (stage_width * expansion) % groups:
@@ -120,6 +160,8 @@ class R3GANGenerator(nn.Module):
     Args:
         width: stage width (their 768); cardinality: groups of the kxk convs (null: width / 8,
             their 96 at 768); embed_dim: class embedding size (their 64, z's size).
+        bf16_stages: the highest-resolution stages computing in bfloat16 (their FP16Stages;
+            their presets: all but the 4x4 one, 3 at 32 px, 4 at 64 px); 0: all in float32.
     """
 
     def __init__(
@@ -133,6 +175,7 @@ class R3GANGenerator(nn.Module):
         blocks_per_stage: int = 2,
         expansion: int = 2,
         embed_dim: int = 64,
+        bf16_stages: int = 0,
     ) -> None:
         super().__init__()
         width = DEFAULT_WIDTH if width is None else width
@@ -145,13 +188,16 @@ class R3GANGenerator(nn.Module):
         _check(role, width, cardinality, expansion, blocks_per_stage, image_size)
         self.latent_dim, self.num_classes = latent_dim, num_classes
         stages = _stage_widths(image_size, width, cardinality)
+        self.dtypes = _stage_dtypes(role, bf16_stages, len(stages))
         total = blocks_per_stage * len(stages)
         self.embed = _msr(nn.Linear(num_classes, embed_dim, bias=False)) if num_classes else None
         in_dim = latent_dim + (embed_dim if num_classes else 0)
         self.basis = nn.Parameter(torch.randn(stages[0][0], 4, 4))
         self.basis_linear = _msr(nn.Linear(in_dim, stages[0][0], bias=False))
         layers: list[nn.Module] = []
+        self.starts = []  # each stage's first index in the flat layers (their MainLayers)
         for n, (w, groups) in enumerate(stages):
+            self.starts.append(len(layers))
             if n:
                 prev = stages[n - 1][0]
                 layers += [_conv(prev, w)] if prev != w else []  # before upsampling, as theirs
@@ -165,7 +211,8 @@ class R3GANGenerator(nn.Module):
         if self.embed is not None:
             z = torch.cat([z, self.embed(one_hot(labels, self.num_classes, z))], 1)
         h = self.basis[None] * self.basis_linear(z)[:, :, None, None]  # (B, width, 4, 4)
-        return self.out(self.layers(h))  # (B, C, H, W)
+        h = _run_stages(self.layers, self.starts, self.dtypes, h)
+        return self.out(h).float()  # (B, C, H, W); theirs returns the last stage's dtype
 
 
 class R3GANDiscriminator(nn.Module):
@@ -175,6 +222,8 @@ class R3GANDiscriminator(nn.Module):
         width, cardinality: as the generator's (D mirrors G's stages).
         embed_dim: the projection's class embedding size (null: the width, their 768).
         spectral_norm: off in R3GAN; there for gan.yaml's option of every discriminator.
+        bf16_stages: the highest-resolution stages computing in bfloat16 (their D FP16Stages
+            [x + len(FP16Stages) for x in G's]: the first ones from the image down).
     """
 
     def __init__(
@@ -188,6 +237,7 @@ class R3GANDiscriminator(nn.Module):
         expansion: int = 2,
         embed_dim: int | None = None,
         spectral_norm: bool = False,
+        bf16_stages: int = 0,
     ) -> None:
         super().__init__()
         width = DEFAULT_WIDTH if width is None else width
@@ -201,10 +251,13 @@ class R3GANDiscriminator(nn.Module):
         _check(role, width, cardinality, expansion, blocks_per_stage, image_size)
         self.num_classes = num_classes
         stages = _stage_widths(image_size, width, cardinality)[::-1]  # from the image down
+        self.dtypes = _stage_dtypes(role, bf16_stages, len(stages))[::-1]
         total = blocks_per_stage * len(stages)
         self.inp = _conv(channels, stages[0][0])
         layers: list[nn.Module] = []
+        self.starts = []  # each stage's first index in the flat layers (their MainLayers)
         for n, (w, groups) in enumerate(stages):
+            self.starts.append(len(layers))
             layers += [ResidualBlock(w, groups, expansion, total) for _ in range(blocks_per_stage)]
             if n < len(stages) - 1:
                 layers.append(Resample(up=False))
@@ -224,7 +277,8 @@ class R3GANDiscriminator(nn.Module):
 
     def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         require_labels(type(self).__name__, self.num_classes, labels)
-        h = self.linear(self.basis(self.layers(self.inp(x))).flatten(1))  # (B, out_dim)
+        h = _run_stages(self.layers, self.starts, self.dtypes, self.inp(x.to(self.dtypes[0])))
+        h = self.linear(self.basis(h).flatten(1))  # (B, out_dim); the 4x4 stage is float32
         if self.embed is None:
             return h.squeeze(1)  # (B,)
         return (h * self.embed(one_hot(labels, self.num_classes, h))).sum(1)
