@@ -77,7 +77,9 @@ class MappingNetwork(nn.Module):
         w = self.layers(torch.cat(parts, 1))  # (B, w_dim)
         if self.w_avg_beta is not None and self.training and update_w_avg:
             with torch.no_grad():
-                self.w_avg.copy_(w.detach().mean(0).lerp(self.w_avg, self.w_avg_beta))
+                # in float32 even under bf16-mixed autocast, whose w is bfloat16
+                mean = w.detach().mean(0).to(self.w_avg.dtype)
+                self.w_avg.copy_(mean.lerp(self.w_avg, self.w_avg_beta))
         return w
 
 
