@@ -324,8 +324,9 @@ def to_genlab(state: dict, generator: bool) -> dict:
     return out
 
 
-def r3gan_difference(case: dict, generator: bool, perturb: float = 0.0) -> float:
-    """Max |genlab - R3GAN| over the case's inputs, on their copied weights (+ perturb on one)."""
+def r3gan_outputs(case: dict, generator: bool, perturb: float = 0.0, bf16: bool = False):
+    """genlab's output on the case's inputs with their copied weights (+ perturb on one conv's);
+    with ``bf16`` in the case's bfloat16 stages (their FP16Stages)."""
     size, classes = case["image_size"], case["num_classes"]
     sizes = dict(
         width=case["width"], cardinality=case["cardinality"],
@@ -333,18 +334,27 @@ def r3gan_difference(case: dict, generator: bool, perturb: float = 0.0) -> float
     )  # fmt: skip
     labels = case["labels"] if classes else None
     if generator:
+        stages = len(case["g_fp16_stages"]) if bf16 else 0
         net = R3GANGenerator(
-            case["latent_dim"], size, 3, classes, embed_dim=case["g_embed_dim"], **sizes
-        )
-        state, inputs, want = case["g_state_dict"], (case["z"],), case["g_out"]
+            case["latent_dim"], size, 3, classes, embed_dim=case["g_embed_dim"],
+            bf16_stages=stages, **sizes,
+        )  # fmt: skip
+        state, inputs = case["g_state_dict"], (case["z"],)
     else:
-        net = R3GANDiscriminator(size, 3, classes, **sizes)  # embed_dim: the width, as theirs
-        state, inputs, want = case["d_state_dict"], (case["x"].float(),), case["d_out"]
+        stages = len(case["d_fp16_stages"]) if bf16 else 0
+        net = R3GANDiscriminator(size, 3, classes, bf16_stages=stages, **sizes)  # embed: width
+        state, inputs = case["d_state_dict"], (case["x"].float(),)
     state = to_genlab(state, generator)
     state["layers.0.conv2.weight"] = state["layers.0.conv2.weight"] + perturb
     net.load_state_dict(state)  # strict: every name mapped, none left over
     with torch.no_grad():
-        return (net.eval()(*inputs, labels) - want).abs().max().item()
+        return net.eval()(*inputs, labels)
+
+
+def r3gan_difference(case: dict, generator: bool, perturb: float = 0.0) -> float:
+    """Max |genlab - R3GAN| over the case's inputs, on their copied weights (+ perturb on one)."""
+    want = case["g_out" if generator else "d_out"]
+    return (r3gan_outputs(case, generator, perturb) - want).abs().max().item()
 
 
 def test_networks_equal_the_authors_on_copied_weights():
@@ -358,29 +368,6 @@ def test_networks_equal_the_authors_on_copied_weights():
             assert r3gan_difference(case, generator, 0.01) > 1e-3 * scale, (name, generator)
 
 
-def r3gan_bf16_outputs(case: dict, generator: bool) -> torch.Tensor:
-    """genlab's output with the case's bfloat16 stages (their FP16Stages), on their weights."""
-    size, classes = case["image_size"], case["num_classes"]
-    sizes = dict(
-        width=case["width"], cardinality=case["cardinality"],
-        blocks_per_stage=case["blocks_per_stage"], expansion=case["expansion"],
-    )  # fmt: skip
-    labels = case["labels"] if classes else None
-    if generator:
-        n = len(case["g_fp16_stages"])
-        net = R3GANGenerator(
-            case["latent_dim"], size, 3, classes, embed_dim=case["g_embed_dim"], bf16_stages=n,
-            **sizes,
-        )  # fmt: skip
-        state, inputs = case["g_state_dict"], (case["z"],)
-    else:
-        net = R3GANDiscriminator(size, 3, classes, bf16_stages=len(case["d_fp16_stages"]), **sizes)
-        state, inputs = case["d_state_dict"], (case["x"].float(),)
-    net.load_state_dict(to_genlab(state, generator))
-    with torch.no_grad():
-        return net.eval()(*inputs, labels)
-
-
 def test_bf16_stages_equal_the_authors_on_copied_weights():
     """Their FP16Stages (CIFAR10's at 32 px, FFHQ-64's at 64 px) vs genlab's bf16_stages."""
     reference = torch.load(R3GAN_NETWORKS, weights_only=True)
@@ -390,7 +377,7 @@ def test_bf16_stages_equal_the_authors_on_copied_weights():
         assert case["d_fp16_stages"] == list(range(n - 1, -1, -1)), name
         for generator in (True, False):
             want = case["g_out_bf16" if generator else "d_out_bf16"]
-            got = r3gan_bf16_outputs(case, generator)
+            got = r3gan_outputs(case, generator, bf16=True)
             assert got.dtype == torch.float32  # theirs returns G's in bfloat16: the same values
             assert torch.equal(got, want.float()), (name, generator)  # bit for bit
             # and the bf16 stages count: the float32 nets' outputs differ
