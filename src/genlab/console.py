@@ -108,6 +108,61 @@ def quiet_libraries() -> None:
     logging.getLogger("genlab").addFilter(RANK_ZERO_FILTER)
 
 
+# The sweep jobs of this process that failed, by number, each with its one-line cause: run_task
+# in the job, or under SLURM the launcher in the submitting process. Each said why in its line;
+# the door exits 2 at the end (genlab.cli.report).
+FAILED_JOBS: dict[int, str] = {}
+
+
+def job_error(prog: str, num: int, overrides: str, cause: str) -> None:
+    """Say in one line on stderr that sweep job ``num`` failed, and why; record it."""
+    FAILED_JOBS[num] = cause
+    print(f"{prog}: error: job {num} ({overrides or 'no overrides'}): {cause}", file=sys.stderr)
+
+
+class OncePerText(logging.Filter):
+    """Passes the first record of each message, its numbers aside (a poll count, a job id)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[tuple[int, str]] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        said = (record.levelno, re.sub(r"\d+", "#", record.getMessage()))
+        if said in self.seen:
+            return False
+        self.seen.add(said)
+        return True
+
+
+class BelowWarning(logging.Filter):
+    """Passes records below WARNING: another handler of the same logger shows the rest."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.WARNING
+
+
+# submitit's logger writes each record to stdout, from WARNING up to stderr as well, and passes
+# it on to Hydra's root handler: a warning came three times, and again at each poll of the queue
+# ("Call #3 - Bypassing sacct error ..." on a cluster that keeps no accounting).
+SUBMITIT_LOGGER = "submitit"
+SUBMITIT_OUT = "submitit_out"  # its stdout handler, as submitit's logging config names it
+SUBMITIT_ONCE = OncePerText()
+BELOW_WARNING = BelowWarning()
+
+
+def quiet_submitit() -> None:
+    """Each submitit warning once per process, on stderr only; idempotent."""
+    logger = logging.getLogger(SUBMITIT_LOGGER)
+    logger.addFilter(SUBMITIT_ONCE)
+    if not logger.handlers:  # SUBMITIT_LOG_LEVEL=NOCONFIG: Hydra's handler is the only one
+        return
+    logger.propagate = False
+    for handler in logger.handlers:
+        if handler.name == SUBMITIT_OUT:
+            handler.addFilter(BELOW_WARNING)
+
+
 class ConsoleHandler(logging.StreamHandler):
     """A handler writing to whatever ``sys.stdout`` is when a record comes.
 

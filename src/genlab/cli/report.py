@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from genlab.config import CONFIG_DIR
+from genlab.console import FAILED_JOBS, job_error
 from genlab.errors import GenlabError
 
 T = TypeVar("T")
@@ -34,10 +35,6 @@ def one_line(error: BaseException) -> str:
     elif isinstance(error, OmegaConfBaseException) and len(lines) > 1:
         text += f" ({'; '.join(lines[1:])})"
     return text
-
-
-# Numbers of the sweep jobs of this process that failed with bad input (run_task).
-FAILED_JOBS: list[int] = []
 
 
 def report_errors(hydra_main: Callable[[], Any], prog: str) -> None:
@@ -121,9 +118,7 @@ def run_task(task: Callable[[DictConfig], T], cfg: DictConfig, prog: str) -> T:
     except (GenlabError, OmegaConfBaseException) as e:
         if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
             job = HydraConfig.get().job
-            FAILED_JOBS.append(job.num)
-            overrides = job.override_dirname or "no overrides"
-            print(f"{prog}: error: job {job.num} ({overrides}): {one_line(e)}", file=sys.stderr)
+            job_error(prog, job.num, job.override_dirname, one_line(e))
             # Hydra's own report of a raised job would repeat the error and add a line
             return float("nan")  # type: ignore[return-value]
         discard_empty_run_dir()
