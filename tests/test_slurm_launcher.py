@@ -3,17 +3,22 @@ a GPU request on a CPU partition and an sbatch refusal stopped in one line, fail
 genlab's job errors while the others finish, submitit's warnings once, Optuna's values back;
 and, without a cluster, how sinfo's GRES are read."""
 
+import io
+import logging
 import math
 import pickle
 import re
 import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import yaml
+from hydra.core.utils import JobReturn, JobStatus
+from submitit.core.utils import FailedJobError, UncompletedJobError
 
-from genlab import launchers
+from genlab import console, launchers
 from genlab.errors import GenlabError
 from tests.conftest import TINY
 
@@ -72,8 +77,10 @@ def test_two_jobs_run_and_submitit_warns_once(sweep, tmp_path):
         run_dir = tmp_path / "sweep" / job
         assert (run_dir / "checkpoints" / "last.ckpt").is_file()
         assert (run_dir / "csv" / "metrics.csv").is_file()
-    # without accounting (this cluster) submitit warned at every poll, on three streams
+    # without accounting (this cluster) submitit warned at every poll, on three streams, and
+    # sacct said why each time
     assert (proc.stdout + proc.stderr).count(SACCT_WARNING) <= 1
+    assert "accounting storage is disabled" not in proc.stderr
 
 
 @pytest.mark.slow
@@ -92,6 +99,17 @@ def test_failed_jobs_are_genlab_job_errors_and_the_sweep_goes_on(sweep, tmp_path
     for m in errors.values():
         assert Path(m[4]).is_file() and ".submitit" in m[4]  # the job's own log
     assert (tmp_path / "sweep" / "0" / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.slow
+def test_a_job_that_ends_without_a_result_is_a_job_error(sweep):
+    # the batch script exits before srun starts the job, as a job killed early would end; without
+    # accounting submitit waited for its result forever
+    proc = sweep("hydra.launcher.gpus_per_node=0", "seed=1", "hydra.launcher.setup=[exit 3]")
+    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (line,) = proc.stderr.splitlines()
+    m = JOB_ERROR.match(line)
+    assert m and m[1] == "0" and m[3].startswith("the job ended without a result (SLURM state ")
 
 
 @pytest.mark.slow
@@ -191,3 +209,80 @@ def test_sbatch_refusal_and_remote_trace_in_one_line():
         "ValueError: bad\n\n----------------------\nYou can check full logs ..."
     )
     assert launchers.last_line(trace) == "ValueError: bad"
+
+
+class FakeJob:
+    """A submitit job whose ``results()`` returns or raises ``outcome``."""
+
+    def __init__(self, outcome):
+        self.outcome = outcome
+        self.paths = SimpleNamespace(stderr=Path("sweep/.submitit/7_0/7_0_0_log.err"))
+
+    def results(self):
+        if isinstance(self.outcome, Exception):
+            raise self.outcome
+        return [self.outcome]
+
+
+@pytest.mark.parametrize(
+    "outcome, cause",
+    [(JobReturn(status=JobStatus.FAILED, _return_value=GenlabError("seed='a' must be an integer")),
+      "seed='a' must be an integer"),
+     (JobReturn(status=JobStatus.FAILED, _return_value=ValueError("bad\nmore")), "ValueError: bad"),
+     (FailedJobError("Job (task=0) failed during processing with trace:\n" + "-" * 22
+                     + "\nTraceback ...\nOSError: disk\n" + "-" * 22 + "\nYou can check"),
+      "OSError: disk"),
+     (UncompletedJobError("Job 7_0 (task: 0) with path x\nhas not produced any output "
+                          "(state: OUT_OF_MEMORY)"),
+      "the job ended without a result (SLURM state OUT_OF_MEMORY)")],
+)  # fmt: skip
+def test_a_failed_job_is_one_line_and_nan(monkeypatch, capsys, outcome, cause):
+    monkeypatch.setattr(launchers, "FAILED_JOBS", {})
+    monkeypatch.setattr(console, "FAILED_JOBS", launchers.FAILED_JOBS)
+    monkeypatch.setattr(sys, "argv", ["genlab-train", "-m"])
+    ret = launchers.collect(FakeJob(outcome), 3, ["seed=a", "hydra.launcher.mem_gb=1", "a=1"])
+    assert ret.status == JobStatus.COMPLETED and math.isnan(ret.return_value)
+    log = Path("sweep/.submitit/7_0/7_0_0_log.err")
+    assert capsys.readouterr().err == (
+        f"genlab-train: error: job 3 (a=1,seed=a): {cause} (log: {log})\n"
+    )
+    assert list(console.FAILED_JOBS.items()) == [(3, f"{cause} (log: {log})")]
+
+
+def test_a_completed_job_is_its_value():
+    done = JobReturn(status=JobStatus.COMPLETED, _return_value=0.5)
+    assert launchers.collect(FakeJob(done), 0, ["seed=1"]) is done
+
+
+@pytest.fixture
+def submitit_streams():
+    """submitit's logger with its own handlers writing to StringIOs (name: stream), and its
+    filters, propagation and streams restored after."""
+    import submitit  # noqa: F401  (its import configures its logger: stdout and stderr handlers)
+
+    logger = logging.getLogger(console.SUBMITIT_LOGGER)
+    streams = {h.name: io.StringIO() for h in logger.handlers}
+    old = {h: h.setStream(streams[h.name]) for h in logger.handlers}
+    propagate = logger.propagate
+    yield streams
+    for handler, stream in old.items():
+        handler.setStream(stream)
+        handler.removeFilter(console.BELOW_WARNING)
+    logger.removeFilter(console.SUBMITIT_ONCE)
+    logger.propagate = propagate
+
+
+def test_each_submitit_warning_shows_once_on_stderr(submitit_streams, caplog):
+    console.quiet_submitit()
+    logger = logging.getLogger(console.SUBMITIT_LOGGER)
+    for call in (1, 2, 3):  # as submitit words its poll without accounting
+        logger.warning(f"Call #{call} - Bypassing sacct error '-j', '{40 + call}', unit test")
+    logger.warning("another warning, unit test")
+    logger.info("an info line, unit test")
+    err, out = (
+        submitit_streams["submitit_err"].getvalue(),
+        submitit_streams["submitit_out"].getvalue(),
+    )
+    assert err.count("Bypassing sacct error") == 1 and "another warning" in err
+    assert "warning" not in out and "an info line" in out  # warnings on stderr only
+    assert caplog.records == []  # not again through Hydra's root handler

@@ -8,6 +8,7 @@ start of ``genlab-train -m``: nothing heavy at module level (submitit is importe
 """
 
 import contextlib
+import getpass
 import io
 import os
 import re
@@ -81,7 +82,7 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
             submitit_launcher.log.info(f"\t#{num} : {' '.join(filter_overrides(overrides))}")
         try:  # submitit prints sbatch's refusal before raising it: said once, below
             with contextlib.redirect_stderr(io.StringIO()):
-                return executor.map_array(  # one list per argument of __call__
+                jobs = executor.map_array(  # one list per argument of __call__
                     self,
                     [overrides for _, overrides in runs],
                     ["hydra.sweep.dir"] * len(runs),
@@ -91,6 +92,9 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
                 )
         except submitit.core.utils.FailedJobError as e:
             raise GenlabError(sbatch_refusal(str(e), self.params)) from None
+        if not accounting():
+            watch_with_squeue(jobs)
+        return jobs
 
     def executor(self) -> Any:
         """submitit's executor with this launcher's parameters, and the sweep directory made."""
@@ -113,6 +117,41 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
         if "mode" in self.config.hydra.sweep:
             os.chmod(sweep_dir, mode=int(str(self.config.hydra.sweep.mode), 8))
         return executor
+
+
+def accounting() -> bool:
+    """True where sacct answers (a cluster that keeps accounting: submitit asks sacct)."""
+    try:
+        proc = subprocess.run(["sacct", "-n", "-X", "-j", "1"], capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return proc.returncode == 0
+
+
+def watch_with_squeue(jobs: list[Any]) -> None:
+    """Have submitit read these jobs' states from squeue: without accounting, sacct failed at
+    every poll (its complaint printed each time) and a job killed before it wrote its result
+    (no memory, a node lost, scancel) was waited for forever."""
+    from submitit.slurm.slurm import SlurmInfoWatcher, SlurmJob
+
+    class QueueWatcher(SlurmInfoWatcher):
+        def _make_command(self) -> list[str] | None:
+            if super()._make_command() is None:
+                return None
+            return ["squeue", "-h", "-t", "all", "-u", getpass.getuser(), "-o", "%i|%T|%N"]
+
+        def read_info(self, string: bytes | str) -> dict[str, dict[str, str]]:
+            text = string.decode() if isinstance(string, bytes) else string
+            info = super().read_info("JobID|State|NodeList\n" + text)
+            # squeue forgets a job MinJobAge after it ends: one it no longer lists has ended
+            gone = self._registered - self._finished - set(info)
+            return info | {job_id: {"JobID": job_id, "State": "ENDED"} for job_id in gone}
+
+    watcher = QueueWatcher(delay_s=SlurmJob.watcher._delay_s)
+    for job in jobs:
+        if isinstance(job, SlurmJob):  # test doubles are not
+            job.watcher = watcher
+            watcher.register_job(job.job_id)
 
 
 def discard_unsubmitted(sweep_dir: Path) -> None:
