@@ -1,6 +1,7 @@
 """Shared fixtures: composed configs with tmp outputs, and the CLI as a user runs it."""
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -114,3 +115,30 @@ def no_network(monkeypatch):
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+LOCAL_CLUSTER = REPO / "experiments" / "slurm" / "local_cluster.sh"
+
+
+@pytest.fixture(scope="session")
+def slurm_partition() -> str:
+    """The partition of a SLURM cluster that answers here (``local_cluster.sh up``, which
+    .ci/run starts); the test skips, saying why, where there is none."""
+    if not all(shutil.which(tool) for tool in ("sinfo", "sbatch", "scontrol", "squeue")):
+        pytest.skip(f"no SLURM client tools here (bash {LOCAL_CLUSTER.relative_to(REPO)} up)")
+    try:
+        proc = subprocess.run(
+            ["sinfo", "-h", "-o", "%P %T"], capture_output=True, text=True, timeout=10
+        )
+    except subprocess.TimeoutExpired:
+        proc = None
+    states = [line.split() for line in proc.stdout.splitlines()] if proc else []
+    # a node between jobs is `completing`; a trailing * on the state means it does not respond
+    up = ("idle", "mixed", "allocated", "completing")
+    usable = [p.rstrip("*") for p, s in states if s in up]
+    if not usable:
+        pytest.skip(
+            f"no SLURM cluster answers here (sinfo: {states or 'no reply'}); "
+            f"bash {LOCAL_CLUSTER.relative_to(REPO)} up (as root) starts one"
+        )
+    return "debug" if "debug" in usable else usable[0]

@@ -169,6 +169,14 @@ def test_wheel_ships_configs_and_runs_outside_checkout(tmp_path):
     )
     ok(proc)
     assert proc.stdout.strip() == str(target / "genlab" / "conf")
+    # hydra/launcher=slurm names genlab's launcher where Hydra takes plugins from
+    launcher = "hydra_plugins.genlab_launcher"
+    proc = subprocess.run(
+        [sys.executable, "-c", f"import {launcher} as m; print(m.__file__)"],
+        cwd=tmp_path, env={"PYTHONPATH": str(target)}, capture_output=True, text=True,
+    )  # fmt: skip
+    ok(proc)
+    assert proc.stdout.strip() == str(target / "hydra_plugins" / "genlab_launcher.py")
 
 
 def test_user_configs_through_hydra_searchpath(run_cli, tmp_path):

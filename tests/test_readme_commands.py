@@ -105,6 +105,16 @@ def skipped(command: str) -> str | None:
     return next((why for pattern, why in SKIPPED.items() if re.search(pattern, command)), None)
 
 
+def slurm_answers() -> bool:
+    """A SLURM cluster takes jobs here (experiments/slurm/local_cluster.sh up)."""
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True,
+                             timeout=10)  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return any(s in ("idle", "mixed", "allocated", "completing") for s in out.stdout.split())
+
+
 def cases() -> list:
     out = []
     for doc in DOCS:
@@ -114,6 +124,8 @@ def cases() -> list:
             marks = [] if runnable else [pytest.mark.skip(reason=skipped(commands(block)[0]))]
             if "fashion-mnist" in block and not FASHION.is_dir():
                 marks = [pytest.mark.skip(reason=f"{FASHION} not installed")]
+            if "hydra/launcher=slurm" in block and not slurm_answers():
+                marks = [pytest.mark.skip(reason="no local SLURM cluster answers (sinfo)")]
             out.append(pytest.param(doc, i, id=name, marks=marks))
     return out
 
