@@ -5,6 +5,7 @@ plots ``train/*`` and ``val/*`` against ``trainer/images_seen`` (see ``callbacks
 the best value of each monitored key in the run summary, and says how to upload offline runs.
 """
 
+import csv
 import hashlib
 import json
 import logging
@@ -16,7 +17,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytorch_lightning as pl
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger, WandbLogger
+from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 from pytorch_lightning.utilities import rank_zero_only
 
@@ -46,8 +49,56 @@ class RedactedHparams:
         super().log_hyperparams(redact(params), *args, **kwargs)
 
 
+class ContinuedCSV(ExperimentWriter):
+    """Lightning's CSV writer, continuing the run's ``metrics.csv`` instead of deleting it.
+
+    A resumed run (SIGTERM, preemption, a requeued job, ``ckpt_path`` in the same directory)
+    logs on from the checkpoint's logging step. The first save keeps the rows before that step
+    and drops those from it on, which a killed run wrote after its last checkpoint and the
+    resumed run writes again: one history, no row repeated or missing. A run that does not
+    resume replaces the file, as Lightning's writer does.
+    """
+
+    def __init__(self, log_dir: str, resuming: bool = False) -> None:
+        self._continued = not resuming
+        super().__init__(log_dir)
+
+    def _check_log_dir_exists(self) -> None:
+        if self._continued:  # not resuming: Lightning's check, which deletes metrics.csv
+            super()._check_log_dir_exists()
+
+    def save(self) -> None:
+        if self.metrics and not self._continued:
+            self._continued = True
+            if self._fs.isfile(self.metrics_file_path):
+                self._keep_rows_before(min(int(m["step"]) for m in self.metrics))
+        super().save()
+
+    def _keep_rows_before(self, first: int) -> None:
+        """Rewrite ``metrics.csv`` with its rows before logging step ``first``; adopt its keys."""
+        with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+            reader = csv.DictReader(file)
+            kept = [r for r in reader if r.get("step") and int(r["step"]) < first]
+            self.metrics_keys = sorted(set(reader.fieldnames or []) | set(self.metrics_keys))
+        with self._fs.open(self.metrics_file_path, "w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=self.metrics_keys)
+            writer.writeheader()
+            writer.writerows(kept)
+
+
 class GenlabCSVLogger(RedactedHparams, CSVLogger):
-    """Lightning's CSVLogger; ``hparams.yaml`` holds no credentials."""
+    """Lightning's CSVLogger; ``hparams.yaml`` holds no credentials, and a resumed run
+    (``resuming``, set by ``training.build``) continues ``metrics.csv`` (``ContinuedCSV``)."""
+
+    resuming = False
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ContinuedCSV:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = ContinuedCSV(log_dir=self.log_dir, resuming=self.resuming)
+        return self._experiment
 
 
 class GenlabTensorBoardLogger(RedactedHparams, TensorBoardLogger):
@@ -69,6 +120,33 @@ class GenlabWandbLogger(RedactedHparams, WandbLogger):
         super().__init__(*args, **kwargs)
         self._wandb_init.pop("anonymous", None)
         self.monitor = monitor
+        self.unsent: list[dict] = []  # rows logged after W&B's service process ended
+        self.lost: str | None = None  # why it ended
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        """Log a row; once W&B's service is gone, keep it for the resumed run (``UnsentRows``).
+
+        SLURM sends its SIGTERM (preemption, ``scontrol requeue``, the time limit) to every
+        process of the job, W&B's ``wandb-core`` among them, which ends at once. genlab stops
+        at the end of the batch; the rows of that batch reach W&B from the resumed run.
+        """
+        if self.lost is None:
+            try:
+                super().log_metrics(metrics, step)
+                return
+            except OSError as e:  # ConnectionResetError, BrokenPipeError
+                self.lost = f"{type(e).__name__}: {e}"
+                log.warning(
+                    f"W&B's service process ended ({self.lost}): its rows wait in the "
+                    "checkpoint for the resumed run"
+                )
+        self.unsent.append({"metrics": {k: float(v) for k, v in metrics.items()}, "step": step})
+
+    @rank_zero_only
+    def log_image(self, *args: Any, **kwargs: Any) -> None:
+        if self.lost is None:  # images are not kept: the next grid shows the model again
+            super().log_image(*args, **kwargs)
 
     @property
     @rank_zero_experiment
@@ -85,13 +163,33 @@ class GenlabWandbLogger(RedactedHparams, WandbLogger):
 
     @rank_zero_only
     def finalize(self, status: str) -> None:
-        super().finalize(status)
+        if self.lost is None:
+            super().finalize(status)
         run = self._experiment
         if run is not None and getattr(run.settings, "_offline", False):
             command = sync_command(self.save_dir, run.id)
             starts = len(list(Path(self.save_dir, "wandb").glob(f"offline-run-*-{run.id}")))
             how = f" ({starts} fragments, one per start, as one run)" if starts > 1 else ""
             log.info(f"W&B: offline run {run.id}; upload it{how} with: {command}")
+
+
+class UnsentRows(pl.Callback):
+    """Carries the W&B rows that could not be sent (``GenlabWandbLogger.unsent``) in the
+    checkpoint, and sends them first when the run resumes: one history, no row missing."""
+
+    def __init__(self, logger: GenlabWandbLogger) -> None:
+        self.logger = logger
+
+    def state_dict(self) -> dict:
+        return {"rows": list(self.logger.unsent)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.logger.unsent = list(state_dict.get("rows", []))
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        rows, self.logger.unsent = self.logger.unsent, []
+        for row in rows:
+            self.logger.log_metrics(row["metrics"], row["step"])
 
 
 def sync_command(save_dir: str | Path, run_id: str) -> str:

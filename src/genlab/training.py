@@ -3,6 +3,7 @@
 Imported by the entry point (``genlab.cli.train``) only once Hydra has composed a valid config.
 """
 
+import contextlib
 import logging
 import netrc
 import os
@@ -29,13 +30,20 @@ from genlab.callbacks.checkpointing import (
     RunConfig,
 )
 from genlab.callbacks.precision import GANMixedPrecision
+from genlab.callbacks.preemption import Preemption
 from genlab.callbacks.sample_metrics import SampleMetrics
 from genlab.callbacks.speed import FastPath
 from genlab.checkpoints import check_checkpoint, trusting
 from genlab.config import instantiate
 from genlab.errors import GenlabError
 from genlab.keys import MAXIMISED
-from genlab.loggers import GenlabWandbLogger, checkpoint_wandb, choose_run_id
+from genlab.loggers import (
+    GenlabCSVLogger,
+    GenlabWandbLogger,
+    UnsentRows,
+    checkpoint_wandb,
+    choose_run_id,
+)
 from genlab.metrics import MetricsUnavailable
 from genlab.models.manual import ManualOptimization
 from genlab.redact import redact
@@ -177,11 +185,14 @@ def resume_path(cfg: DictConfig, last: Path) -> str | None:
     """``ckpt_path`` (``build`` checks it); or with auto-resume, this run's ``last`` checkpoint.
 
     ``auto_resume: null`` means on under the SLURM launcher, whose requeued jobs (preemption,
-    time limit) start again in the same directory.
+    time limit) start again in the same directory, and in a SLURM job that was requeued
+    (``SLURM_RESTART_COUNT``): an ``sbatch`` script with a fixed ``hydra.run.dir``.
     """
     if cfg.get("ckpt_path"):
         return str(cfg.ckpt_path)
     auto = cfg.get("auto_resume")
+    if auto is None and int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0:
+        auto = True
     if auto is None and HydraConfig.initialized():
         auto = "Slurm" in str(HydraConfig.get().launcher.get("_target_", ""))
     if auto and last.is_file():
@@ -256,6 +267,8 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     axes = CommonAxes()
     callbacks.append(axes)
     callbacks.append(ResumeState())
+    preemption = Preemption()
+    callbacks.append(preemption)
     speed = cfg.get("speed") or {}
     if speed.get("num_threads"):
         torch.set_num_threads(speed.num_threads)
@@ -266,10 +279,17 @@ def build(cfg: DictConfig) -> dict[str, Any]:
         callbacks.append(metrics)
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     for logger in loggers:
+        if isinstance(logger, GenlabCSVLogger):
+            logger.resuming = cfg.ckpt_path is not None  # continues metrics.csv
         if isinstance(logger, GenlabWandbLogger):
             logger.monitor = (metric, mode)  # its summary keeps the best value
             callbacks.append(EvaluationTable(axes))
+            callbacks.append(UnsentRows(logger))
     plugins: list = [AtomicCheckpointIO()]
+    if SLURMEnvironment.detect():
+        # genlab owns the signals (Preemption): Lightning's SIGUSR1 requeue would write a
+        # checkpoint of its own inside the handler and requeue a second time
+        plugins.append(SLURMEnvironment(auto_requeue=False))
     two_optimizers = isinstance(model, ManualOptimization)  # GAN, VQGAN
     if str(cfg.trainer.get("precision")) in ("16-mixed", "16") and two_optimizers:
         accelerator = str(cfg.trainer.get("accelerator", "auto"))
@@ -281,7 +301,13 @@ def build(cfg: DictConfig) -> dict[str, Any]:
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins
     )
     rank_zero_info(f"Seed set to {cfg.seed}")
-    return {"datamodule": datamodule, "model": model, "trainer": trainer, "monitor": metric}
+    return {
+        "datamodule": datamodule,
+        "model": model,
+        "trainer": trainer,
+        "monitor": metric,
+        "preemption": preemption,
+    }
 
 
 def train(cfg: DictConfig) -> float:
@@ -291,7 +317,9 @@ def train(cfg: DictConfig) -> float:
     """
     objs = build(cfg)
     trainer: pl.Trainer = objs["trainer"]
-    failed = True
+    preemption: Preemption = objs["preemption"]
+    preemption.install()  # a signal before fit starts stops it at the first batch
+    failed, stopped = True, False
     try:
         for logger in trainer.loggers:
             flat = isinstance(logger, WandbLogger)
@@ -305,8 +333,9 @@ def train(cfg: DictConfig) -> float:
                 ckpt_path=cfg.ckpt_path,
                 weights_only=True,  # read_checkpoint refused pickled code already, in one line
             )
-        except SIGTERMException:
-            raise SystemExit(143) from None  # 128 + SIGTERM: interrupted, last.ckpt saved
+        except SIGTERMException:  # a signal: last.ckpt is saved
+            stopped = True
+            raise SystemExit(preemption.exit_code()) from None  # 128 + the signal
         failed = False
         record_best(trainer, objs["monitor"])
         value = trainer.callback_metrics.get(objs["monitor"])
@@ -316,7 +345,13 @@ def train(cfg: DictConfig) -> float:
             import wandb
 
             # a crashed sweep job is marked failed and closed, so the next job starts clean
-            wandb.finish(exit_code=1 if failed else 0)
+            # OSError: its service process ended (SLURM's SIGTERM); GenlabWandbLogger said so
+            with contextlib.suppress(OSError):
+                wandb.finish(exit_code=1 if failed else 0)
+        if stopped:
+            # after W&B has closed: at a requeue SLURM ends the job's processes, W&B's among them
+            preemption.requeue(trainer)
+        preemption.restore()  # a SIGTERM that SLURM sends at the requeue was only noted
 
 
 def record_best(trainer: pl.Trainer, monitor: str) -> None:

@@ -85,18 +85,26 @@ class ResumeState(pl.Callback):
             torch.cuda.set_rng_state_all(s["cuda"])
 
 
-class LastCheckpoint(pl.Callback):
-    """The one owner of ``last.ckpt``: its path, its regular writes and its SIGTERM write.
+def flush_loggers(trainer: pl.Trainer) -> None:
+    """Write the loggers' buffered rows: a run resumed from the checkpoint about to be saved
+    continues the CSV from its step, so every row before that step must be on disk."""
+    for logger in trainer.loggers:
+        logger.save()
 
-    Writes ``{dirpath}/last.ckpt`` at the end of every epoch (after its validation), and on
-    SIGTERM (what SLURM sends before preemption): Lightning stops at the end of the current
-    batch and raises SIGTERMException, and this saves through the trainer (atomic IO) before the
-    process exits. ``genlab-train auto_resume`` reads ``path``. Lightning's ModelCheckpoint writes
+
+class LastCheckpoint(pl.Callback):
+    """The one owner of ``last.ckpt``: its path, its regular writes and its write at a signal.
+
+    Writes ``{dirpath}/last.ckpt`` at the end of every epoch (after its validation), and at a
+    preemption signal (SIGTERM; SIGUSR1/SIGUSR2 in a SLURM job: ``preemption.Preemption``):
+    training stops at the end of the current batch with Lightning's SIGTERMException, and this
+    saves through the trainer (atomic IO) before the process exits. ``genlab-train auto_resume``
+    reads ``path``. Lightning's ModelCheckpoint writes
     ``last`` only alongside a top-k save, so a best-only checkpoint on a metric that runs every
     few epochs would leave ``last`` stale.
 
     Args:
-        every_epoch: False keeps only the SIGTERM write (``callbacks=none``).
+        every_epoch: False keeps only the write at a signal (``callbacks=none``).
     """
 
     def __init__(self, dirpath: str, every_epoch: bool = True) -> None:
@@ -111,6 +119,7 @@ class LastCheckpoint(pl.Callback):
             return
         if again or trainer.global_step != self._saved_step:
             self._saved_step = trainer.global_step  # first: the checkpoint carries it
+            flush_loggers(trainer)
             # the whole state (optimizers, loops), said explicitly: Lightning logs a line otherwise
             trainer.save_checkpoint(self.path, weights_only=False)
 
@@ -136,10 +145,11 @@ class LastCheckpoint(pl.Callback):
     ) -> None:
         if isinstance(exception, SIGTERMException):
             self._saved_step = trainer.global_step
+            flush_loggers(trainer)
             trainer.save_checkpoint(self.path, weights_only=False)
             log.info(
-                f"SIGTERM: saved {self.path} at step {trainer.global_step}; resume with "
-                f"ckpt_path={self.path} (or auto_resume=true in the same run directory)"
+                f"stopped by a signal: saved {self.path} at step {trainer.global_step}; "
+                f"resume with ckpt_path={self.path} (or auto_resume=true in the same run directory)"
             )
 
 
