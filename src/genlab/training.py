@@ -149,9 +149,10 @@ def spawn_ddp_in_sweeps(cfg: DictConfig) -> None:
     sweep in each worker (the known hang); ``ddp_spawn`` forks from inside the job instead.
     """
     strategy = str(cfg.trainer.get("strategy", ""))
-    # under a SLURM allocation each task already is one rank: nothing to launch
-    slurm = SLURMEnvironment.detect()
-    if in_multirun() and strategy.startswith("ddp") and "spawn" not in strategy and not slurm:
+    relaunches = in_multirun() and strategy.startswith("ddp") and "spawn" not in strategy
+    # under a SLURM allocation each task already is one rank: nothing to launch. Asked only
+    # here: detect() warns where srun exists, and a bad data.root must be said first
+    if relaunches and not SLURMEnvironment.detect():
         spawned = strategy.replace("ddp", "ddp_spawn", 1)
         log.info(f"multirun: trainer.strategy={strategy} becomes {spawned}")
         cfg.trainer.strategy = spawned
