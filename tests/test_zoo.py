@@ -302,7 +302,7 @@ CONDITIONAL = [
             "model.optimizer_g.lr=1e-3",
             "model.optimizer_d.lr=1e-3",
         ],
-        5,
+        7,
         hue,  # a ResNet D pools globally: the blob's position is nearly invisible to it, not hue
     ),
 ]
