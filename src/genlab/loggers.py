@@ -128,8 +128,9 @@ class GenlabWandbLogger(RedactedHparams, WandbLogger):
         """Log a row; once W&B's service is gone, keep it for the resumed run (``UnsentRows``).
 
         SLURM sends its SIGTERM (preemption, ``scontrol requeue``, the time limit) to every
-        process of the job, W&B's ``wandb-core`` among them, which ends at once. genlab stops
-        at the end of the batch; the rows of that batch reach W&B from the resumed run.
+        process of the job, W&B's ``wandb-core`` among them, which ends at once without writing
+        what it buffered (those rows are lost: README, Preemption). genlab stops at the end of
+        the batch; the rows logged after the service ended reach W&B from the resumed run.
         """
         if self.lost is None:
             try:
@@ -175,7 +176,7 @@ class GenlabWandbLogger(RedactedHparams, WandbLogger):
 
 class UnsentRows(pl.Callback):
     """Carries the W&B rows that could not be sent (``GenlabWandbLogger.unsent``) in the
-    checkpoint, and sends them first when the run resumes: one history, no row missing."""
+    checkpoint, and sends them first when the run resumes."""
 
     def __init__(self, logger: GenlabWandbLogger) -> None:
         self.logger = logger
