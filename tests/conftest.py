@@ -120,22 +120,28 @@ def no_network(monkeypatch):
 LOCAL_CLUSTER = REPO / "experiments" / "slurm" / "local_cluster.sh"
 
 
+def slurm_states() -> list[tuple[str, str]]:
+    """(partition, node state) as sinfo lists them here; empty where sinfo is missing or fails."""
+    from genlab.launchers import sinfo
+
+    return [tuple(line.split()[:2]) for line in sinfo("-o", "%P %T") or []]
+
+
+def usable_partitions(states: list[tuple[str, str]]) -> list[str]:
+    """The partitions that take jobs: a node between jobs is `completing`; a trailing * on the
+    state means it does not respond."""
+    up = ("idle", "mixed", "allocated", "completing")
+    return [p.rstrip("*") for p, s in states if s in up]
+
+
 @pytest.fixture(scope="session")
 def slurm_partition() -> str:
     """The partition of a SLURM cluster that answers here (``local_cluster.sh up``, which
     .ci/run starts); the test skips, saying why, where there is none."""
     if not all(shutil.which(tool) for tool in ("sinfo", "sbatch", "scontrol", "squeue")):
         pytest.skip(f"no SLURM client tools here (bash {LOCAL_CLUSTER.relative_to(REPO)} up)")
-    try:
-        proc = subprocess.run(
-            ["sinfo", "-h", "-o", "%P %T"], capture_output=True, text=True, timeout=10
-        )
-    except subprocess.TimeoutExpired:
-        proc = None
-    states = [line.split() for line in proc.stdout.splitlines()] if proc else []
-    # a node between jobs is `completing`; a trailing * on the state means it does not respond
-    up = ("idle", "mixed", "allocated", "completing")
-    usable = [p.rstrip("*") for p, s in states if s in up]
+    states = slurm_states()
+    usable = usable_partitions(states)
     if not usable:
         pytest.skip(
             f"no SLURM cluster answers here (sinfo: {states or 'no reply'}); "

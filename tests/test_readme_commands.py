@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BIN, REPO, cli_env
+from tests.conftest import BIN, REPO, cli_env, slurm_states, usable_partitions
 from tests.inception import random_dinov2_weights
 
 pytestmark = pytest.mark.slow
@@ -105,16 +105,6 @@ def skipped(command: str) -> str | None:
     return next((why for pattern, why in SKIPPED.items() if re.search(pattern, command)), None)
 
 
-def slurm_answers() -> bool:
-    """A SLURM cluster takes jobs here (experiments/slurm/local_cluster.sh up)."""
-    try:
-        out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True,
-                             timeout=10)  # fmt: skip
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return any(s in ("idle", "mixed", "allocated", "completing") for s in out.stdout.split())
-
-
 def cases() -> list:
     out = []
     for doc in DOCS:
@@ -124,7 +114,7 @@ def cases() -> list:
             marks = [] if runnable else [pytest.mark.skip(reason=skipped(commands(block)[0]))]
             if "fashion-mnist" in block and not FASHION.is_dir():
                 marks = [pytest.mark.skip(reason=f"{FASHION} not installed")]
-            if "hydra/launcher=slurm" in block and not slurm_answers():
+            if "hydra/launcher=slurm" in block and not usable_partitions(slurm_states()):
                 marks = [pytest.mark.skip(reason="no local SLURM cluster answers (sinfo)")]
             out.append(pytest.param(doc, i, id=name, marks=marks))
     return out
