@@ -231,6 +231,10 @@ class ImageDataModule(pl.LightningDataModule):
                 *sources.mnist5k_raw(), self.stacked_size, self.split_seed
             )
             return TensorImages(images, labels)
+        if self.source == "shapes":
+            from genlab.data.shapes import Shapes
+
+            return Shapes(self.image_size, self.channels)
         if self.source == "synthetic":
             images, labels = sources.synthetic_images(
                 self.synthetic_size,
@@ -246,6 +250,11 @@ class ImageDataModule(pl.LightningDataModule):
         if self.source == "celeba":
             return PILImages(base, self.image_size, self.channels)
         return self.from_torchvision(base)
+
+    def known_factors(self) -> Dataset | None:
+        """The source's ground-truth factors (``factors``, ``factor_names``, ``factor_sizes``,
+        ``images_of``), or None when the data has none (every source but shapes)."""
+        return self.load("train") if self.source == "shapes" else None
 
     @property
     def has_test_split(self) -> bool:

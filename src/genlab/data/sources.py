@@ -26,10 +26,11 @@ Source = Literal[
     "synthetic",
     "prepared",  # genlab-prepare's output directory, data.path
     "stacked_mnist",  # three MNIST-5k digits as RGB channels, 1000 modes
+    "shapes",  # dSprites-like shapes with known factors (genlab.data.shapes), class = shape
 ]
 SOURCES: tuple[str, ...] = get_args(Source)
 NUM_CLASSES = {"mnist5k": 10, "mnist": 10, "fashion_mnist": 10, "cifar10": 10, "svhn": 10,
-               "stacked_mnist": 1000}  # fmt: skip
+               "stacked_mnist": 1000, "shapes": 3}  # fmt: skip
 # Where torchvision looks for each set's files below data.root (named in the missing-files error).
 TORCHVISION_DIRS = {
     "mnist": "MNIST/raw",
