@@ -1,13 +1,17 @@
 """MIG and the FactorVAE score (genlab.metrics.disentanglement) on hand-built codes, and the
 dSprites-like shapes they read (genlab.data.shapes)."""
 
+import csv
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 import torch
 from sklearn.metrics import mutual_info_score
 
+from genlab.callbacks.disentanglement import Disentanglement
 from genlab.data import ImageDataModule
 from genlab.data.shapes import FACTOR_NAMES, FACTOR_SIZES, Shapes
 from genlab.errors import GenlabError
@@ -20,6 +24,7 @@ from genlab.metrics.disentanglement import (
     mutual_info,
     mutual_info_matrix,
 )
+from tests.conftest import TINY, ok
 
 K = len(FACTOR_SIZES)
 
@@ -113,7 +118,7 @@ def test_factor_vae_score_perfect_random_entangled():
     codes = perfect(draw(10_000, seed=1))  # the variances' points (disentanglement_lib: 10,000)
     out = factor_vae_score(perfect, FACTOR_SIZES, codes, 200, 200, batch_size=64)
     assert out[FACTOR_VAE_SCORE] == 1.0 and out["factor_vae_train_accuracy"] == 1.0
-    assert out["active_latents"] == K + 2  # the collapsed latent is pruned
+    assert out["factor_vae_active_latents"] == K + 2  # the collapsed latent is pruned
     out = factor_vae_score(random_codes, FACTOR_SIZES, random_codes(draw(10_000, 2)), 400, 400)
     # chance is 1/K = 0.2; the majority classifier of 8 latents over 400 votes fits a little
     assert 0.1 < out[FACTOR_VAE_SCORE] < 0.35
@@ -170,3 +175,36 @@ def test_shapes_through_the_datamodule():
     known = dm.known_factors()
     assert known is not None and known.factors.shape == (737_280, 5)
     assert ImageDataModule(source="mnist5k").known_factors() is None
+
+
+def test_callback_logs_mig_from_the_cli(run_cli, tmp_path):
+    run = tmp_path / "run"
+    proc = run_cli(
+        "genlab-train", "model=beta_vae", "data=shapes", "data.image_size=32", *TINY,
+        "callbacks=[default,disentanglement]", "callbacks.disentanglement.num_points=500",
+        "callbacks.disentanglement.train_votes=20", "callbacks.disentanglement.eval_votes=20",
+        "callbacks.disentanglement.batch_size=16", f"hydra.run.dir={run}",
+    )  # fmt: skip
+    ok(proc)
+    with open(run / "csv" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    migs = [float(r["val/mig"]) for r in rows if r.get("val/mig")]
+    scores = [float(r["val/factor_vae_score"]) for r in rows if r.get("val/factor_vae_score")]
+    assert len(migs) == 2 and len(scores) == 2  # every epoch (every_n_epochs: 1), 2 epochs
+    assert all(0 <= m <= 1 for m in migs) and all(0 <= s <= 1 for s in scores)
+
+
+def test_callback_refuses_data_without_factors(run_cli, tmp_path):
+    proc = run_cli("genlab-train", "model=beta_vae", *TINY, "callbacks=[default,disentanglement]")
+    assert proc.returncode == 2
+    last = [ln for ln in proc.stderr.splitlines() if ln.strip()][-1]
+    assert "callbacks.disentanglement: data.source=mnist5k has no known factors" in last
+
+
+def test_callback_refuses_a_model_without_encoder():
+    dm = ImageDataModule(source="shapes", image_size=32, num_classes=3)
+    trainer = SimpleNamespace(datamodule=dm)
+    with pytest.raises(GenlabError, match="callbacks.disentanglement: .* no Gaussian encoder"):
+        Disentanglement().setup(trainer, pl.LightningModule(), "fit")
+    with pytest.raises(GenlabError, match="callbacks.disentanglement.num_points=1"):
+        Disentanglement(num_points=1)

@@ -129,13 +129,17 @@ def factor_vae_score(
 
     Returns:
         ``factor_vae_score`` (evaluation votes), ``factor_vae_train_accuracy`` and
-        ``active_latents`` (latents kept by the pruning).
+        ``factor_vae_active_latents`` (latents kept by the pruning).
     """
     if batch_size < 2 or train_votes < 1 or eval_votes < 1:
         raise GenlabError("FactorVAE score: batch_size must be >= 2 and the vote counts >= 1")
     active = active_latents(codes, threshold)
     if not active.any():  # every latent collapsed: nothing can vote (disentanglement_lib: 0)
-        return {FACTOR_VAE_SCORE: 0.0, "factor_vae_train_accuracy": 0.0, "active_latents": 0.0}
+        return {
+            FACTOR_VAE_SCORE: 0.0,
+            "factor_vae_train_accuracy": 0.0,
+            "factor_vae_active_latents": 0.0,
+        }
     global_var = codes.double().var(0)  # (D,)
     gen = torch.Generator().manual_seed(seed)
     train = vote_table(represent, factor_sizes, global_var, active, train_votes, batch_size, gen)
@@ -145,5 +149,5 @@ def factor_vae_score(
     return {
         FACTOR_VAE_SCORE: float(test[rows, classifier].sum() / test.sum()),
         "factor_vae_train_accuracy": float(train[rows, classifier].sum() / train.sum()),
-        "active_latents": float(active.sum()),
+        "factor_vae_active_latents": float(active.sum()),
     }
