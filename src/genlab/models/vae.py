@@ -15,6 +15,7 @@ from genlab.config import check_optimizer
 from genlab.data.datasets import Binarized, fetch
 from genlab.errors import GenlabError
 from genlab.models.loop import finite_or_skip, logs_written
+from genlab.nets.iaf import IAF
 from genlab.nets.priors import VampPrior, log_normal_mixture
 
 log = logging.getLogger("genlab")
@@ -22,6 +23,11 @@ log = logging.getLogger("genlab")
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 Likelihood = Literal["bernoulli", "gaussian", "discretized_gaussian", "categorical"]
 Prior = Literal["standard", "vamp"]
+Posterior = Literal["gaussian", "iaf"]
+# Burda et al. 2016 (IWAE paper, sec. 5.2): unit u is active when Cov_x(E_q(u|x)[u]) > 0.01
+ACTIVE_THRESHOLD = 0.01
+# per-dimension KL is logged dimension by dimension up to this many latents, else summarised
+KL_DIMS_LOGGED = 16
 # likelihoods of the 8-bit data themselves: val/nll is a probability, val/nll_bpd the papers' bpd
 DISCRETE = ("discretized_gaussian", "categorical")
 
@@ -100,7 +106,8 @@ class VAE(pl.LightningModule):
 
     default_monitor = "val/elbo"
     fallback_monitor = "val/elbo"
-    sampling_state = ("encoder.", "decoder.", "vamp.", "log_std")  # what post-hoc EMA averages
+    # what post-hoc EMA averages
+    sampling_state = ("encoder.", "decoder.", "vamp.", "flow.", "log_std")
 
     def __init__(
         self,
@@ -122,8 +129,21 @@ class VAE(pl.LightningModule):
         pseudo_inputs_mean: float = 0.05,
         pseudo_inputs_std: float = 0.01,
         image_shape: tuple[int, int, int] | None = None,
+        posterior: Posterior = "gaussian",
+        iaf_steps: int = 2,
+        iaf_hidden: int = 128,
     ) -> None:
         super().__init__()
+        if posterior not in Posterior.__args__:
+            choices = ", ".join(Posterior.__args__)
+            raise GenlabError(f"model.posterior={posterior!r} is not one of {choices}")
+        if posterior == "iaf" and (iaf_steps < 1 or iaf_hidden < 1):
+            raise GenlabError(
+                f"model.iaf_steps={iaf_steps} and model.iaf_hidden={iaf_hidden} must be >= 1"
+            )
+        if posterior == "iaf" and prior == "vamp":
+            # the VampPrior is the mixture of the model's own posteriors: Gaussian ones here
+            raise GenlabError("model.posterior=iaf with model.prior=vamp: use one of the two")
         if prior not in Prior.__args__:
             raise GenlabError(f"model.prior={prior!r} is not one of {', '.join(Prior.__args__)}")
         if likelihood not in Likelihood.__args__:
@@ -160,6 +180,8 @@ class VAE(pl.LightningModule):
                 " (latent_dim, upper_dims)"
             )
         self.top_dim: int = dims[0][-1]
+        self.flow = IAF(self.latent_dim, iaf_steps, iaf_hidden) if posterior == "iaf" else None
+        self._diag: list[list[Tensor]] = []  # per layer [n, sum mean, sum mean^2, sum kl dims]
         self.vamp = None
         if prior == "vamp":
             self.vamp = self.build_vamp(prior_components, image_shape)
@@ -264,13 +286,20 @@ class VAE(pl.LightningModule):
 
         ``first`` is q(z1 | x)'s (mu, logvar), computed once for all draws.
         """
-        zs = [reparameterize(*first)]
-        log_q = losses.log_normal(zs[0], *first)
+        z, log_q = self.first_draw(first)
+        zs = [z]
         for layer in self.upper:
             mu, logvar = layer(zs[-1])
             zs.append(reparameterize(mu, logvar))
             log_q = log_q + losses.log_normal(zs[-1], mu, logvar)
         return zs, log_q
+
+    def first_draw(self, first: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        """z1 (B, Z) from q(z1 | x) and its log q (B,): Gaussian, or flowed by the IAF."""
+        if self.flow is not None:
+            return self.flow(*first, torch.randn_like(first[0]))
+        z = reparameterize(*first)
+        return z, losses.log_normal(z, *first)
 
     def log_prior(self, zs: list[Tensor], top: tuple[Tensor, Tensor] | None) -> Tensor:
         """log p(zL) + sum_l log p(z_l | z_l+1) per example (B,); ``top``: VampPrior components."""
@@ -294,12 +323,17 @@ class VAE(pl.LightningModule):
 
     @property
     def analytic_kl(self) -> bool:
-        """One Gaussian layer under N(0, I): the KL term has a closed form."""
-        return self.vamp is None and not self.upper
+        """One Gaussian layer under N(0, I): the KL term has a closed form.
+
+        Not with an IAF posterior: its KL is the one-draw estimate log q(z_T | x) - log p(z_T).
+        """
+        return self.vamp is None and not self.upper and self.flow is None
 
     def reconstruct(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
-        """Decode the posterior mean of ``x``."""
-        mu, _ = self.encoder(x, self._y(labels))
+        """Decode the posterior mean of ``x`` (with IAF: the flowed mean, eps = 0)."""
+        mu, logvar = self.encoder(x, self._y(labels))
+        if self.flow is not None:
+            mu = self.flow(mu, logvar, torch.zeros_like(mu))[0]
         return self.decode_mean(mu, labels)
 
     def nll(self, out: Tensor, x: Tensor) -> Tensor:
@@ -395,6 +429,103 @@ class VAE(pl.LightningModule):
             self.log("val/nll", nll, **kw)
             if self.nll_is_probability():
                 self.log("val/nll_bpd", nll / (x[0].numel() * math.log(2)), **kw)
+        self.accumulate_diagnostics(x, labels)
+
+    def diagnostic_terms(
+        self, x: Tensor, labels: Tensor | None = None
+    ) -> list[tuple[Tensor, Tensor | None, Tensor]]:
+        """Per stochastic layer: posterior mean (B, Z_l), KL per dim (B, Z_l) or None, KL (B,).
+
+        The mean is E_q[z_l | x] along the mean path (each layer's mean given the means below,
+        as Burda et al. take it for their two-layer model); with IAF it is z_T at eps = 0. The
+        per-dimension KL has a closed form for one diagonal Gaussian layer under N(0, I) only;
+        each layer's KL is otherwise the one-draw estimate log q(z_l | .) - log p(z_l | z_l+1).
+        """
+        y = self._y(labels)
+        first = self.encoder(x, y)  # (mu, logvar), (B, Z) each
+        if self.analytic_kl:
+            mu, logvar = first
+            dims = 0.5 * (mu**2 + logvar.exp() - 1 - logvar)  # (B, Z), KL per dim in closed form
+            return [(mu, dims, dims.sum(1))]
+        mean = first[0] if self.flow is None else self.flow(*first, torch.zeros_like(first[0]))[0]
+        means = [mean]
+        for layer in self.upper:
+            means.append(layer(means[-1])[0])
+        z, log_q = self.first_draw(first)
+        zs, log_qs = [z], [log_q]
+        for layer in self.upper:
+            mu, logvar = layer(zs[-1])
+            zs.append(reparameterize(mu, logvar))
+            log_qs.append(losses.log_normal(zs[-1], mu, logvar))
+        top = self.vamp_components()
+        log_top = (
+            losses.log_standard_normal(zs[-1]) if top is None else log_normal_mixture(zs[-1], *top)
+        )
+        log_ps = [
+            losses.log_normal(z, *layer(above))
+            for layer, z, above in zip(self.priors, zs, zs[1:], strict=False)
+        ]
+        log_ps.append(log_top)
+        return [(m, None, q - p) for m, q, p in zip(means, log_qs, log_ps, strict=True)]
+
+    @torch.no_grad()
+    def accumulate_diagnostics(self, x: Tensor, labels: Tensor | None = None) -> None:
+        """Add a batch's sums of posterior means, their squares and KLs to the epoch's."""
+        terms = self.diagnostic_terms(x, labels)
+        if not self._diag:
+            self._diag_dims = [dims is not None for _, dims, _ in terms]
+        for layer, (mean, dims, kl) in enumerate(terms):
+            mean = mean.double()  # sums of squares over an epoch: float64 keeps the variance exact
+            dims = torch.zeros_like(mean) if dims is None else dims.double()
+            n = torch.stack([mean.new_tensor(float(len(mean))), kl.double().sum()])
+            packed = torch.cat([n, mean.sum(0), (mean**2).sum(0), dims.sum(0)])  # (2 + 3 Z,)
+            if len(self._diag) <= layer:
+                self._diag.append(packed)
+            else:
+                self._diag[layer] = self._diag[layer] + packed
+
+    def on_validation_epoch_start(self) -> None:
+        self._diag = []
+
+    def on_validation_epoch_end(self) -> None:
+        for name, value in self.diagnostics().items():
+            self.log(name, value)  # already summed over every process: no sync_dist
+
+    def diagnostics(self) -> dict[str, float]:
+        """Active units, KL per layer and per dimension over the epoch's validation batches.
+
+        Sums of moments, summed over processes, so DDP gives the whole validation set's numbers.
+        val/active_units counts every layer's (Burda et al. 2016: Cov_x(E_q[u | x]) > 0.01),
+        val/active_units_l<l> each layer's in a hierarchy; val/kl_l<l> is layer l's mean KL.
+        Per-dimension KL (one Gaussian layer only): val/kl_dim_max and val/kl_dim_min, and each
+        val/kl_dim<i> (i from 0) when Z <= 16, as a per-epoch curve per dimension is noise
+        beyond that.
+        """
+        trainer = self._trainer
+        out, total = {}, 0
+        for layer, packed in enumerate(self._diag, start=1):
+            if trainer is not None and trainer.world_size > 1:
+                packed = trainer.strategy.reduce(packed, reduce_op="sum")
+            n, kl = packed[0], packed[1]
+            z = (len(packed) - 2) // 3
+            s1, s2, dims = packed[2 : 2 + z], packed[2 + z : 2 + 2 * z], packed[2 + 2 * z :]
+            cov = s2 / n - (s1 / n) ** 2  # (Z,) variance over x of the posterior mean
+            active = int((cov > ACTIVE_THRESHOLD).sum())
+            total += active
+            if len(self._diag) > 1:
+                out[f"val/active_units_l{layer}"] = float(active)
+            out[f"val/kl_l{layer}"] = float(kl / n)
+            if self._diag_dims[layer - 1]:
+                per_dim = dims / n
+                out["val/kl_dim_max"], out["val/kl_dim_min"] = (
+                    float(per_dim.max()),
+                    float(per_dim.min()),
+                )
+                if z <= KL_DIMS_LOGGED:
+                    out.update({f"val/kl_dim{i}": float(v) for i, v in enumerate(per_dim)})
+        if self._diag:
+            out["val/active_units"] = float(total)
+        return out
 
     def grid_images(self) -> dict[str, Tensor]:
         """Prior samples from the fixed noise; validation inputs above their reconstructions."""
