@@ -16,6 +16,8 @@ SEED = "seed"
 # What each module's best checkpoint follows (GAN/VAE .default_monitor, then .fallback_monitor).
 MODEL_METRICS = {"GAN": ("val/fid", "val/swd"), "VAE": ("val/elbo",)}
 ANY_MODEL_METRICS = ("val/fid", "val/swd", "val/elbo")
+# Shown beside the monitored metric for every run that logged them (each VAE's diagnostics)
+DIAGNOSTICS = ("val/active_units",)
 
 Mode = Literal["min", "max"]
 
@@ -87,7 +89,8 @@ def logged(run: Run) -> list[str]:
 
 
 def default_metrics(runs: Sequence[Run]) -> list[str]:
-    """Each run's monitored metric: ``optimized_metric``, else val/fid, val/swd (GAN), val/elbo."""
+    """Each run's monitored metric (``optimized_metric``, else val/fid, val/swd (GAN), val/elbo),
+    then the diagnostics any run logged (a VAE's val/active_units)."""
     chosen: list[str] = []
     for run in runs:
         own = run.config.get("optimized_metric")
@@ -95,6 +98,7 @@ def default_metrics(runs: Sequence[Run]) -> list[str]:
         present = [m for m in candidates if m in logged(run)]
         if present and present[0] not in chosen:
             chosen.append(present[0])
+    chosen += [m for m in DIAGNOSTICS if any(m in logged(r) for r in runs) and m not in chosen]
     if not chosen:
         raise GenlabError(
             f"no run logged {', '.join(ANY_MODEL_METRICS)}; choose with --metric "
