@@ -36,6 +36,8 @@ CURRENT = (
     "genlab.models.vqgan.VQGAN", "genlab.models.vq_prior.VQPrior", "genlab.data.ImageDataModule",
     "genlab.callbacks.sample_metrics.SampleMetrics", "genlab.callbacks.images.ImageGrid",
     "genlab.callbacks.checkpointing.LastCheckpoint",
+    *(f"genlab.models.vae_objectives.{name}" for name in ("TCVAE", "FactorVAE", "InfoVAE", "WAE")),
+    "genlab.nets.latent.LatentDiscriminator",
     *(f"genlab.nets.{name}" for name in NETS), *(f"genlab.nets.vq.{name}" for name in VQ_NETS),
     *(f"genlab.nets.taming.{name}" for name in TAMING_NETS),
     *(f"torch.optim.{name}" for name in OPTIMIZERS),

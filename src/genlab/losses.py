@@ -5,6 +5,7 @@ latent or pixel dimensions. Pixels are in [-1, 1].
 """
 
 import math
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -250,3 +251,109 @@ def categorical_mean(logits: Tensor, channels: int) -> Tensor:
     probs = torch.softmax(logits.unflatten(1, (channels, LEVELS)), 2)  # (B, C, 256, H, W)
     values = torch.linspace(-1, 1, LEVELS, dtype=probs.dtype, device=probs.device)
     return (probs * values.view(1, 1, -1, 1, 1)).sum(2)
+
+
+# Disentanglement and MMD objectives (beta-TCVAE, FactorVAE, InfoVAE, WAE-MMD)
+Kernel = Literal["imq", "rbf"]
+# the WAE authors' IMQ scales (tolstikhin/wae wae.py mmd_penalty; pythae's default `scales`)
+IMQ_SCALES = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+
+
+def _sq_dists(x: Tensor, y: Tensor) -> Tensor:
+    """Squared Euclidean distances (N, M) between rows of x (N, Z) and y (M, Z)."""
+    # the difference form, not cdist: exact zeros on the diagonal, finite gradients there
+    return (x.unsqueeze(1) - y.unsqueeze(0)).pow(2).sum(-1)
+
+
+def imq_kernel(x: Tensor, y: Tensor, c: float, scales: tuple[float, ...] = (1.0,)) -> Tensor:
+    """Inverse multiquadratics sum_s C_s / (C_s + ||x - y||^2), C_s = s * c: (N, M).
+
+    WAE (Tolstikhin et al. 2018) takes c = 2 Z sigma^2 for a N(0, sigma^2 I) prior and sums
+    over ``IMQ_SCALES``.
+    """
+    d2 = _sq_dists(x, y)
+    return sum(s * c / (s * c + d2) for s in scales)
+
+
+def rbf_kernel(x: Tensor, y: Tensor, c: float) -> Tensor:
+    """Gaussian kernel exp(-||x - y||^2 / c): (N, M); pythae takes c = 2 Z sigma^2."""
+    return torch.exp(-_sq_dists(x, y) / c)
+
+
+def mmd_unbiased(x: Tensor, y: Tensor, kernel: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+    """Unbiased estimate (U-statistic) of MMD^2 between samples x (N, Z) and y (M, Z): scalar.
+
+    Gretton et al. 2012, eq. 3: the within-sample sums leave out i = j (k(x, x) is no draw of
+    k between two independent points), so E[estimate] = MMD^2 exactly, 0 when x ~ y.
+    """
+    n, m = len(x), len(y)
+    if n < 2 or m < 2:
+        raise GenlabError(f"the unbiased MMD needs 2 or more samples per side, got {n} and {m}")
+    kxx, kyy, kxy = kernel(x, x), kernel(y, y), kernel(x, y)  # (N, N), (M, M), (N, M)
+    within_x = (kxx.sum() - kxx.diagonal().sum()) / (n * (n - 1))
+    within_y = (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1))
+    return within_x + within_y - 2 * kxy.mean()
+
+
+def log_normal_pairs(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
+    """log N(z_i,d; mu_j,d, exp(logvar_j,d)) for every pair (i, j): (B, B, Z)."""
+    z, mu, logvar = z.unsqueeze(1), mu.unsqueeze(0), logvar.unsqueeze(0)
+    return -0.5 * (LOG_2PI + logvar + (z - mu) ** 2 * torch.exp(-logvar))
+
+
+def tc_vae_terms(z: Tensor, mu: Tensor, logvar: Tensor, dataset_size: int) -> dict[str, Tensor]:
+    """beta-TCVAE's KL decomposition per example (B,), by minibatch-weighted sampling.
+
+    Chen et al. 2018, eq. 2 and Sec. 4.1 (rtqichen/beta-tcvae vae_quant.py, ``mss`` off):
+    log q(z_i) ~ logsumexp_j log q(z_i | x_j) - log(N M), and the same per dimension for
+    log prod_d q(z_i,d). Returns mi = log q(z|x) - log q(z), tc = log q(z) - log prod_d q(z_d),
+    dim_kl = log prod_d q(z_d) - log p(z) (their sum is the one-draw KL estimate), and the
+    four log densities they come from.
+
+    Args:
+        z: one posterior draw per example (B, Z); mu, logvar: q(z | x)'s parameters (B, Z).
+        dataset_size: N, the number of training examples the batch of M = B is drawn from.
+    """
+    if dataset_size < len(z):
+        raise GenlabError(
+            f"model.dataset_size={dataset_size} is smaller than the batch ({len(z)} examples)"
+        )
+    log_norm = math.log(len(z) * dataset_size)
+    pairs = log_normal_pairs(z, mu, logvar)  # (B, B, Z): q(z_i,d | x_j)
+    log_qz = torch.logsumexp(pairs.sum(2), 1) - log_norm  # (B,)
+    log_prod_qz = (torch.logsumexp(pairs, 1) - log_norm).sum(1)  # (B,)
+    log_qz_x = log_normal(z, mu, logvar)
+    log_pz = log_standard_normal(z)
+    return {
+        "mi": log_qz_x - log_qz,
+        "tc": log_qz - log_prod_qz,
+        "dim_kl": log_prod_qz - log_pz,
+        "log_qz_x": log_qz_x,
+        "log_qz": log_qz,
+        "log_prod_qz": log_prod_qz,
+        "log_pz": log_pz,
+    }
+
+
+def permute_dims(z: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Each column of z (B, Z) shuffled by its own permutation of the batch (Kim & Mnih 2018,
+    Alg. 1): draws of prod_d q(z_d) from draws of q(z)."""
+    b, dims = z.shape
+    idx = torch.stack([torch.randperm(b, generator=generator) for _ in range(dims)], 1)
+    return z.gather(0, idx.to(z.device))  # (B, Z)
+
+
+def factor_tc(logits: Tensor) -> Tensor:
+    """FactorVAE's density-ratio TC estimate log D(z) / (1 - D(z)) per example (B,).
+
+    ``logits`` (B, 2) of the discriminator; class 0 says "a draw of q(z)", class 1 "permuted".
+    """
+    return logits[:, 0] - logits[:, 1]
+
+
+def factor_d_loss(logits_q: Tensor, logits_perm: Tensor) -> Tensor:
+    """FactorVAE discriminator loss: mean cross-entropy of q(z) draws as class 0 and permuted
+    draws as class 1, halved (Kim & Mnih 2018, Alg. 1; pythae's factor_vae_model.py): scalar."""
+    zeros = torch.zeros(len(logits_q), dtype=torch.long, device=logits_q.device)
+    ones = torch.ones(len(logits_perm), dtype=torch.long, device=logits_perm.device)
+    return 0.5 * (F.cross_entropy(logits_q, zeros) + F.cross_entropy(logits_perm, ones))
