@@ -40,6 +40,8 @@ CURRENT = (
     "genlab.nets.latent.LatentDiscriminator",
     *(f"genlab.nets.{name}" for name in NETS), *(f"genlab.nets.vq.{name}" for name in VQ_NETS),
     *(f"genlab.nets.taming.{name}" for name in TAMING_NETS),
+    "genlab.models.ladder.LadderVAE",
+    *(f"genlab.nets.ladder.Ladder{n}" for n in ("Encoder", "Decoder")),
     *(f"torch.optim.{name}" for name in OPTIMIZERS),
     *(f"torch.optim.lr_scheduler.{name}" for name in SCHEDULERS),
 )  # fmt: skip

@@ -392,6 +392,10 @@ class VAE(pl.LightningModule):
             return self.hparams.beta
         return self.hparams.beta * min(1.0, self.global_step / warmup)
 
+    def training_loss(self, terms: dict[str, Tensor]) -> Tensor:
+        """The minimised objective from ``elbo_terms``: recon + kl_weight * KL, batch mean."""
+        return (terms["recon"] + self.kl_weight() * terms["kl"]).mean()
+
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor | None:
         x, labels = batch
         written = logs_written(self.trainer)  # each self.log costs about as much as a tiny conv
@@ -403,7 +407,7 @@ class VAE(pl.LightningModule):
                 self.log("train/iwae_bound", bound.mean())
         else:
             terms = self.elbo_terms(x, labels)
-            loss = (terms["recon"] + self.kl_weight() * terms["kl"]).mean()
+            loss = self.training_loss(terms)
             if written:
                 self.log("train/recon", terms["recon"].mean())
                 self.log("train/kl", terms["kl"].mean())
