@@ -117,6 +117,31 @@ def check_sample(cfg: DictConfig) -> None:
         raise GenlabError(f"device={cfg.device!r} is not one of {', '.join(DEVICES)}")
 
 
+SAMPLERS = ("prior", "gmm", "two_stage")  # genlab-sample/genlab-eval sampler=
+# the settings of each fitted sampler (conf/sampler/NAME.yaml) and their least; a float: a number
+SAMPLER_SETTINGS = {
+    "gmm": {"components": 1, "max_iter": 1, "tol": 0.0, "reg_covar": 0.0, "seed": 0},
+    "two_stage": {"width": 1, "depth": 0, "epochs": 1, "batch_size": 1, "lr": 0.0, "seed": 0},
+}
+
+
+def sampler_settings(spec: Any) -> dict[str, Any]:
+    """The name and settings of a ``sampler`` config node, checked; one line naming the key."""
+    name = spec.get("name")
+    if name not in SAMPLERS:
+        raise GenlabError(f"sampler={name!r} is not one of {', '.join(SAMPLERS)}")
+    out: dict[str, Any] = {"name": name}
+    for key, least in SAMPLER_SETTINGS.get(name, {}).items():
+        value = spec.get(key)
+        real = isinstance(least, float)  # the others count
+        ok = isinstance(value, int | float) if real else isinstance(value, int)
+        if not ok or isinstance(value, bool) or value < least:
+            kind = "a number" if real else "an integer"
+            raise GenlabError(f"sampler.{key}={value} must be {kind} >= {least}")
+        out[key] = value
+    return out
+
+
 # the modules that step their optimizers themselves (a D and a G step per batch), by config name
 MANUAL_OPTIMIZATION = {"genlab.models.gan.GAN": "GAN", "genlab.models.vqgan.VQGAN": "VQGAN"}
 

@@ -26,7 +26,7 @@ from genlab.loggers import evaluated_run, finish_evaluation
 from genlab.metrics import file_sha256
 from genlab.models import posthoc_ema as phema
 from genlab.models.vae import VAE
-from genlab.sampling import set_truncation
+from genlab.sampling import latent_sampler, set_truncation
 from genlab.training import flat_config, prepare_wandb
 
 log = logging.getLogger("genlab")
@@ -65,6 +65,13 @@ def sample_metrics(cfg: DictConfig, run_cfg: DictConfig, out_dir: Path) -> Any:
     )
 
 
+def fit_device(cfg: DictConfig) -> torch.device:
+    """Where a sampler is fitted: CUDA when the trainer may use it and one is there."""
+    accelerator = str((cfg.get("trainer") or {}).get("accelerator", "auto"))
+    gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return torch.device("cuda" if gpu else "cpu")
+
+
 def score_split(datamodule: Any, split: str) -> int:
     """Point the datamodule's validation loader at ``split``; returns the split's size."""
     dataset = datamodule.dataset(split)
@@ -99,6 +106,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if is_vae:
         model.hparams.nll_k = cfg.nll_k
         model.hparams.binarized = bool(datamodule.binarize)  # the data scored, whatever the run
+    # the scored samples (model.sample) decode the sampler's latents from here on
+    sampler = latent_sampler(cfg, run_cfg, model, fit_device(cfg), datamodule)
     out_dir = Path(cfg.paths.output_dir)
     metrics = sample_metrics(cfg, run_cfg, out_dir)
     split = eval_split(cfg.get("split"), datamodule)
@@ -144,6 +153,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         **({"posthoc_ema": posthoc} if posthoc else {}),
         "protocol": {
             **(sample_protocol(cfg, metrics, model) if metrics is not None else {}),
+            "sampler": sampler.record,  # what the sample metrics' latents came from
             "eval_split": split,  # the split of the val loop: val/nll, val/elbo, val/swd, ...
             "eval_split_size": split_size,
             "eval_split_scored": scored_size(trainer, datamodule, split_size),

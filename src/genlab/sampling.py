@@ -4,7 +4,9 @@ Imported by the entry point (``genlab.cli.sample``) only once Hydra has composed
 """
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -12,9 +14,10 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from genlab.callbacks.images import grid_uint8, save_png
-from genlab.checkpoints import load_model
-from genlab.config import DEVICES, check_sample, instantiate
+from genlab.checkpoints import load_model, local_checkpoint, weights_file
+from genlab.config import DEVICES, check_sample, instantiate, sampler_settings
 from genlab.errors import GenlabError
+from genlab.models.samplers import LatentSampler, load_or_fit, sample_through
 from genlab.models.vae import reconstruction_rows
 
 log = logging.getLogger("genlab")
@@ -48,13 +51,19 @@ def decode(model: nn.Module, z: Tensor, labels: Tensor | None = None) -> Tensor:
     return model.sampling_generator(z, labels)  # the EMA generator when the run kept one
 
 
-def interpolations(model: nn.Module, count: int, steps: int) -> dict[str, Tensor]:
+def interpolations(
+    model: nn.Module, count: int, steps: int, ends: Callable[[int], Tensor] | None = None
+) -> dict[str, Tensor]:
     """``count`` strips of ``steps`` images, lerp and slerp between the same random end points.
 
+    End points are N(0, I) draws, or ``ends(2 * count)`` (a fitted sampler's latents, (2N, Z)).
     Each strip of a conditional model keeps one random class. Images come strip after strip:
     (count * steps, C, H, W).
     """
-    z0, z1 = torch.randn(2, count, model.latent_dim, device=model.device)
+    if ends is None:
+        z0, z1 = torch.randn(2, count, model.latent_dim, device=model.device)
+    else:
+        z0, z1 = ends(2 * count).view(2, count, -1)
     labels = None
     if model.num_classes:
         labels = torch.randint(model.num_classes, (count,), device=model.device)
@@ -119,6 +128,29 @@ def nearest_rows(cfg: DictConfig, run_cfg: DictConfig, model: nn.Module) -> Tens
     return torch.cat(rows)
 
 
+def latent_sampler(
+    cfg: DictConfig,
+    run_cfg: DictConfig,
+    model: nn.Module,
+    device: torch.device,
+    datamodule: Any = None,
+) -> LatentSampler:
+    """genlab-sample's or genlab-eval's ``sampler`` for ``model``: its prior, or a sampler
+    fitted on the training split of the run's data (``datamodule``, else built from
+    ``run_cfg.data``), saved beside ``cfg.ckpt_path`` and reused. ``model.sample`` draws
+    from it afterwards."""
+    spec = cfg.get("sampler") or {"name": "prior"}  # a config composed before samplers existed
+    ckpt = weights_file(local_checkpoint(cfg.ckpt_path))  # a file, or an export's weights
+
+    def batches():  # only read when the sampler is fitted
+        data = datamodule if datamodule is not None else instantiate(run_cfg.data)
+        return data.loader(data.dataset("train"), shuffle=False, drop_last=False)
+
+    sampler = load_or_fit(model, spec, ckpt, batches, device)
+    sample_through(model, sampler)
+    return sampler
+
+
 def pick_device(name: str) -> torch.device:
     """``auto`` is CUDA when available, else CPU."""
     if name == "auto":
@@ -133,18 +165,25 @@ def pick_device(name: str) -> torch.device:
 def sample(cfg: DictConfig) -> list[Path]:
     """Write every grid for ``cfg.ckpt_path`` into ``cfg.output_dir``; returns the PNG paths."""
     check_sample(cfg)
+    sampler_settings(cfg.get("sampler") or {"name": "prior"})
     run_cfg, model = load_model(cfg.ckpt_path, trust=cfg.trust_checkpoint)
+    if cfg.get("data_root"):
+        run_cfg.data.root = cfg.data_root
     if cfg.truncation != 1:
         set_truncation(model, cfg.truncation)
         log.info(f"truncation psi={cfg.truncation}")
-    model.to(pick_device(cfg.device))
+    device = pick_device(cfg.device)
+    model.to(device)
+    sampler = latent_sampler(cfg, run_cfg, model, device)
+    ends = None if sampler.name == "prior" else lambda n: sampler.latents(n, device)
     torch.manual_seed(cfg.seed)
     steps = cfg.interpolation.steps
     grids: dict[str, tuple[Tensor, int]] = {}
     with torch.no_grad():
         grids["samples"] = (model.sample(cfg.num_samples), cfg.nrow)
         # discrete-latent models (VQ-VAE, its prior) have no continuous latent to interpolate
-        paths = interpolations(model, cfg.interpolation.count, steps) if model.latent_dim else {}
+        count = cfg.interpolation.count
+        paths = interpolations(model, count, steps, ends) if model.latent_dim else {}
         for name, images in paths.items():
             grids[f"interpolation_{name}"] = (images, steps)
         if model.num_classes:

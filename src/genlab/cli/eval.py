@@ -9,7 +9,7 @@ from omegaconf import DictConfig, ListConfig
 
 from genlab.checkpoints import require_checkpoint
 from genlab.cli.report import report_errors, run_task
-from genlab.config import CONFIG_DIR, check_split, check_types
+from genlab.config import CONFIG_DIR, check_split, check_types, sampler_settings
 from genlab.console import quiet_libraries
 from genlab.errors import GenlabError
 
@@ -40,11 +40,32 @@ def task(cfg: DictConfig) -> None:
             "save_samples=true saves the samples the metrics score, and metrics=none scores "
             "none: drop metrics=none, or draw images with genlab-sample num_samples=N"
         )
+    check_sampler(cfg)
     require_checkpoint(cfg.ckpt_path)
     quiet_libraries()  # filters on Lightning's loggers, set before it logs anything
     from genlab.evaluation import evaluate
 
     evaluate(cfg)
+
+
+def check_sampler(cfg: DictConfig) -> None:
+    """A fitted sampler's settings, and something for it to sample: the sample metrics, and the
+    checkpoint's own weights (it is fitted on them, not on a post-hoc EMA profile's)."""
+    name = sampler_settings(cfg.sampler)["name"]
+    if name == "prior":
+        return
+    if "_target_" not in (cfg.get("metrics") or {}):
+        raise GenlabError(
+            f"sampler={name} draws the samples the metrics score, and metrics=none scores none: "
+            "drop metrics=none (or sampler=)"
+        )
+    ema = cfg.get("ema") or {}
+    if ema.get("sigma_rel") is not None or ema.get("sweep"):
+        raise GenlabError(
+            f"sampler={name} is fitted on the checkpoint's weights, not on a post-hoc EMA "
+            "profile's: drop ema.sigma_rel/ema.sweep, or save the profile (ema.save_best=true) "
+            "and evaluate that checkpoint"
+        )
 
 
 def check_posthoc(ema: DictConfig) -> None:
