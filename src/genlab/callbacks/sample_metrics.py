@@ -88,6 +88,8 @@ class SampleMetrics(pl.Callback):
         vendi_q: float = 1.0,
         modes_classifier: dict[str, Any] | None = None,
         ppl: dict[str, Any] | None = None,
+        classifier_weights: str | None = None,
+        classifier: dict[str, Any] | None = None,
     ) -> None:
         if num_samples < 2 or (num_real is not None and num_real < 2):
             raise GenlabError("metrics.num_samples and metrics.num_real must be >= 2")
@@ -141,6 +143,8 @@ class SampleMetrics(pl.Callback):
             jackknife=jackknife,
             vendi_q=vendi_q,
             modes_classifier=modes_classifier,
+            classifier_weights=classifier_weights,
+            classifier={"cache_dir": cache_dir, **(classifier or {})},
         )
         self.metrics = tuple(metrics)
         self.num_samples, self.num_real = num_samples, num_real

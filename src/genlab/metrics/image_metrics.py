@@ -77,6 +77,8 @@ class ImageMetrics:
         jackknife: int = 0,
         vendi_q: float = 1.0,
         modes_classifier: dict[str, Any] | None = None,
+        classifier_weights: str | None = None,
+        classifier: dict[str, Any] | None = None,
     ) -> None:
         if isinstance(metrics, str) or not metrics or set(metrics) - set(METRIC_NAMES):
             raise GenlabError(
@@ -127,6 +129,10 @@ class ImageMetrics:
             )
         elif backbone == "clip":
             self.backbone = CLIPBackbone(clip_weights, resize, clip_sha256, self.device)
+        elif backbone == "classifier":
+            from genlab.metrics.classifier import ClassifierBackbone
+
+            self.backbone = ClassifierBackbone(classifier_weights, classifier, self.device)
         elif self.needs_real or {"is", "vendi"} & set(self.metrics):
             self.backbone = InceptionBackbone(
                 inception_weights, resize, inception_sha256, download, self.device

@@ -10,7 +10,7 @@ METRIC_NAMES = (
     "fid", "fid_inf", "is", "kid", "prdc", "copies", "ct", "authenticity", "ifid", "modes",
     "vendi", "cmmd", "ppl",
 )  # fmt: skip
-BACKBONES = ("inception", "dinov2", "clip")
+BACKBONES = ("inception", "dinov2", "clip", "classifier")  # classifier: Fashion-MNIST CNN
 # metrics that compare with the real reference features
 FEATURE_METRICS = {"fid", "fid_inf", "kid", "prdc", "copies", "ct", "authenticity", "ifid", "cmmd"}
 # metrics that also read held-out real features (metrics.heldout_split)
