@@ -186,9 +186,8 @@ class FactorVAE(ManualOptimization, ObjectiveVAE):
         with self.toggled_optimizer(opt_vae):
             terms, z = self._vae_terms(x_vae, y_vae)
             self._step(opt_vae, terms["loss"], "train/loss")
-        with self.toggled_optimizer(opt_d), torch.no_grad():
-            mu, logvar = self.encoder(x_perm, self._y(y_perm))
-            z_perm = losses.permute_dims(reparameterize(mu, logvar))
+        with torch.no_grad():  # draws of prod_d q(z_d): the other half, each column shuffled
+            z_perm = losses.permute_dims(reparameterize(*self.encoder(x_perm, self._y(y_perm))))
         with self.toggled_optimizer(opt_d):
             d_loss = losses.factor_d_loss(
                 self.discriminator(z.detach()), self.discriminator(z_perm)
