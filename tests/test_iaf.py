@@ -144,14 +144,14 @@ def test_iaf_with_a_vq_model_is_one_line_naming_the_key(run_cli):
     assert proc.stderr.strip().count("\n") == 0 and "model.posterior" in proc.stderr
 
 
-@pytest.mark.slow
 def test_iaf_vae_learns_on_mnist5k(cfg_tiny):
     from tests.test_hvae import learning_gain
 
-    cfg = cfg_tiny("model=vae", "model.posterior=iaf", "data=mnist5k", "callbacks=none",
-                   "data.batch_size=50", "model.nll_k=4")  # fmt: skip
+    cfg = cfg_tiny("model=vae", "model.posterior=iaf", "data=mnist5k", "data.binarize=true",
+                   "callbacks=none", "data.batch_size=50", "model.nll_k=4")  # fmt: skip
     start, end = learning_gain(cfg, "val/elbo")
-    assert end - start > 100, (start, end)
+    # nats per digit: 100 steps took it from -584 to -206 here, as the Gaussian posterior -585 to -205
+    assert end - start > 200, (start, end)
 
 
 def test_cli_trains_a_tiny_iaf_vae_and_logs_the_diagnostics(run_cli, tmp_path):

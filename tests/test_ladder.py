@@ -129,9 +129,8 @@ def test_samples_reconstructions_and_diagnostics():
     assert 0 <= got["val/active_units"] <= sum(DIMS)
 
 
-def test_the_paper_mnist_model_builds(cfg_tiny):
-    cfg = cfg_tiny("model=ladder_vae", "model.encoder.latent_dims=[64,32,16,8,4]",
-                   "model.encoder.hidden=[512,256,128,64,32]")  # fmt: skip
+def test_the_default_is_the_paper_mnist_model(cfg_tiny):
+    cfg = cfg_tiny("model=ladder_vae")
     model = instantiate(cfg.model)
     assert isinstance(model, LadderVAE) and model.encoder.latent_dims == [64, 32, 16, 8, 4]
     assert model.encoder.mlps[0][0].weight.shape == (512, 784)
@@ -154,11 +153,11 @@ def test_cli_trains_a_tiny_ladder_vae_and_samples_from_its_checkpoint(run_cli, t
     assert bad.returncode == 2 and "model.free_bits=-1" in bad.stderr.strip().splitlines()[-1]
 
 
-@pytest.mark.slow
 def test_short_run_on_binarised_mnist5k_improves(cfg_tiny):
     from tests.test_hvae import learning_gain
 
     cfg = cfg_tiny("model=ladder_vae", "data=mnist5k", "data.binarize=true", "callbacks=none",
                    "data.batch_size=50", "model.nll_k=4")  # fmt: skip
     start, end = learning_gain(cfg, "val/elbo")
-    assert end - start > 150, (start, end)
+    # nats per digit: 100 steps took the paper's model from -556 to -151 here (9 s)
+    assert end - start > 200, (start, end)
