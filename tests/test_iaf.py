@@ -150,7 +150,7 @@ def test_iaf_vae_learns_on_mnist5k(cfg_tiny):
     cfg = cfg_tiny("model=vae", "model.posterior=iaf", "data=mnist5k", "data.binarize=true",
                    "callbacks=none", "data.batch_size=50", "model.nll_k=4")  # fmt: skip
     start, end = learning_gain(cfg, "val/elbo")
-    # nats per digit: 100 steps took it from -584 to -206 here, as the Gaussian posterior -585 to -205
+    # nats per digit: 100 steps took it from -584 to -206 here (the Gaussian posterior: -585, -205)
     assert end - start > 200, (start, end)
 
 
