@@ -332,3 +332,17 @@ def test_short_run_on_mnist5k_lowers_the_objective(model, cfg_tiny):
     # per digit, 40 batches of 64, measured here (nats; WAE: its cost units): beta_tcvae
     # 895 -> 606, factor_vae 514 -> 388, info_vae 597 -> 312, wae_mmd 28.4 -> 6.1
     assert end < 0.8 * start, (start, end)
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["model=info_vae", "model.kernel=laplace"], "model.kernel='laplace' is not one of"),
+        (["model=beta_tcvae", "model.gamma=-1"], "model.gamma=-1 must be >= 0"),
+    ],
+)
+def test_cli_bad_input_is_one_line_exit_2(args, named, run_cli, tmp_path):
+    proc = run_cli("genlab-train", *args, "debug=tiny", f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert named in lines[-1], lines
