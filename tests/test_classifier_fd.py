@@ -2,6 +2,7 @@
 (genlab.metrics.classifier). The classifier here trains on 2,000 images for one epoch (~10 s,
 test accuracy about 0.74); experiments/vae_samplers/classifier.py trains the real one."""
 
+import csv
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from genlab.errors import GenlabError
 from genlab.metrics import ImageMetrics
 from genlab.metrics.classifier import FashionClassifier, fashion_split
 from genlab.metrics.fid import fid_from_features
+from tests.conftest import ok
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
 needs_fashion = pytest.mark.skipif(
@@ -84,3 +86,20 @@ def test_image_metrics_logs_fd_classifier(quick, cache):
     assert protocol["backbone"] == "classifier"
     with pytest.raises(GenlabError, match="is needs Inception's logits"):
         ImageMetrics(["fid", "is"], backbone="classifier", classifier=settings)
+
+
+@needs_fashion
+def test_train_logs_fd_classifier_from_the_cli(quick, run_cli, tmp_path):
+    run = tmp_path / "run"
+    proc = run_cli(
+        "genlab-train", "model=vae", "data=fashion_mnist", f"data.root={FASHION}",
+        "data.num_workers=0", "debug=tiny", "logger=csv", "metrics.backbone=classifier",
+        "metrics.metrics=[fid]", f"metrics.classifier_weights={quick.path}",
+        "+metrics.classifier.min_accuracy=0.6", "metrics.num_real=300", "metrics.num_samples=200",
+        f"hydra.run.dir={run}",
+    )  # fmt: skip
+    ok(proc)
+    with open(run / "csv" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    fds = [float(r["val/fd_classifier"]) for r in rows if r.get("val/fd_classifier")]
+    assert len(fds) == 2 and all(fd > 0 for fd in fds)
