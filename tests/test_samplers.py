@@ -407,3 +407,42 @@ def test_genlab_eval_sampler_needs_sample_metrics(run_cli, vae_ckpt):
         "genlab-eval: error: sampler=gmm draws the samples the metrics score, and metrics=none "
         "scores none: drop metrics=none (or sampler=)"
     )
+
+
+# ---------------------------------------------------------------- learning check
+
+
+def test_on_mnist_the_fitted_samplers_are_closer_to_the_aggregate_posterior(tmp_path):
+    """A VAE trained one epoch on MNIST-5k: on the 500 held-out digits, the GMM's draws are far
+    closer to the posterior means than N(0, I) is (measured 0.01 against 24.5, Frechet distance
+    in the 16-d latent space), and the two-stage VAE's draws closer to the posterior draws
+    (0.2 against 14.0). Each is compared with what it models, on images it was not fitted on."""
+    from genlab.training import build
+    from tests.conftest import compose_train, fit_built
+
+    cfg = compose_train(
+        ["model=vae", "data=mnist5k", "logger=csv", "callbacks=none", "metrics=none",
+         "trainer.accelerator=cpu", "trainer.max_epochs=1", "data.batch_size=64",
+         "trainer.limit_val_batches=0"],
+        tmp_path,
+    )  # fmt: skip
+    objs = fit_built(build(cfg))
+    model, dm = objs["model"].eval(), objs["datamodule"]
+    cpu = torch.device("cpu")
+
+    def batches(split: str):
+        return dm.loader(dm.dataset(split), shuffle=False, drop_last=False)
+
+    gmm = smp.fit(model, {**GMM, "components": 10}, batches("train"), cpu)
+    two_stage = smp.fit(model, {**TWO_STAGE, "width": 128, "epochs": 5}, batches("train"), cpu)
+    mu, logvar = smp.posterior_moments(model, batches("val"), cpu)  # (500, 16)
+    torch.manual_seed(0)
+    n = 5000
+    draws = smp.gaussian_draw(mu.repeat(10, 1), logvar.repeat(10, 1))
+    with torch.no_grad():
+        prior = smp.PriorSampler(model).latents(n, cpu)  # the model's own: N(0, I)
+        fitted = gmm.latents(n, cpu), two_stage.latents(n, cpu)
+    to_means = frechet(fitted[0], mu), frechet(prior, mu)
+    to_draws = frechet(fitted[1], draws), frechet(prior, draws)
+    assert to_means[0] < to_means[1] / 10, to_means
+    assert to_draws[0] < to_draws[1] / 10, to_draws
