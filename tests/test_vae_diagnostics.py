@@ -78,3 +78,16 @@ def test_a_hierarchy_reports_each_layer():
     assert "val/kl_dim_max" not in got  # no closed form per dim under p(z1 | z2)
     assert got["val/active_units"] == got["val/active_units_l1"] + got["val/active_units_l2"]
     assert 0 <= got["val/active_units_l2"] <= 3
+
+
+def test_compare_shows_active_units_beside_the_monitored_metric(tmp_path):
+    from genlab.comparison import runs as R
+    from genlab.comparison import tables as T
+    from tests.test_compare import write_run
+
+    ladder = {"model": {"_target_": "genlab.models.ladder.LadderVAE"}}
+    write_run(tmp_path / "a", ["seed=1"], {"val/elbo": [-90.0], "val/active_units": [12.0]})
+    write_run(tmp_path / "b", ["seed=2"], {"val/elbo": [-88.0], "val/active_units": [30.0]}, ladder)
+    assert T.default_metrics(R.load_runs(tmp_path)) == ["val/elbo", "val/active_units"]
+    write_run(tmp_path / "c", [], {"val/elbo": [-1.0]})  # a run from before the diagnostics
+    assert T.default_metrics(R.load_runs(tmp_path / "c")) == ["val/elbo"]
