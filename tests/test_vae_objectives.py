@@ -93,6 +93,51 @@ def test_mws_log_densities_by_brute_force():
     assert torch.allclose(t["mi"] + t["tc"] + t["dim_kl"], kl)
 
 
+def authors_mss_matrix(batch_size: int, dataset_size: int) -> torch.Tensor:
+    """rtqichen/beta-tcvae vae_quant.py ``_log_importance_weight_matrix``, as theirs (unlogged)."""
+    n, m = dataset_size, batch_size - 1
+    strat_weight = (n - m) / (n * m)
+    w = torch.full((batch_size, batch_size), 1 / m, dtype=torch.float64)
+    w.view(-1)[:: m + 1] = 1 / n
+    w.view(-1)[1 :: m + 1] = strat_weight
+    w[m - 1, 0] = strat_weight
+    return w
+
+
+def test_mss_weights_sum_to_one_and_are_the_authors_row_0_for_every_example():
+    b, n = 5, 100
+    w = losses.mss_log_weights(b, n).exp()
+    assert torch.allclose(w.sum(1), torch.ones(b, dtype=torch.float64))
+    theirs = authors_mss_matrix(b, n)
+    # their row 0 is the estimator of the paper's Appendix C.2 for z_0; each z_i gets it with
+    # its own example first (1/N) and the next one stratified: the row rolled by i
+    for i in range(b):
+        assert torch.allclose(w[i], theirs[0].roll(i)), i
+    # theirs: the stride of B walks down column 0 (rtqichen/beta-tcvae pull request 1)
+    assert torch.allclose(theirs[1:, 0][[0, 1, 3]], torch.full((3,), 1 / n, dtype=torch.float64))
+
+
+def test_mss_log_densities_by_brute_force():
+    torch.manual_seed(1)
+    z, mu = torch.randn(3, 2).double(), torch.randn(3, 2).double()
+    logvar = torch.randn(3, 2).double() * 0.3
+    n, m = 10, 2
+    t = losses.tc_vae_terms(z, mu, logvar, dataset_size=n, mss=True)
+    var = logvar.exp()
+    for i in range(3):
+        # own posterior 1/N, the next one (i + 1 mod 3) (N - M) / (N M), the last 1/M
+        w = {i: 1 / n, (i + 1) % 3: (n - m) / (n * m), (i + 2) % 3: 1 / m}
+        joint = sum(
+            w[j] * math.prod(normal_pdf(z[i, d], mu[j, d], var[j, d]) for d in range(2))
+            for j in range(3)
+        )
+        assert t["log_qz"][i].item() == pytest.approx(math.log(joint), rel=1e-9)
+        prod = math.prod(
+            sum(w[j] * normal_pdf(z[i, d], mu[j, d], var[j, d]) for j in range(3)) for d in range(2)
+        )
+        assert t["log_prod_qz"][i].item() == pytest.approx(math.log(prod), rel=1e-9)
+
+
 def test_mws_tc_is_larger_for_correlated_codes():
     torch.manual_seed(0)
     b, logvar = 256, torch.full((256, 2), math.log(0.01))
@@ -338,7 +383,6 @@ def test_short_run_on_mnist5k_lowers_the_objective(model, cfg_tiny):
     ("args", "named"),
     [
         (["model=info_vae", "model.kernel=laplace"], "model.kernel='laplace' is not one of"),
-        (["model=beta_tcvae", "model.gamma=-1"], "model.gamma=-1 must be >= 0"),
     ],
 )
 def test_cli_bad_input_is_one_line_exit_2(args, named, run_cli, tmp_path):
@@ -346,3 +390,15 @@ def test_cli_bad_input_is_one_line_exit_2(args, named, run_cli, tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = proc.stderr.strip().splitlines()
     assert named in lines[-1], lines
+
+
+def test_tc_vae_with_mss_trains_its_networks():
+    torch.manual_seed(0)
+    model = TCVAE(*conv(), ADAM, dataset_size=1000, mss=True)
+    x = torch.rand(8, 1, 28, 28) * 2 - 1
+    before = [p.detach().clone() for p in model.parameters()]
+    terms = model.objective(x)
+    assert all(torch.isfinite(v) for v in terms.values())
+    terms["loss"].backward()
+    torch.optim.SGD(model.parameters(), lr=1e-3).step()
+    assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))

@@ -301,12 +301,33 @@ def log_normal_pairs(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
     return -0.5 * (LOG_2PI + logvar + (z - mu) ** 2 * torch.exp(-logvar))
 
 
-def tc_vae_terms(z: Tensor, mu: Tensor, logvar: Tensor, dataset_size: int) -> dict[str, Tensor]:
+def mss_log_weights(batch: int, dataset_size: int) -> Tensor:
+    """log w_ij (B, B) of minibatch stratified sampling (Chen et al. 2018, Appendix C.2).
+
+    q(z_i) ~ sum_j w_ij q(z_i | x_j): the example's own posterior at 1/N, its neighbour's
+    (i + 1 mod B) at (N - M) / (N M), the other B - 2 at 1/M, with M = B - 1; each row sums
+    to 1. The authors' ``_log_importance_weight_matrix`` (and pythae's copy) writes the 1/N
+    weights with a stride of B through the flattened matrix, which walks down column 0, not
+    the diagonal (rtqichen/beta-tcvae pull request 1, open): their row 0 is this row 0, and
+    every other row weights x_0's posterior as its own.
+    """
+    n, m = dataset_size, batch - 1
+    w = torch.full((batch, batch), 1 / m, dtype=torch.float64)
+    idx = torch.arange(batch)
+    w[idx, idx] = 1 / n
+    w[idx, (idx + 1) % batch] = (n - m) / (n * m)
+    return w.log()
+
+
+def tc_vae_terms(
+    z: Tensor, mu: Tensor, logvar: Tensor, dataset_size: int, mss: bool = False
+) -> dict[str, Tensor]:
     """beta-TCVAE's KL decomposition per example (B,), by minibatch-weighted sampling.
 
     Chen et al. 2018, eq. 2 and Sec. 4.1 (rtqichen/beta-tcvae vae_quant.py, ``mss`` off):
     log q(z_i) ~ logsumexp_j log q(z_i | x_j) - log(N M), and the same per dimension for
-    log prod_d q(z_i,d). Returns mi = log q(z|x) - log q(z), tc = log q(z) - log prod_d q(z_d),
+    log prod_d q(z_i,d); ``mss``: minibatch stratified sampling's weights instead
+    (``mss_log_weights``). Returns mi = log q(z|x) - log q(z), tc = log q(z) - log prod_d q(z_d),
     dim_kl = log prod_d q(z_d) - log p(z) (their sum is the one-draw KL estimate), and the
     four log densities they come from.
 
@@ -318,10 +339,15 @@ def tc_vae_terms(z: Tensor, mu: Tensor, logvar: Tensor, dataset_size: int) -> di
         raise GenlabError(
             f"model.dataset_size={dataset_size} is smaller than the batch ({len(z)} examples)"
         )
-    log_norm = math.log(len(z) * dataset_size)
     pairs = log_normal_pairs(z, mu, logvar)  # (B, B, Z): q(z_i,d | x_j)
-    log_qz = torch.logsumexp(pairs.sum(2), 1) - log_norm  # (B,)
-    log_prod_qz = (torch.logsumexp(pairs, 1) - log_norm).sum(1)  # (B,)
+    if mss:
+        if len(z) < 2:
+            raise GenlabError(f"model.mss=true needs batches of 2 or more, got {len(z)}")
+        log_w = mss_log_weights(len(z), dataset_size).to(pairs)  # (B, B)
+    else:
+        log_w = pairs.new_full(pairs.shape[:2], -math.log(len(z) * dataset_size))
+    log_qz = torch.logsumexp(log_w + pairs.sum(2), 1)  # (B,)
+    log_prod_qz = torch.logsumexp(log_w.unsqueeze(2) + pairs, 1).sum(1)  # (B,)
     log_qz_x = log_normal(z, mu, logvar)
     log_pz = log_standard_normal(z)
     return {

@@ -69,6 +69,7 @@ class TCVAE(ObjectiveVAE):
 
     MI, TC and dimension-wise KL by minibatch-weighted sampling (losses.tc_vae_terms), which
     needs N, the training set's size: ``dataset_size``, or read from the datamodule at fit start.
+    ``mss``: minibatch stratified sampling instead (losses.mss_log_weights).
     ``beta`` is the TC weight here (the paper's name), not the KL weight.
     """
 
@@ -80,6 +81,7 @@ class TCVAE(ObjectiveVAE):
         alpha: float = 1.0,
         gamma: float = 1.0,
         dataset_size: int | None = None,
+        mss: bool = False,
         **kwargs,
     ) -> None:
         check_weights(self.objective_name, alpha=alpha, gamma=gamma)
@@ -107,7 +109,7 @@ class TCVAE(ObjectiveVAE):
         mu, logvar = self.encoder(x, y)  # (B, Z) each
         z = reparameterize(mu, logvar)
         recon = self.nll(self.decoder(z, y), x)
-        t = losses.tc_vae_terms(z, mu, logvar, self.dataset_size)
+        t = losses.tc_vae_terms(z, mu, logvar, self.dataset_size, self.hparams.mss)
         hp = self.hparams
         loss = recon + hp.alpha * t["mi"] + hp.beta * t["tc"] + hp.gamma * t["dim_kl"]
         return {
