@@ -208,3 +208,46 @@ def test_callback_refuses_a_model_without_encoder():
         Disentanglement().setup(trainer, pl.LightningModule(), "fit")
     with pytest.raises(GenlabError, match="callbacks.disentanglement.num_points=1"):
         Disentanglement(num_points=1)
+
+
+class MomentEncoder(torch.nn.Module):
+    """An encoder read off the pixels: the shape's centroid (x, y), the square root of its area,
+    and two noise latents; it knows position and size, not shape or orientation."""
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        mass = (x[:, 0] > 0).double()  # (B, S, S)
+        grid = torch.arange(x.shape[-1], dtype=torch.float64)
+        area = mass.sum((1, 2)).clamp_min(1)
+        cx = (mass.sum(1) * grid).sum(1) / area
+        cy = (mass.sum(2) * grid).sum(1) / area
+        g = torch.Generator().manual_seed(int(area.sum()))
+        noise = torch.randn(len(x), 2, generator=g, dtype=torch.float64)
+        mu = torch.cat([torch.stack([cx, cy, area.sqrt()], 1), noise], 1)
+        return mu, torch.zeros_like(mu)
+
+
+class MomentModule(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = MomentEncoder()
+
+    def _y(self, labels: torch.Tensor) -> None:
+        return None
+
+
+def test_callback_scores_an_encoder_of_rendered_images():
+    # the centroid latents carry pos_x and pos_y (each alone in its latent: MI ~ H(bin(pos)));
+    # sqrt(area) carries scale but also shape (a square of the same scale is larger than an
+    # ellipse); shape and orientation are in no latent, so MIG sits near (2 to 3 of 5) factors
+    dm = ImageDataModule(source="shapes", image_size=32, num_classes=3)
+    callback = Disentanglement(num_points=2000, train_votes=100, eval_votes=100)
+    module = MomentModule()
+    callback.setup(SimpleNamespace(datamodule=dm), module, "fit")
+    out = callback.evaluate(module)
+    codes = callback.represent(module, callback.points)
+    m = mutual_info_matrix(codes, callback.points)  # (5 latents, 5 factors)
+    assert m[:, 3].argmax() == 0 and m[:, 4].argmax() == 1  # pos_x -> cx, pos_y -> cy
+    assert m[:, 1].argmax() == 2  # scale -> sqrt(area)
+    assert 0.3 < out["mig"] < 0.65
+    # pos_x, pos_y and scale votes land on their latents; shape and orientation votes on others
+    assert 0.5 < out["factor_vae_score"] < 0.9
