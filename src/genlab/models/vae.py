@@ -493,7 +493,8 @@ class VAE(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         for name, value in self.diagnostics().items():
-            self.log(name, value)  # already summed over every process: no sync_dist
+            # the same value on every process (its sums were reduced): averaging it changes nothing
+            self.log(name, value, sync_dist=True)
 
     def diagnostics(self) -> dict[str, float]:
         """Active units, KL per layer and per dimension over the epoch's validation batches.
