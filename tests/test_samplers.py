@@ -446,3 +446,60 @@ def test_on_mnist_the_fitted_samplers_are_closer_to_the_aggregate_posterior(tmp_
     to_draws = frechet(fitted[1], draws), frechet(prior, draws)
     assert to_means[0] < to_means[1] / 10, to_means
     assert to_draws[0] < to_draws[1] / 10, to_draws
+
+
+# ---------------------------------------------------------------- the VAE family
+
+
+def built(tmp_path: Path, *overrides: str):
+    """An untrained model of ``overrides`` on 96 synthetic images, and its training batches."""
+    from hydra.utils import instantiate
+
+    from tests.conftest import compose_train
+
+    cfg = compose_train([*overrides, "data=synthetic", "data.limit=96"], tmp_path)
+    dm = instantiate(cfg.data)
+    torch.manual_seed(0)
+    model = instantiate(cfg.model, _convert_="object").eval()
+    return model, dm.loader(dm.dataset("train"), shuffle=False, drop_last=False)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [["model=vae"], ["model=hvae2"], ["model=vae", "model.posterior=iaf"], ["model=cvae"],
+     ["model=wae_mmd"], ["model=beta_tcvae"]],
+    ids=["vae", "hvae2", "iaf", "cvae", "wae_mmd", "beta_tcvae"],
+)  # fmt: skip
+def test_both_samplers_fit_and_draw_on_every_vae_with_an_encoder_posterior(overrides, tmp_path):
+    """z1 is what the samplers model (a hierarchy's layers above it are not used), so every
+    model.sample decodes (n, latent_dim) sampler draws to images in [-1, 1]."""
+    model, batches = built(tmp_path, *overrides)
+    cpu = torch.device("cpu")
+    for spec in (GMM, TWO_STAGE):
+        sampler = load_or_fit(model, spec, None, lambda: batches, cpu)  # noqa: B023
+        assert sampler.latents(5, cpu).shape == (5, model.latent_dim)
+        sample_through(model, sampler)
+        with torch.no_grad():
+            images = model.sample(5)
+        assert images.shape[0] == 5 and -1 <= images.min() <= images.max() <= 1
+
+
+def test_the_mixture_is_fitted_on_what_the_model_decodes_as_the_posterior_mean(tmp_path):
+    """With an IAF posterior the mean is the flowed mu (eps = 0): decoded, it is the model's own
+    reconstruction. A deterministic WAE encoder's draws are mu itself."""
+    model, batches = built(tmp_path, "model=vae", "model.posterior=iaf")
+    x, labels = next(iter(batches))
+    with torch.no_grad():
+        mu, logvar = smp.posterior_moments(model, [(x, labels)], torch.device("cpu"))
+        means = smp.posterior_mean(model, mu, logvar)
+        assert not torch.allclose(means, mu)  # the flow moves it
+        assert torch.allclose(model.decode_mean(means), model.reconstruct(x), atol=1e-6)
+    wae, _ = built(tmp_path / "wae", "model=wae_mmd")
+    assert torch.equal(smp.posterior_draw(wae)(mu, logvar), mu)
+
+
+def test_a_ladder_vae_is_refused_naming_the_key(tmp_path):
+    model, _ = built(tmp_path, "model=ladder_vae")
+    with pytest.raises(GenlabError, match=r"^sampler=gmm: the Ladder VAE's q\(z1 \| x\) is no "):
+        smp.check_model(model, "gmm")
+    smp.check_model(model, "prior")  # its own prior is fine

@@ -358,12 +358,19 @@ def check_model(model: nn.Module, name: str) -> None:
     """A fitted sampler needs a Gaussian posterior q(z1 | x) and a decoder of z1."""
     if name == "prior":
         return
+    from genlab.models.ladder import LadderVAE
     from genlab.models.vae import VAE
 
     if not isinstance(model, VAE):
         raise GenlabError(
             f"sampler={name}: {type(model).__name__} has no aggregate posterior to fit (a VAE "
             "has; a GAN or a VQ model does not): use sampler=prior"
+        )
+    if isinstance(model, LadderVAE):
+        # its q(z1 | x) is drawn top-down through the generative path, not an encoder's Gaussian
+        raise GenlabError(
+            f"sampler={name}: the Ladder VAE's q(z1 | x) is no encoder Gaussian these samplers "
+            "fit (it is drawn top-down): use sampler=prior"
         )
 
 
@@ -388,7 +395,10 @@ def posterior_moments(
 
 def posterior_draw(model: nn.Module) -> Callable[[Tensor, Tensor], Tensor]:
     """z1 ~ q(z1 | x) from the encoder's (mu, logvar): the model's own draw (an IAF posterior
-    flows the Gaussian one), else the Gaussian's."""
+    flows the Gaussian one); mu itself for a deterministic encoder (WAE's default), whose
+    logvar trains on nothing."""
+    if getattr(getattr(model, "hparams", None), "encoder_noise", None) == "deterministic":
+        return lambda mu, logvar: mu
     first_draw = getattr(model, "first_draw", None)
     if first_draw is None:
         return gaussian_draw
