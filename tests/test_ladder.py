@@ -8,8 +8,8 @@ import torch
 from hydra.utils import instantiate
 
 from genlab.errors import GenlabError
-from genlab.models.ladder import LadderVAE
-from genlab.nets.ladder import LadderDecoder, LadderEncoder, precision_weighted
+from genlab.models.ladder import LadderVAE, precision_weighted
+from genlab.nets.ladder import LadderDecoder, LadderEncoder
 from tests.conftest import ok
 
 DIMS, HIDDEN = [6, 4, 2], [32, 16, 8]
@@ -27,7 +27,7 @@ def _x(n: int = 5) -> torch.Tensor:
 
 
 def test_precision_weighting_matches_a_hand_computation():
-    # estimate N(1, 0.5^2) (precision 4) and prior N(-1, 1) (precision 1), the paper's eq. 18-19:
+    # estimate N(1, 0.5^2) (precision 4) and prior N(-1, 1) (precision 1), the paper's combination:
     # variance 1 / (4 + 1) = 0.2, mean (4 * 1 + 1 * -1) / 5 = 0.6
     mu, logvar = precision_weighted(
         torch.tensor([1.0]), torch.tensor([math.log(0.25)]), torch.tensor([-1.0]), torch.zeros(1)
@@ -89,7 +89,7 @@ def test_the_one_sample_log_weight_is_minus_recon_plus_kl_of_the_same_draw():
 def test_free_bits_and_warm_up_per_layer_in_the_training_objective():
     kl_layers = torch.tensor([[0.1, 0.3], [2.0, 4.0], [0.0, 0.2]])  # (L=3, B=2)
     terms = {"recon": torch.tensor([10.0, 20.0]), "kl_layers": kl_layers, "kl": kl_layers.sum(0)}
-    # free bits (Kingma et al. 2016, eq. 15): sum_l max(lambda, batch-mean KL_l), lambda = 0.5:
+    # free bits (Kingma et al. 2016, appendix): sum_l max(lambda, batch-mean KL_l), lambda = 0.5:
     # means 0.2, 3.0, 0.1 -> 0.5 + 3.0 + 0.5
     loss = _ladder(free_bits=0.5).training_loss(terms)
     assert loss.item() == pytest.approx(15 + 4.0)

@@ -3,13 +3,13 @@
 The encoder's deterministic bottom-up pass gives (mu_hat_l, sigma_hat_l) for every layer; the top
 layer's posterior is its estimate, q(z_L | x) = N(mu_hat_L, sigma_hat_L^2). Going down, the
 generative path's p(z_l | z_l+1) = N(mu_p, sigma_p^2) at the drawn z_l+1 is precision-weighted
-with the estimate into q(z_l | z_l+1, x) (eq. 18-19). The KL of each layer is the one-draw
+with the estimate into q(z_l | z_l+1, x). The KL of each layer is the one-draw
 log q(z_l | .) - log p(z_l | z_l+1), so recon + kl is -log_weights(x, 1) of the same draw and
 val/nll is the exact importance-weighted estimate.
 
 Training adds KL warm-up (the paper's temperature beta from 0 to 1 over ``kl_warmup_steps``,
 or one ramp per layer, ``layer_warmup_steps``) and free bits (Kingma et al. 2016, IAF paper,
-eq. 15: each layer's batch-mean KL enters the objective as max(free_bits, KL_l), in nats per
+appendix: each layer's batch-mean KL enters the objective as max(free_bits, KL_l), in nats per
 layer, a layer being the paper's group of latents).
 """
 
@@ -22,9 +22,20 @@ from torch import Tensor, nn
 from genlab import losses
 from genlab.errors import GenlabError
 from genlab.models.vae import VAE, Likelihood, OptimizerFactory, reparameterize
-from genlab.nets.ladder import precision_weighted
 
 Pair = tuple[Tensor, Tensor]
+
+
+def precision_weighted(
+    mu_hat: Tensor, logvar_hat: Tensor, mu_p: Tensor, logvar_p: Tensor
+) -> tuple[Tensor, Tensor]:
+    """The Gaussian with precision sigma_hat^-2 + sigma_p^-2 and the precision-weighted mean.
+
+    mu = (mu_hat sigma_hat^-2 + mu_p sigma_p^-2) / (sigma_hat^-2 + sigma_p^-2), in log space.
+    """
+    logvar = -torch.logaddexp(-logvar_hat, -logvar_p)  # (B, Z)
+    mu = mu_hat * (logvar - logvar_hat).exp() + mu_p * (logvar - logvar_p).exp()
+    return mu, logvar
 
 
 class LadderVAE(VAE):

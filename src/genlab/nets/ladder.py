@@ -1,10 +1,10 @@
 """Ladder VAE nets (Sønderby et al. 2016, "Ladder Variational Autoencoders"), fully connected.
 
-Bottom up (eq. 14-16): d_l = MLP(d_{l-1}) from the flattened pixels d_0 = x, and from each d_l
+Bottom up: d_l = MLP(d_{l-1}) from the flattened pixels d_0 = x, and from each d_l
 the estimate mu_hat_l = Linear(d_l), sigma_hat_l^2 = Softplus(Linear(d_l)). Top down, the
 generative path p(z_l | z_{l+1}) = N(mu_p, sigma_p^2) from MLP(z_{l+1}) the same way, and p(x | z1)
-as Bernoulli logits from MLP(z1). The LadderVAE module combines the two passes by precision
-weighting (``precision_weighted``, eq. 18-19), so inference shares the generative path.
+as Bernoulli logits from MLP(z1). The LadderVAE module (genlab.models.ladder) combines the two
+passes by precision weighting, so inference shares the generative path.
 Each MLP is Linear -> BatchNorm -> leaky ReLU, twice (the paper's MLPs, batch norm being one of
 its three ingredients). ``latent_dims`` and ``hidden`` run bottom up: the paper's MNIST model
 is [64, 32, 16, 8, 4] stochastic units with MLPs of [512, 256, 128, 64, 32].
@@ -22,18 +22,6 @@ from genlab.nets.layers import check_args
 # below this pre-activation, log Softplus(a) = a to float precision: taking it as a keeps the
 # log-variance and its gradient finite where Softplus(a) underflows to 0
 SOFTPLUS_LINEAR = -20.0
-
-
-def precision_weighted(
-    mu_hat: Tensor, logvar_hat: Tensor, mu_p: Tensor, logvar_p: Tensor
-) -> tuple[Tensor, Tensor]:
-    """The Gaussian with precision sigma_hat^-2 + sigma_p^-2 and the precision-weighted mean.
-
-    mu = (mu_hat sigma_hat^-2 + mu_p sigma_p^-2) / (sigma_hat^-2 + sigma_p^-2), in log space.
-    """
-    logvar = -torch.logaddexp(-logvar_hat, -logvar_p)  # (B, Z)
-    mu = mu_hat * (logvar - logvar_hat).exp() + mu_p * (logvar - logvar_p).exp()
-    return mu, logvar
 
 
 def log_softplus(a: Tensor) -> Tensor:
