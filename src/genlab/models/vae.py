@@ -24,7 +24,7 @@ OptimizerFactory = Callable[..., torch.optim.Optimizer]
 Likelihood = Literal["bernoulli", "gaussian", "discretized_gaussian", "categorical"]
 Prior = Literal["standard", "vamp"]
 Posterior = Literal["gaussian", "iaf"]
-# Burda et al. 2016 (IWAE paper, sec. 5.2): unit u is active when Cov_x(E_q(u|x)[u]) > 0.01
+# Burda et al. 2016 (IWAE paper): unit u is active when Cov_x(E_q(u|x)[u]) > 0.01
 ACTIVE_THRESHOLD = 0.01
 # per-dimension KL is logged dimension by dimension up to this many latents, else summarised
 KL_DIMS_LOGGED = 16
@@ -181,7 +181,9 @@ class VAE(pl.LightningModule):
             )
         self.top_dim: int = dims[0][-1]
         self.flow = IAF(self.latent_dim, iaf_steps, iaf_hidden) if posterior == "iaf" else None
-        self._diag: list[list[Tensor]] = []  # per layer [n, sum mean, sum mean^2, sum kl dims]
+        # per layer, summed over the epoch's batches: [n, sum KL, sum mean, sum mean^2, sum KL dims]
+        self._diag: list[Tensor] = []
+        self._diag_dims: list[bool] = []  # per layer: whether the KL per dim has a closed form
         self.vamp = None
         if prior == "vamp":
             self.vamp = self.build_vamp(prior_components, image_shape)
@@ -441,7 +443,7 @@ class VAE(pl.LightningModule):
         """Per stochastic layer: posterior mean (B, Z_l), KL per dim (B, Z_l) or None, KL (B,).
 
         The mean is E_q[z_l | x] along the mean path (each layer's mean given the means below,
-        as Burda et al. take it for their two-layer model); with IAF it is z_T at eps = 0. The
+        not the mean over the draws of the layers below); with IAF it is z_T at eps = 0. The
         per-dimension KL has a closed form for one diagonal Gaussian layer under N(0, I) only;
         each layer's KL is otherwise the one-draw estimate log q(z_l | .) - log p(z_l | z_l+1).
         """
