@@ -254,6 +254,18 @@ def test_a_fitted_sampler_is_saved_beside_the_checkpoint_and_reused(
     assert len(calls) == 3
 
 
+def test_a_damaged_sampler_file_is_fitted_again(vae_like, tmp_path, caplog):
+    ckpt = tmp_path / "last.ckpt"
+    ckpt.write_bytes(b"weights")
+    path = tmp_path / "last.sampler-gmm.safetensors"
+    path.write_bytes(b"half a file")
+    calls: list[int] = []
+    with caplog.at_level(logging.WARNING, logger="genlab"):
+        load_or_fit(vae_like, GMM, ckpt, counted_batches(calls), torch.device("cpu"))
+    assert calls == [1] and "not a readable sampler file" in caplog.text
+    assert smp.read(path) is not None  # replaced by a good one
+
+
 def test_the_fit_is_deterministic_given_the_seed(vae_like, tmp_path):
     cpu = torch.device("cpu")
     runs = [load_or_fit(vae_like, TWO_STAGE, None, counted_batches([]), cpu) for _ in range(2)]
