@@ -402,3 +402,24 @@ def test_tc_vae_with_mss_trains_its_networks():
     terms["loss"].backward()
     torch.optim.SGD(model.parameters(), lr=1e-3).step()
     assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))
+
+
+def test_tc_vae_with_unit_weights_is_the_one_draw_negative_elbo():
+    # alpha = beta = gamma = 1: MI + TC + dim-KL telescopes to log q(z|x) - log p(z) (Chen eq. 2)
+    model = TCVAE(*conv(), ADAM, alpha=1.0, beta=1.0, gamma=1.0, dataset_size=50)
+    x = torch.rand(6, 1, 28, 28) * 2 - 1
+    with torch.no_grad():
+        torch.manual_seed(3)
+        got = model.objective(x)
+        torch.manual_seed(3)
+        mu, logvar = model.encoder(x)
+        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+        kl = losses.log_normal(z, mu, logvar) - losses.log_standard_normal(z)
+        want = (model.nll(model.decoder(z), x) + kl).mean()
+    assert got["loss"].item() == pytest.approx(want.item(), rel=1e-5)
+    # beta weights TC alone: raising it by 5 adds 5 x the batch's mean TC
+    model.hparams.beta = 6.0
+    with torch.no_grad():
+        torch.manual_seed(3)
+        six = model.objective(x)
+    assert six["loss"].item() == pytest.approx((want + 5 * got["tc"]).item(), rel=1e-5)
