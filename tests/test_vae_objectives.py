@@ -348,6 +348,15 @@ def test_factor_vae_refuses_trainer_clipping(cfg_tiny):
         fit_built(objs)
 
 
+def test_factor_vae_clipping_refused_before_the_run(cfg_tiny):
+    """The door's config check names the key before anything is built (as for GAN and VQGAN)."""
+    from genlab.config import check_training
+
+    cfg = cfg_tiny("model=factor_vae", "callbacks=none", "trainer.gradient_clip_val=1.0")
+    with pytest.raises(GenlabError, match="trainer.gradient_clip_val=1.0"):
+        check_training(cfg)
+
+
 def objective_gain(cfg, steps: int) -> tuple[float, float]:
     """The objective on 4 fixed val batches of MNIST-5k before and after ``steps`` batches."""
     cfg.data.limit = None

@@ -143,7 +143,11 @@ def sampler_settings(spec: Any) -> dict[str, Any]:
 
 
 # the modules that step their optimizers themselves (a D and a G step per batch), by config name
-MANUAL_OPTIMIZATION = {"genlab.models.gan.GAN": "GAN", "genlab.models.vqgan.VQGAN": "VQGAN"}
+MANUAL_OPTIMIZATION = {
+    "genlab.models.gan.GAN": "GAN",
+    "genlab.models.vqgan.VQGAN": "VQGAN",
+    "genlab.models.vae_objectives.FactorVAE": "FactorVAE",
+}
 
 
 def check_manual_trainer(model: str, clip: Any, accumulate: Any) -> None:
