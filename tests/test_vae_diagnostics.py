@@ -65,13 +65,14 @@ def test_three_varying_means_of_eight_are_three_active_units_and_kl_per_dim_is_c
     assert _validate(model, [x]) == pytest.approx(got)
 
 
-def test_a_hierarchy_reports_each_layer():
+@pytest.mark.parametrize("posterior", ["gaussian", "iaf"])
+def test_a_hierarchy_reports_each_layer(posterior):
     torch.manual_seed(1)
     nets = (
         HierarchicalEncoder(28, 1, 6, [3], [20, 10]),
         HierarchicalDecoder(28, 1, 6, [3], [20, 10]),
     )
-    model = VAE(*nets, partial(torch.optim.Adam), nll_k=0)
+    model = VAE(*nets, partial(torch.optim.Adam), nll_k=0, posterior=posterior)
     x = torch.rand(40, 1, 28, 28).round() * 2 - 1
     got = _validate(model, [x[:20], x[20:]])
     assert {"val/active_units_l1", "val/active_units_l2", "val/kl_l1", "val/kl_l2"} <= set(got)
