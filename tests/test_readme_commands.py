@@ -40,6 +40,9 @@ SKIPPED = {
     "tests/test_posthoc_ema.py runs the study's sweep on a tiny run",
     r"^bash experiments/stacked_mnist/run\.sh": "nine 3-epoch runs; tests/test_modes.py trains "
     "with metrics=modes",
+    r"^bash experiments/vae_samplers/run\.sh": "18 training runs, the classifier, 27 evaluations "
+    "(about 40 minutes); tests/test_samplers.py scores genlab-eval sampler=gmm and genlab-sample "
+    "sampler=two_stage on a tiny run, tests/test_vae_samplers_study.py the tables",
     r"ema\.sweep=\[0\.0[23],": "profiles this narrow need a real run's hundreds of snapshots; "
     "tests/test_posthoc_ema.py sweeps near the stored profiles",
 }
