@@ -23,6 +23,7 @@ CONTEXT = {
     "data.root": "data=folder",
     "data.path": "data=prepared",
     "model.vqvae_ckpt": "model=vq_prior",
+    "callbacks.disentanglement": "callbacks=[default,disentanglement]",
     "model.lpips_weights": "model=vqgan",
     "model.perceptual_weight": "model=vqgan",
     "model.generator.base_channels": "model=biggan",

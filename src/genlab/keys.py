@@ -6,7 +6,8 @@ read it without Lightning."""
 MAXIMISED = frozenset(
     {"val/elbo", "val/is", "train/elbo", "train/iwae_bound", "val/precision", "val/recall",
      "val/density", "val/coverage", "val/modes", "val/modes_calibrated", "val/authenticity",
-     "val/authenticity_heldout", "val/vendi"}
+     "val/authenticity_heldout", "val/vendi", "val/active_units", "val/mig",
+     "val/factor_vae_score"}
 )  # fmt: skip
 # Keys whose minimum the W&B summary keeps next to their last value (distances, likelihood
 # losses, copies); the maximised keys keep their maximum.
@@ -14,7 +15,7 @@ SUMMARY_MIN = (
     "val/fid", "val/swd", "val/kid", "val/nll", "val/nll_bpd", "val/mse", "val/recon", "val/ifid",
     "val/copies", "val/copies_floor", "val/copies_excess", "val/mode_kl",
     "val/mode_kl_calibrated", "val/kid_all_pairs", "val/cmmd", "val/ppl",
-    *(f"val/{fd}{part}" for fd in ("fid", "fd_dinov2", "fd_clip")
+    *(f"val/{fd}{part}" for fd in ("fid", "fd_dinov2", "fd_clip", "fd_classifier")
       for part in ("", "_inf", "_jackknife")),
 )  # fmt: skip
 # Keys with no better direction, summarised by their last value: C_T is best at 0 (below:
