@@ -84,7 +84,7 @@ def test_save_samples_without_sample_metrics_is_refused(run_cli, tmp_path):
         ("genlab-train", "model.optimiser_g.lr=1e-4", "(did you mean model.optimizer_g or "),
         ("genlab-train", "data.batchsize=32", "(did you mean data.batch_size?)"),
         ("genlab-train", "model.likelihood=bernoulli", "model.likelihood is a key of model=hvae2, "
-         "model=vae, model=vqvae; this run has model=gan)"),
+         "model=ladder_vae, model=vae, model=vqvae; this run has model=gan)"),
         ("genlab-eval", "nll=3", "(did you mean nll_k?)"),
     ],
 )  # fmt: skip
