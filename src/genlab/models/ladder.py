@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from genlab import losses
 from genlab.errors import GenlabError
+from genlab.models.diagnostics import LayerTerms
 from genlab.models.vae import VAE, Likelihood, OptimizerFactory, reparameterize
 
 Pair = tuple[Tensor, Tensor]
@@ -152,11 +153,9 @@ class LadderVAE(VAE):
         """Decode z1 of the mean path (every layer at its posterior mean)."""
         return self.decode_mean(self.top_down(self.encoder(x), draw=False)[0][0])
 
-    def diagnostic_terms(
-        self, x: Tensor, labels: Tensor | None = None
-    ) -> list[tuple[Tensor, Tensor | None, Tensor]]:
+    def diagnostic_terms(self, x: Tensor, labels: Tensor | None = None) -> list[LayerTerms]:
         """Per layer: the mean path's z_l, no per-dim KL (p(z_l | z_l+1) is no N(0, I)), KL_l."""
-        ups = self.encoder(x)
+        ups = self.encoder(x)  # one bottom-up pass serves the mean path and the draw
         means = self.top_down(ups, draw=False)[0]
-        kls = self.elbo_terms(x, labels)["kl_layers"]  # (L, B)
-        return [(m, None, kl) for m, kl in zip(means, kls, strict=True)]
+        _, log_q, log_p = self.top_down(ups)
+        return [(m, None, q - p) for m, q, p in zip(means, log_q, log_p, strict=True)]

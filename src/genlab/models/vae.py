@@ -3,6 +3,7 @@
 import logging
 import math
 from collections.abc import Callable
+from functools import partial
 from typing import Literal
 
 import pytorch_lightning as pl
@@ -14,6 +15,7 @@ from genlab import losses
 from genlab.config import check_optimizer
 from genlab.data.datasets import Binarized, fetch
 from genlab.errors import GenlabError
+from genlab.models.diagnostics import LatentMoments, LayerTerms
 from genlab.models.loop import finite_or_skip, logs_written
 from genlab.nets.iaf import IAF
 from genlab.nets.priors import VampPrior, log_normal_mixture
@@ -24,10 +26,6 @@ OptimizerFactory = Callable[..., torch.optim.Optimizer]
 Likelihood = Literal["bernoulli", "gaussian", "discretized_gaussian", "categorical"]
 Prior = Literal["standard", "vamp"]
 Posterior = Literal["gaussian", "iaf"]
-# Burda et al. 2016 (IWAE paper): unit u is active when Cov_x(E_q(u|x)[u]) > 0.01
-ACTIVE_THRESHOLD = 0.01
-# per-dimension KL is logged dimension by dimension up to this many latents, else summarised
-KL_DIMS_LOGGED = 16
 # likelihoods of the 8-bit data themselves: val/nll is a probability, val/nll_bpd the papers' bpd
 DISCRETE = ("discretized_gaussian", "categorical")
 
@@ -181,9 +179,7 @@ class VAE(pl.LightningModule):
             )
         self.top_dim: int = dims[0][-1]
         self.flow = IAF(self.latent_dim, iaf_steps, iaf_hidden) if posterior == "iaf" else None
-        # per layer, summed over the epoch's batches: [n, sum KL, sum mean, sum mean^2, sum KL dims]
-        self._diag: list[Tensor] = []
-        self._diag_dims: list[bool] = []  # per layer: whether the KL per dim has a closed form
+        self._moments = LatentMoments()  # the validation epoch's, for the diagnostics
         self.vamp = None
         if prior == "vamp":
             self.vamp = self.build_vamp(prior_components, image_shape)
@@ -288,13 +284,21 @@ class VAE(pl.LightningModule):
 
         ``first`` is q(z1 | x)'s (mu, logvar), computed once for all draws.
         """
+        zs, log_qs = self.posterior_layers(first)
+        log_q = log_qs[0]
+        for term in log_qs[1:]:
+            log_q = log_q + term
+        return zs, log_q
+
+    def posterior_layers(self, first: tuple[Tensor, Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        """One draw [z1, ..., zL] of q(z | x) and each layer's log q (B,), bottom up."""
         z, log_q = self.first_draw(first)
-        zs = [z]
+        zs, log_qs = [z], [log_q]
         for layer in self.upper:
             mu, logvar = layer(zs[-1])
             zs.append(reparameterize(mu, logvar))
-            log_q = log_q + losses.log_normal(zs[-1], mu, logvar)
-        return zs, log_q
+            log_qs.append(losses.log_normal(zs[-1], mu, logvar))
+        return zs, log_qs
 
     def first_draw(self, first: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         """z1 (B, Z) from q(z1 | x) and its log q (B,): Gaussian, or flowed by the IAF."""
@@ -305,13 +309,23 @@ class VAE(pl.LightningModule):
 
     def log_prior(self, zs: list[Tensor], top: tuple[Tensor, Tensor] | None) -> Tensor:
         """log p(zL) + sum_l log p(z_l | z_l+1) per example (B,); ``top``: VampPrior components."""
-        if top is not None:
-            log_p = log_normal_mixture(zs[-1], *top)
-        else:
-            log_p = losses.log_standard_normal(zs[-1])
-        for layer, z, above in zip(self.priors, zs, zs[1:], strict=False):
-            log_p = log_p + losses.log_normal(z, *layer(above))
+        log_ps = self.prior_layers(zs, top)
+        log_p = log_ps[-1]
+        for term in log_ps[:-1]:
+            log_p = log_p + term
         return log_p
+
+    def prior_layers(self, zs: list[Tensor], top: tuple[Tensor, Tensor] | None) -> list[Tensor]:
+        """Each layer's log p (B,), bottom up: log p(z_l | z_l+1) for l < L, then log p(zL)."""
+        log_ps = [
+            losses.log_normal(z, *layer(above))
+            for layer, z, above in zip(self.priors, zs, zs[1:], strict=False)
+        ]
+        if top is not None:
+            log_ps.append(log_normal_mixture(zs[-1], *top))
+        else:
+            log_ps.append(losses.log_standard_normal(zs[-1]))
+        return log_ps
 
     @property
     def upper(self) -> nn.ModuleList | tuple:
@@ -437,9 +451,7 @@ class VAE(pl.LightningModule):
                 self.log("val/nll_bpd", nll / (x[0].numel() * math.log(2)), **kw)
         self.accumulate_diagnostics(x, labels)
 
-    def diagnostic_terms(
-        self, x: Tensor, labels: Tensor | None = None
-    ) -> list[tuple[Tensor, Tensor | None, Tensor]]:
+    def diagnostic_terms(self, x: Tensor, labels: Tensor | None = None) -> list[LayerTerms]:
         """Per stochastic layer: posterior mean (B, Z_l), KL per dim (B, Z_l) or None, KL (B,).
 
         The mean is E_q[z_l | x] along the mean path (each layer's mean given the means below,
@@ -457,41 +469,17 @@ class VAE(pl.LightningModule):
         means = [mean]
         for layer in self.upper:
             means.append(layer(means[-1])[0])
-        z, log_q = self.first_draw(first)
-        zs, log_qs = [z], [log_q]
-        for layer in self.upper:
-            mu, logvar = layer(zs[-1])
-            zs.append(reparameterize(mu, logvar))
-            log_qs.append(losses.log_normal(zs[-1], mu, logvar))
-        top = self.vamp_components()
-        log_top = (
-            losses.log_standard_normal(zs[-1]) if top is None else log_normal_mixture(zs[-1], *top)
-        )
-        log_ps = [
-            losses.log_normal(z, *layer(above))
-            for layer, z, above in zip(self.priors, zs, zs[1:], strict=False)
-        ]
-        log_ps.append(log_top)
+        zs, log_qs = self.posterior_layers(first)
+        log_ps = self.prior_layers(zs, self.vamp_components())
         return [(m, None, q - p) for m, q, p in zip(means, log_qs, log_ps, strict=True)]
 
     @torch.no_grad()
     def accumulate_diagnostics(self, x: Tensor, labels: Tensor | None = None) -> None:
         """Add a batch's sums of posterior means, their squares and KLs to the epoch's."""
-        terms = self.diagnostic_terms(x, labels)
-        if not self._diag:
-            self._diag_dims = [dims is not None for _, dims, _ in terms]
-        for layer, (mean, dims, kl) in enumerate(terms):
-            mean = mean.double()  # sums of squares over an epoch: float64 keeps the variance exact
-            dims = torch.zeros_like(mean) if dims is None else dims.double()
-            n = torch.stack([mean.new_tensor(float(len(mean))), kl.double().sum()])
-            packed = torch.cat([n, mean.sum(0), (mean**2).sum(0), dims.sum(0)])  # (2 + 3 Z,)
-            if len(self._diag) <= layer:
-                self._diag.append(packed)
-            else:
-                self._diag[layer] = self._diag[layer] + packed
+        self._moments.add(self.diagnostic_terms(x, labels))
 
     def on_validation_epoch_start(self) -> None:
-        self._diag = []
+        self._moments = LatentMoments()
 
     def on_validation_epoch_end(self) -> None:
         for name, value in self.diagnostics().items():
@@ -499,40 +487,12 @@ class VAE(pl.LightningModule):
             self.log(name, value, sync_dist=True)
 
     def diagnostics(self) -> dict[str, float]:
-        """Active units, KL per layer and per dimension over the epoch's validation batches.
-
-        Sums of moments, summed over processes, so DDP gives the whole validation set's numbers.
-        val/active_units counts every layer's (Burda et al. 2016: Cov_x(E_q[u | x]) > 0.01),
-        val/active_units_l<l> each layer's in a hierarchy; val/kl_l<l> is layer l's mean KL.
-        Per-dimension KL (one Gaussian layer only): val/kl_dim_max and val/kl_dim_min, and each
-        val/kl_dim<i> (i from 0) when Z <= 16, as a per-epoch curve per dimension is noise
-        beyond that.
-        """
-        trainer = self._trainer
-        out, total = {}, 0
-        for layer, packed in enumerate(self._diag, start=1):
-            if trainer is not None and trainer.world_size > 1:
-                packed = trainer.strategy.reduce(packed, reduce_op="sum")
-            n, kl = packed[0], packed[1]
-            z = (len(packed) - 2) // 3
-            s1, s2, dims = packed[2 : 2 + z], packed[2 + z : 2 + 2 * z], packed[2 + 2 * z :]
-            cov = s2 / n - (s1 / n) ** 2  # (Z,) variance over x of the posterior mean
-            active = int((cov > ACTIVE_THRESHOLD).sum())
-            total += active
-            if len(self._diag) > 1:
-                out[f"val/active_units_l{layer}"] = float(active)
-            out[f"val/kl_l{layer}"] = float(kl / n)
-            if self._diag_dims[layer - 1]:
-                per_dim = dims / n
-                out["val/kl_dim_max"], out["val/kl_dim_min"] = (
-                    float(per_dim.max()),
-                    float(per_dim.min()),
-                )
-                if z <= KL_DIMS_LOGGED:
-                    out.update({f"val/kl_dim{i}": float(v) for i, v in enumerate(per_dim)})
-        if self._diag:
-            out["val/active_units"] = float(total)
-        return out
+        """Active units, KL per layer and per dimension over the epoch's validation batches
+        (genlab.models.diagnostics), summed over processes under DDP."""
+        trainer, reduce = self._trainer, None
+        if trainer is not None and trainer.world_size > 1:
+            reduce = partial(trainer.strategy.reduce, reduce_op="sum")
+        return self._moments.summary(reduce)
 
     def grid_images(self) -> dict[str, Tensor]:
         """Prior samples from the fixed noise; validation inputs above their reconstructions."""
