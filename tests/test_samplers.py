@@ -18,15 +18,12 @@ from genlab.config import sampler_settings
 from genlab.errors import GenlabError
 from genlab.metrics.fid import fid_from_stats
 from genlab.models import samplers as smp
+from genlab.models.mixture import Mixture, fit_mixture, kmeans_labels, m_step
 from genlab.models.samplers import (
     GMMSampler,
-    Mixture,
     SecondStage,
-    fit_mixture,
     fit_second_stage,
-    kmeans_labels,
     load_or_fit,
-    m_step,
     sample_through,
 )
 from tests.conftest import ok, train_checkpoint
