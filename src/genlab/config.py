@@ -115,6 +115,7 @@ def check_sample(cfg: DictConfig) -> None:
             raise GenlabError(f"{key}={value} must be >= {least}")
     if cfg.device not in DEVICES:
         raise GenlabError(f"device={cfg.device!r} is not one of {', '.join(DEVICES)}")
+    sampler_settings(cfg.get("sampler") or {"name": "prior"})  # a config from before samplers
 
 
 SAMPLERS = ("prior", "gmm", "two_stage")  # genlab-sample/genlab-eval sampler=

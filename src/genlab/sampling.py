@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from genlab.callbacks.images import grid_uint8, save_png
 from genlab.checkpoints import load_model, local_checkpoint, weights_file
-from genlab.config import DEVICES, check_sample, instantiate, sampler_settings
+from genlab.config import DEVICES, check_sample, instantiate
 from genlab.errors import GenlabError
 from genlab.models.samplers import LatentSampler, load_or_fit, sample_through
 from genlab.models.vae import reconstruction_rows
@@ -165,7 +165,6 @@ def pick_device(name: str) -> torch.device:
 def sample(cfg: DictConfig) -> list[Path]:
     """Write every grid for ``cfg.ckpt_path`` into ``cfg.output_dir``; returns the PNG paths."""
     check_sample(cfg)
-    sampler_settings(cfg.get("sampler") or {"name": "prior"})
     run_cfg, model = load_model(cfg.ckpt_path, trust=cfg.trust_checkpoint)
     if cfg.get("data_root"):
         run_cfg.data.root = cfg.data_root

@@ -9,14 +9,13 @@ from omegaconf import DictConfig
 
 from genlab.checkpoints import require_checkpoint
 from genlab.cli.report import report_errors, run_task
-from genlab.config import CONFIG_DIR, check_sample, sampler_settings
+from genlab.config import CONFIG_DIR, check_sample
 from genlab.console import quiet_libraries
 
 
 def task(cfg: DictConfig) -> None:
     """Check what needs no torch, then write the grids (``genlab.sampling.sample``)."""
     check_sample(cfg)
-    sampler_settings(cfg.sampler)
     require_checkpoint(cfg.ckpt_path)
     quiet_libraries()  # filters on Lightning's loggers, set before it logs anything
     from genlab.sampling import sample
