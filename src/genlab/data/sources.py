@@ -27,6 +27,9 @@ Source = Literal[
     "prepared",  # genlab-prepare's output directory, data.path
     "stacked_mnist",  # three MNIST-5k digits as RGB channels, 1000 modes
     "shapes",  # dSprites-like shapes with known factors (genlab.data.shapes), class = shape
+    "zip",  # a StyleGAN dataset zip (dataset_tool.py: PNGs + dataset.json labels), data.path
+    "hf",  # a Hugging Face datasets dataset (save_to_disk dir, parquet files or a Hub id)
+    "streaming",  # LitData optimised chunks in a directory or s3://, data.path
 ]
 SOURCES: tuple[str, ...] = get_args(Source)
 NUM_CLASSES = {"mnist5k": 10, "mnist": 10, "fashion_mnist": 10, "cifar10": 10, "svhn": 10,
