@@ -27,6 +27,15 @@ def manifest_hash(manifest: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
+def file_sha256(file: Path, chunk: int = 1 << 24) -> str:
+    """sha256 of a file's bytes, read in 16 MiB pieces (a prepared array can be gigabytes)."""
+    digest = hashlib.sha256()
+    with open(file, "rb") as f:
+        while piece := f.read(chunk):
+            digest.update(piece)
+    return digest.hexdigest()
+
+
 def read_manifest(path: Path) -> dict:
     """``path``/manifest.json of a prepared dataset, or a one-line GenlabError naming the file."""
     file = path / MANIFEST
