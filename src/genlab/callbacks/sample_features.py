@@ -2,6 +2,7 @@
 real features cached on disk by everything that changes them."""
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -13,6 +14,7 @@ from torch import Tensor
 from genlab.console import track
 from genlab.data.datasets import fetch
 from genlab.metrics import LABEL, LOGITS, POOL, load_reference_entry, store_reference
+from genlab.metrics.cache import reference_lock
 
 Chunk = Callable[[int], tuple[Tensor, Tensor | None]]  # chunk index -> images, labels
 
@@ -104,18 +106,21 @@ def real_features(
     dataset = trainer.datamodule.dataset(split)
     n = len(dataset) if num_real is None else min(num_real, len(dataset))
     key = image_metrics.reference_key(**data_key(trainer.datamodule), split=split, n_real=n)
-    cached = load_reference_entry(key, cache_dir) if trainer.is_global_zero else None
-    # rank 0 decides, so every rank takes the same branch of the collective below
-    if trainer.strategy.broadcast(cached is not None):
-        return (cached if cached is not None else load_reference_entry(key, cache_dir)), n
+    # rank 0 holds the entry's lock while it looks and computes: a sweep job computing the same
+    # features meanwhile is waited for, and its file read (other ranks wait at the broadcast)
+    with reference_lock(key, cache_dir) if trainer.is_global_zero else nullcontext():
+        cached = load_reference_entry(key, cache_dir) if trainer.is_global_zero else None
+        # rank 0 decides, so every rank takes the same branch of the collective below
+        if trainer.strategy.broadcast(cached is not None):
+            return (cached if cached is not None else load_reference_entry(key, cache_dir)), n
 
-    def real_chunk(j: int) -> tuple[Tensor, Tensor]:
-        items = fetch(dataset, list(range(j * batch, min(n, (j + 1) * batch))))
-        return items.images.to(device), items.labels.to(device)
+        def real_chunk(j: int) -> tuple[Tensor, Tensor]:
+            items = fetch(dataset, list(range(j * batch, min(n, (j + 1) * batch))))
+            return items.images.to(device), items.labels.to(device)
 
-    what = f"reference features of {split} (cached for later runs)"
-    real = gather(trainer, image_metrics, n, real_chunk, batch, progress, what)
-    out = {POOL: real[POOL].cpu(), "labels": real[LABEL].cpu().long()}
-    if trainer.is_global_zero:
-        store_reference(key, cache_dir, out[POOL], out["labels"])
+        what = f"reference features of {split} (cached for later runs)"
+        real = gather(trainer, image_metrics, n, real_chunk, batch, progress, what)
+        out = {POOL: real[POOL].cpu(), "labels": real[LABEL].cpu().long()}
+        if trainer.is_global_zero:
+            store_reference(key, cache_dir, out[POOL], out["labels"])
     return out, n

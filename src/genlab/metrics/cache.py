@@ -4,13 +4,14 @@ import hashlib
 import json
 import warnings
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from genlab.atomic import atomic_torch_save
+from genlab.atomic import atomic_torch_save, computing
 from genlab.errors import GenlabWarning
 
 CACHE_VERSION = 2  # 2: labels stored beside the features (iFID), backbone in the key
@@ -19,6 +20,11 @@ CACHE_VERSION = 2  # 2: labels stored beside the features (iFID), backbone in th
 def _reference_path(key: dict[str, Any], cache_dir: str | Path) -> tuple[Path, str]:
     text = json.dumps({**key, "genlab_cache_version": CACHE_VERSION}, sort_keys=True)
     return Path(cache_dir) / f"ref-{hashlib.sha256(text.encode()).hexdigest()[:32]}.pt", text
+
+
+def reference_lock(key: dict[str, Any], cache_dir: str | Path) -> AbstractContextManager[None]:
+    """Hold while looking up and computing `key`'s entry: concurrent jobs compute it once."""
+    return computing(_reference_path(key, cache_dir)[0])
 
 
 def load_reference_entry(key: dict[str, Any], cache_dir: str | Path) -> dict[str, Tensor] | None:
@@ -75,8 +81,9 @@ def reference_features(
             type, fp32 precision settings).
         compute: returns the (N, D) features when the cache has none.
     """
-    pool = load_reference(key, cache_dir)
-    if pool is None:
-        pool = compute().detach().double().cpu()  # (N, D)
-        store_reference(key, cache_dir, pool)
+    with reference_lock(key, cache_dir):  # a job that computes it meanwhile is waited for
+        pool = load_reference(key, cache_dir)
+        if pool is None:
+            pool = compute().detach().double().cpu()  # (N, D)
+            store_reference(key, cache_dir, pool)
     return pool

@@ -13,6 +13,7 @@ records it. Features are the 128 ReLU activations before the last layer.
 import hashlib
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genlab.atomic import atomic_torch_save
+from genlab.atomic import atomic_torch_save, computing
 from genlab.console import track
-from genlab.errors import GenlabError
+from genlab.errors import GenlabError, GenlabWarning
 from genlab.metrics.features import LazyNetwork
 
 FEATURES = 128
@@ -119,9 +120,11 @@ class FashionClassifier:
         if weights and not self.path.is_file():
             raise GenlabError(f"metrics.classifier_weights={weights}: no such file")
         self.net = ClassifierNet(width)
-        stored = self.load(text if not weights else None)
-        if stored is None:
-            stored = self.train(text)
+        if weights:
+            stored = self.load(None)
+        else:
+            with computing(self.path):  # sweep jobs train it once; the others wait, then read it
+                stored = self.load(text) or self.train(text)
         self.test_accuracy: float = stored["test_accuracy"]
         if self.test_accuracy < min_accuracy:
             raise GenlabError(
@@ -149,6 +152,11 @@ class FashionClassifier:
                 raise GenlabError(
                     f"metrics.classifier_weights={self.path}: not a classifier file ({e})"
                 ) from None
+            warnings.warn(  # a half-written or garbage cache file is retrained, and said so
+                f"{self.path}: unreadable classifier cache ({type(e).__name__}); retraining",
+                GenlabWarning,
+                stacklevel=2,
+            )
             return None
         return stored
 

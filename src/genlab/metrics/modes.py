@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genlab.atomic import atomic_torch_save
+from genlab.atomic import atomic_torch_save, computing
 from genlab.console import track
 from genlab.errors import GenlabError, GenlabWarning
 
@@ -201,9 +201,8 @@ class ModeClassifier:
         self.path = Path(cache_dir).expanduser() / f"modes-classifier-{digest}.pt"
         self.device = torch.device("cpu")
         self.net = DigitEnsemble(width, members)
-        stored = self.load(text)
-        if stored is None:
-            stored = self.train(text)
+        with computing(self.path):  # sweep jobs train it once; the others wait, then read it
+            stored = self.load(text) or self.train(text)
         self.reads = stored["reads"]  # (10, per_class): what each held-out digit reads as
         self.accuracy = stored["accuracy"]
         self.bounds = misread_bounds(self.reads)
@@ -221,7 +220,12 @@ class ModeClassifier:
             if stored["settings"] != text:
                 return None
             self.net.load_state_dict(stored["state_dict"])
-        except Exception:  # a damaged cache file is retrained
+        except Exception as e:  # a half-written or garbage cache file is retrained, and said so
+            warnings.warn(
+                f"{self.path}: unreadable classifier cache ({type(e).__name__}); retraining",
+                GenlabWarning,
+                stacklevel=2,
+            )
             return None
         return stored
 
