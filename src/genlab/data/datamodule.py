@@ -4,6 +4,7 @@ Every item is ``(image, label)``: a float image in [-1, 1] of shape (C, H, W) an
 label (0 for unlabeled sources, whose ``num_classes`` is 0).
 """
 
+import hashlib
 from pathlib import Path
 from typing import Literal
 
@@ -14,6 +15,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
 import genlab.data.sources as sources
+from genlab.data.archives import HFImages, ZipImages, hf_split, load_hf, zip_index
 from genlab.data.datasets import Binarized, Mirrored, PILImages, TensorImages, collate
 from genlab.data.loading import EpochShuffle, ResumableLoader
 from genlab.data.prepared import MANIFEST, PreparedImages, check_array, manifest_hash, read_manifest
@@ -49,7 +51,14 @@ class ImageDataModule(pl.LightningDataModule):
         pin_memory: None means True when CUDA is available.
         drop_last: drop the last incomplete training batch.
         path: ``source=prepared``: the directory genlab-prepare wrote (manifest.json, SPLIT.npy);
-            ``image_size`` and ``channels`` must match its manifest.
+            ``image_size`` and ``channels`` must match its manifest. ``source=zip``: a StyleGAN
+            dataset zip. ``source=hf``: a ``save_to_disk`` directory, parquet file(s) (a file, a
+            glob or a directory) or a Hub id already in the local cache.
+        image_column: ``source=hf``: the column of Image features.
+        label_column: ``source=hf``: the column of class ids (ClassLabel or integers); None for
+            unlabelled.
+        split: ``source=hf``: the split trained on when data.path holds a DatasetDict; its
+            ``test`` split (when another is trained on) is the official test split.
     """
 
     def __init__(
@@ -73,6 +82,9 @@ class ImageDataModule(pl.LightningDataModule):
         pin_memory: bool | None = None,
         drop_last: bool = True,
         path: str | None = None,
+        image_column: str = "image",
+        label_column: str | None = "label",
+        split: str = "train",
     ):
         super().__init__()
         if source not in SOURCES:
@@ -124,6 +136,10 @@ class ImageDataModule(pl.LightningDataModule):
         self.drop_last = drop_last
         self.path = Path(path).expanduser() if path is not None else None
         self.manifest = self.check_prepared() if source == "prepared" else None
+        self.image_column, self.label_column, self.split = image_column, label_column, split
+        self.class_names: list[str] | None = None  # hf ClassLabel names
+        self.archive: dict[str, Dataset] = {}  # zip / hf: the splits (no image decoded yet)
+        archive_classes = self.check_archive() if source in ("zip", "hf") else None
         # the run's seed (genlab-train seeds everything before building this): shuffling and
         # worker seeds are a function of it and the epoch, never of the global RNG's position
         self.shuffle_seed = torch.initial_seed()
@@ -133,6 +149,8 @@ class ImageDataModule(pl.LightningDataModule):
         )
         if self.manifest is not None:
             self.num_classes = self.manifest["num_classes"]
+        if archive_classes is not None:
+            self.num_classes = archive_classes
         if num_classes is not None and num_classes != self.num_classes:
             raise GenlabError(
                 f"data.num_classes={num_classes} does not match data.source={source}, "
@@ -223,6 +241,8 @@ class ImageDataModule(pl.LightningDataModule):
         """The whole train (or official test) split of the source, before the val split."""
         if self.source == "prepared":
             return self.prepared_split(split)
+        if self.source in ("zip", "hf"):
+            return self.archive[split]
         if self.source == "mnist5k":
             images, labels = sources.mnist5k_raw()
             return self.in_memory(images, labels)
@@ -258,8 +278,13 @@ class ImageDataModule(pl.LightningDataModule):
 
     @property
     def has_test_split(self) -> bool:
-        """True when the source has an official test split (torchvision sets, prepared ones)."""
-        return self.source in TORCHVISION_DIRS or "test" in (self.manifest or {}).get("splits", {})
+        """True when the source has an official test split (torchvision sets, prepared ones, a
+        Hugging Face DatasetDict's ``test``)."""
+        return (
+            self.source in TORCHVISION_DIRS
+            or "test" in (self.manifest or {}).get("splits", {})
+            or "test" in self.archive
+        )
 
     def load_test(self) -> Dataset:
         """The official test split, or the val split for sources without one."""
@@ -314,3 +339,39 @@ class ImageDataModule(pl.LightningDataModule):
         """One split of data.path, memory-mapped."""
         labels = torch.from_numpy(np.load(self.path / f"{split}_labels.npy", allow_pickle=False))
         return PreparedImages(self.path / f"{split}.npy", labels)
+
+    def check_archive(self) -> int:
+        """Index data.path (zip: names, labels, extents; hf: splits, columns); the class count.
+
+        Cheap: no image is decoded. A zip member's bytes are CRC-checked when read.
+        """
+        if self.path is None:
+            raise GenlabError(f"data.source={self.source} needs data.path")
+        size, channels = self.image_size, self.channels
+        if self.source == "zip":
+            names, labels, self.content_sha256 = zip_index(self.path)
+            self.archive["train"] = ZipImages(self.path, names, labels, size, channels)
+            self.root = self.path  # the cache key's location; content_sha256 is its content
+            return 0 if labels is None else int(labels.max()) + 1
+        for key, value in (("image_column", self.image_column), ("split", self.split)):
+            check_type(f"data.{key}", value, (str,))
+        check_type("data.label_column", self.label_column, (str, type(None)))
+        spec = str(self.path)
+        data = load_hf(spec)
+        test = hasattr(data, "keys") and "test" in data and self.split != "test"  # a DatasetDict
+        splits = [self.split] + (["test"] if test else [])
+        fingerprints, counts = [], []
+        for split in splits:
+            table, labels, names = hf_split(data, spec, split, self.image_column, self.label_column)
+            n = 0 if labels is None else int(labels.max()) + 1 if len(labels) else 0
+            counts.append(len(names) if names is not None else n)
+            self.class_names = self.class_names or names
+            if labels is None:
+                labels = torch.zeros(len(table), dtype=torch.long)
+            self.archive["train" if split == self.split else "test"] = HFImages(
+                table, self.image_column, labels, size, channels, f"data.path={spec}"
+            )
+            fingerprints.append(getattr(table, "_fingerprint", "") or "")
+        self.root = self.path
+        self.content_sha256 = hashlib.sha256("\t".join(fingerprints).encode()).hexdigest()
+        return max(counts)
