@@ -191,6 +191,9 @@ def check_export(cfg: DictConfig) -> None:
         raise GenlabError(f"push_to={repo}: not a Hub repo id (org/name)")
 
 
+PREPARE_FORMATS = ("npy", "zip", "litdata")  # genlab-prepare's outputs
+
+
 def check_prepare(cfg: DictConfig) -> None:
     """genlab-prepare's values: a source that needs preparing, workers and chunk size."""
     if cfg.get("data") is None:
@@ -202,3 +205,12 @@ def check_prepare(cfg: DictConfig) -> None:
         raise GenlabError("data=prepared is prepared already; choose its source (data=folder ...)")
     if cfg.num_workers < 0 or cfg.chunk < 1:
         raise GenlabError(f"num_workers={cfg.num_workers} must be >= 0 and chunk={cfg.chunk} >= 1")
+    fmt = cfg.get("format", "npy")
+    if fmt not in PREPARE_FORMATS:
+        raise GenlabError(f"format={fmt} is unknown; choose one of {', '.join(PREPARE_FORMATS)}")
+    if fmt == "zip" and not str(cfg.out).endswith(".zip"):
+        raise GenlabError(f"out={cfg.out}: format=zip writes one zip file; name it out=NAME.zip")
+    if "://" in str(cfg.out) and fmt != "litdata":
+        raise GenlabError(f"out={cfg.out}: only format=litdata writes to a URL")
+    if cfg.get("storage_options") and fmt != "litdata":
+        raise GenlabError("storage_options are for format=litdata's s3:// outputs only")
