@@ -1,6 +1,9 @@
 """The faults a cluster throws (issue 24): a rank that dies or hangs, sweep jobs sharing a
 cache, a full disk, stale or half-written inputs, and a SLURM preemption cycle."""
 
+import errno
+import io
+import json
 import os
 import subprocess
 import sys
@@ -9,9 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from genlab.errors import GenlabWarning
+from genlab.atomic import atomic_torch_save, atomic_write
+from genlab.errors import GenlabError, GenlabWarning
 from genlab.metrics.cache import load_reference_entry, reference_features, store_reference
+from tests.conftest import TINY, cli_env, load_ckpt, train_checkpoint
 
+ENOSPC = os.strerror(errno.ENOSPC)
 FASHION = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
 
 # ---------------------------------------------------------------------------------------------
@@ -127,3 +133,110 @@ def test_a_half_written_classifier_cache_is_named_and_retrained(tmp_path):
         m.MIN_ACCURACY = floor
     assert torch.equal(again.reads, first.reads)
     assert [p.name for p in tmp_path.iterdir()] == [first.path.name]
+
+
+# ---------------------------------------------------------------------------------------------
+# A full disk: ENOSPC injected into the door's own process, at the fsync of matching writes.
+
+# os.fsync raises ENOSPC for a temp file of a target named like PATTERN from its N+1-th write
+# on (atomic_write's temp files are ".NAME.XXXX.tmp"); the door then runs as a user runs it.
+FULL_DISK = """
+import errno, fnmatch, os, sys
+pattern, allowed, door, *args = sys.argv[1:]
+fsync, seen = os.fsync, []
+def full(fd):
+    name = os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))
+    target = name[1:].rsplit(".", 2)[0] if name.endswith(".tmp") else name
+    if fnmatch.fnmatch(target, pattern):
+        seen.append(target)
+        if len(seen) > int(allowed):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return fsync(fd)
+os.fsync = full
+sys.argv = [door, *args]
+from importlib import import_module
+import_module(f"genlab.cli.{door.removeprefix('genlab-')}").main()
+"""
+
+
+def full_disk_door(tmp_path: Path, pattern: str, allowed: int, door: str, *args: str):
+    """Run ``door`` with the disk full for the writes of files named ``pattern`` after
+    ``allowed`` of them succeeded; returns the CompletedProcess."""
+    return subprocess.run(
+        [sys.executable, "-c", FULL_DISK, pattern, str(allowed), door, *args],
+        cwd=tmp_path, env=cli_env(tmp_path), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def one_error_line(proc: subprocess.CompletedProcess, door: str) -> str:
+    """The door's one error line: exit 2, no traceback, the last line of stderr."""
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"{door}: error: "), proc.stderr[-3000:]
+    return line
+
+
+# (files that fail, how many of them are written first, the file named, what is left there)
+FULL = {
+    # epoch 0's last.ckpt is written, epoch 1's is not: the run stops, epoch 0's is intact
+    "last": ("last.ckpt", 1, "last.ckpt", "the previous file is intact"),
+    # every epoch's best kept (save_top_k=-1): epoch 1's cannot be written, epoch 0's stays
+    "best": ("best-*", 1, "best-epoch001.ckpt", "nothing was written there"),
+}
+
+
+@pytest.mark.parametrize("case", list(FULL))
+def test_a_full_disk_at_a_checkpoint_stops_the_run_in_one_line(case, tmp_path):
+    pattern, allowed, named, left = FULL[case]
+    run = tmp_path / "run"
+    proc = full_disk_door(
+        tmp_path, pattern, allowed, "genlab-train", *TINY, "data=synthetic",
+        "trainer.max_epochs=3", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+        "callbacks.model_checkpoint.save_top_k=-1", "callbacks.progress_bar=null",
+        f"hydra.run.dir={run}",
+    )  # fmt: skip
+    line = one_error_line(proc, "genlab-train")
+    path = run / "checkpoints" / named
+    assert line == f"genlab-train: error: {path}: cannot write (No space left on device); {left}"
+    files = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert files == ["best-epoch000.ckpt", "last.ckpt"]  # no temp file, nothing half-written
+    # the good files load: epoch 0's best, and last.ckpt of epoch 0 (or 1: it is written before
+    # the best, as Lightning runs ModelCheckpoint after the other callbacks)
+    epochs = [load_ckpt(run / "checkpoints" / name)["epoch"] for name in files]
+    assert epochs == [0, 0 if case == "last" else 1]
+
+
+def test_a_full_disk_at_metrics_json_stops_eval_in_one_line(tmp_path):
+    ckpt = train_checkpoint(tmp_path, "vae", "model=vae", "data=synthetic")
+    out = tmp_path / "eval"
+    args = [f"ckpt_path={ckpt}", "metrics=none", f"hydra.run.dir={out}"]
+    out.mkdir()
+    (out / "metrics.json").write_text(json.dumps(written := {"metrics": {"val/elbo": 1.0}}))
+    line = one_error_line(full_disk_door(tmp_path, "metrics.json", 0, "genlab-eval", *args),
+                          "genlab-eval")  # fmt: skip
+    left = "the previous file is intact"
+    assert line == f"genlab-eval: error: {out / 'metrics.json'}: cannot write ({ENOSPC}); {left}"
+    assert json.loads((out / "metrics.json").read_text()) == written
+    assert not list(out.glob(".metrics.json.*"))
+
+
+def test_a_full_disk_inside_torch_save_is_found_in_its_error(tmp_path):
+    """torch.save reports its writer's OSError as a RuntimeError; the one line still says why."""
+    path = tmp_path / "x.pt"
+    atomic_torch_save({"w": torch.zeros(3)}, path)
+
+    class Full(io.RawIOBase):
+        def writable(self) -> bool:
+            return True
+
+        def write(self, b) -> int:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def save(f) -> None:
+        torch.save({"w": torch.ones(1 << 16)}, Full())
+
+    with pytest.raises(GenlabError) as e:
+        atomic_write(path, save)
+    assert str(e.value) == f"{path}: cannot write ({ENOSPC}); the previous file is intact"
+    assert torch.equal(load_ckpt(path)["w"], torch.zeros(3)) and len(list(tmp_path.iterdir())) == 1
