@@ -3,6 +3,7 @@
     python experiments/benchmarks/run.py            # the full run, ~10-15 min on 2 CPU cores
     python experiments/benchmarks/run.py --quick    # tiny sizes, checks that everything runs
     python experiments/benchmarks/run.py --out DIR --work DIR --keep
+    python experiments/benchmarks/run.py --only prepared   # rerun section 3b into results.*
 
 Everything runs as a user runs it: genlab-train, genlab-eval and torch-fidelity's ``fidelity`` as
 subprocesses, each timed from the outside (wall clock, peak RSS); genlab-train also gets the
@@ -88,7 +89,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, help="run directories (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep --work (default: delete it)")
     parser.add_argument(
-        "--only", choices=["startup"], help="run one section; replace it in --out's results"
+        "--only",
+        choices=["startup", "prepared"],
+        help="run one section (6, or 3b); replace it in --out's results",
     )
     args = parser.parse_args()
     mode = "quick" if args.quick else "full"
@@ -106,6 +109,11 @@ def main() -> None:
         if args.only == "startup":
             print("6. start-up", flush=True)
             results["startup"] = bench_startup(size, work)
+            write_results(results, args, t0, partial=True)
+            return
+        if args.only == "prepared":
+            print("3b. data sources", flush=True)
+            results["prepared"] = bench_prepared(size, work)
             write_results(results, args, t0, partial=True)
             return
         print("1. training overhead", flush=True)
