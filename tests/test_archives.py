@@ -483,8 +483,7 @@ def test_cli_bad_zip_is_one_line_exit_2(run_cli, tmp_path):
                      "zip file (File is not a zip file)"]  # fmt: skip
 
 
-@pytest.mark.slow  # two tiny in-process runs each: ~30 s
-@pytest.mark.parametrize("kind", ["zip", "hf"])
+@pytest.mark.parametrize("kind", ["zip", "hf"])  # three tiny in-process runs: 6-8 s each
 def test_sigterm_mid_epoch_then_auto_resume_is_bit_exact(kind, tmp_path, caplog):
     """As tests/test_reliability.py's test of the same name, over data=zip and data=hf."""
     from genlab.training import train

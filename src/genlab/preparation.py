@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from genlab import __version__
@@ -351,8 +351,9 @@ def prepare_litdata(cfg: DictConfig, dm: Any, manifest: dict) -> str:
             images[start : start + len(pixels)] = pixels
             start += len(pixels)
         labels = labels_of(dataset).numpy().astype(np.int64)
-        storage = dict(cfg.get("storage_options") or {})
+        options = cfg.get("storage_options")
+        storage = OmegaConf.to_container(options, resolve=True) if options else {}
         write_litdata(images, labels, f"{out}/{split}", manifest, storage, cfg.num_workers)
         print(f"{PROG}: {split}: {info['count']} images at {size} px written to {out}/{split}")
-    print(f"  train on it: data=streaming data.path={out} data.image_size={size}")
+    print(f"  train on it: data=streaming data.path={out}/train data.image_size={size}")
     return out

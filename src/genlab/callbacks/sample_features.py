@@ -31,7 +31,7 @@ def data_key(datamodule: pl.LightningDataModule) -> dict:
         key["root"] = str(Path(getattr(datamodule, "root", "")).expanduser().resolve())
     if key["source"] == "prepared":  # a directory prepared again holds other images
         key["manifest"] = datamodule.manifest_sha256
-    if key["source"] in ("zip", "hf"):  # a zip or dataset written again holds other images
+    if key["source"] in ("zip", "hf", "streaming"):  # written again: other images, same path
         key["content"] = datamodule.content_sha256
     return key
 
