@@ -11,7 +11,9 @@ from typing import Any
 
 REDACTED = "<redacted>"
 # A key (any depth, case-insensitive) or an environment variable name that holds a credential.
-SECRET_NAME = re.compile(r"key|token|secret|password|api", re.IGNORECASE)
+# storage_options (data=streaming, genlab-prepare format=litdata) is hidden whole: object-store
+# keys, session tokens and the endpoint travel in it.
+SECRET_NAME = re.compile(r"key|token|secret|password|api|credential|storage_options", re.IGNORECASE)
 # Keys that match SECRET_NAME but name no credential: digests genlab itself derives.
 HARMLESS = frozenset({"cache_key", "protocol_key", "reference_key"})
 # Shorter environment values ("1", "true") would redact ordinary config values by accident.

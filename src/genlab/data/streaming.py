@@ -1,0 +1,442 @@
+"""data=streaming: LitData's optimised chunks in a directory or on S3, with genlab's manifest.
+
+``write_litdata`` writes one split: LitData's ``chunk-*.bin`` and ``index.json``, then
+``genlab.json`` beside them, last, holding what LitData's index has not: the format name, size,
+channels, count, class count, the source's identity and every chunk's sha256. A split without
+``genlab.json`` reads as not written, so a preparation cut short is never trained on.
+
+``StreamingDataModule`` trains from it with LitData's StreamingDataset and StreamingDataLoader
+(sharded across DDP ranks and workers, shuffled by the run's seed, resumable mid-epoch: Lightning
+checkpoints the loader's ``state_dict``). Each chunk is hashed when this process first reads it
+(after LitData downloaded it) and compared with the manifest: a flipped or truncated chunk stops
+the run in one line naming the file. LitData chunks carry no checksum of their own.
+
+Validation: the first ``round(val_fraction * count)`` items. ``write_litdata`` stores items in a
+seeded permutation of the source order (item ``i`` keeps its source position in ``index``), so
+they are a uniform sample, the same on every rank; training streams the rest.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import litdata.streaming.downloader as litdata_downloader
+import numpy as np
+import torch
+from litdata import StreamingDataLoader, StreamingDataset
+from litdata.streaming.sampler import ChunkedIndex
+from litdata.streaming.writer import BinaryWriter
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from genlab.atomic import atomic_json
+from genlab.data.datamodule import ImageDataModule, Split
+from genlab.data.datasets import collate
+from genlab.data.prepared import file_sha256, manifest_hash
+from genlab.data.transforms import to_float
+from genlab.errors import GenlabError
+
+STREAM_FORMAT = "genlab-litdata/1"
+STREAM_MANIFEST = "genlab.json"  # beside LitData's index.json
+INDEX = "index.json"
+ORDER_SEED = 0
+# LitData GETs chunks through obstore, whose client refuses http:// endpoints unless told (a
+# loopback or on-premises S3 such as MinIO); https endpoints are unaffected by the flag.
+litdata_downloader._OBSTORE_CLIENT_OPTIONS["allow_http"] = True
+# how long a reader waits for a chunk LitData's prefetch thread is downloading
+CHUNK_WAIT_S = 600.0
+
+
+def is_remote(path: str) -> bool:
+    return "://" in path
+
+
+def s3_client(storage_options: Mapping[str, Any] | None) -> Any:
+    """A boto3 S3 client from ``storage_options`` (endpoint_url, keys, region_name, ...)."""
+    import boto3
+
+    return boto3.client("s3", **dict(storage_options or {}))
+
+
+def split_s3(url: str) -> tuple[str, str]:
+    """``s3://bucket/a/b`` -> (bucket, ``a/b``)."""
+    if not url.startswith("s3://"):
+        raise GenlabError(f"{url}: only local directories and s3:// URLs are supported")
+    bucket, _, key = url[len("s3://") :].partition("/")
+    return bucket, key.strip("/")
+
+
+def write_litdata(
+    images: np.ndarray,
+    labels: np.ndarray,
+    out: str,
+    manifest: Mapping[str, Any],
+    storage_options: Mapping[str, Any] | None = None,
+    num_workers: int = 1,
+    chunk_bytes: str | int = "64MB",
+) -> None:
+    """Write one split as LitData chunks plus ``genlab.json`` to ``out`` (a directory or s3://).
+
+    Args:
+        images: uint8 (N, H, W, C); stored raw (a decode-free read; PNG would cost CPU per item).
+        labels: int64 (N,).
+        manifest: what the split was made from (genlab-prepare's manifest); kept under "source".
+        storage_options: boto3 client options for s3:// (endpoint_url, aws_access_key_id, ...).
+        num_workers: parallel uploads to s3://.
+    """
+    images, labels = np.asarray(images), np.asarray(labels)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1] != images.shape[2]:
+        raise GenlabError(f"{out}: images must be uint8 (N, H, H, C), got {images.dtype} "
+                          f"{images.shape}")  # fmt: skip
+    if labels.shape != (len(images),):
+        raise GenlabError(f"{out}: {len(labels)} labels for {len(images)} images")
+    out = out.rstrip("/")
+    remote = is_remote(out)
+    stage_parent = None if remote else Path(out).expanduser().parent
+    if stage_parent is not None:
+        stage_parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".genlab-litdata-", dir=stage_parent))
+    try:
+        # a seeded permutation: the first items (the held-out val split) are a uniform sample
+        order = np.random.default_rng(ORDER_SEED).permutation(len(images))
+        writer = BinaryWriter(str(stage), chunk_bytes=chunk_bytes)
+        for i, j in enumerate(order):
+            writer[i] = {"image": images[j], "label": int(labels[j]), "index": int(j)}
+        writer.done()
+        writer.merge()
+        chunks = sorted(p.name for p in stage.glob("chunk-*.bin"))
+        body = {
+            "format": STREAM_FORMAT,
+            "image_size": int(images.shape[1]),
+            "channels": int(images.shape[3]),
+            "count": len(images),
+            "num_classes": int(manifest.get("num_classes") or 0),
+            "order": f"numpy default_rng({ORDER_SEED}).permutation(count); item field index = "
+            "position in the source",
+            "source": {k: v for k, v in manifest.items() if k not in ("format", "created_utc")},
+            "index_sha256": file_sha256(stage / INDEX),
+            "chunks": {name: file_sha256(stage / name) for name in chunks},
+            "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        }
+        if remote:
+            upload(stage, [*chunks, INDEX], body, out, storage_options, num_workers)
+        else:
+            publish(stage, [*chunks, INDEX], body, Path(out).expanduser())
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def publish(stage: Path, files: list[str], body: dict, out: Path) -> None:
+    """Move staged files into ``out``; the old manifest goes first and the new one comes last."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / STREAM_MANIFEST).unlink(missing_ok=True)
+    for name in files:
+        os.replace(stage / name, out / name)
+    atomic_json(body, out / STREAM_MANIFEST)
+
+
+def upload(
+    stage: Path,
+    files: list[str],
+    body: dict,
+    out: str,
+    storage_options: Mapping[str, Any] | None,
+    num_workers: int,
+) -> None:
+    """Upload staged files to s3://; the old manifest is deleted first, the new one put last."""
+    bucket, prefix = split_s3(out)
+    client = s3_client(storage_options)
+    key = f"{prefix}/{{}}" if prefix else "{}"
+    try:
+        client.delete_object(Bucket=bucket, Key=key.format(STREAM_MANIFEST))
+        with ThreadPoolExecutor(max(1, num_workers)) as pool:
+            list(pool.map(lambda n: client.upload_file(str(stage / n), bucket, key.format(n)),
+                          files))  # fmt: skip
+        client.put_object(Bucket=bucket, Key=key.format(STREAM_MANIFEST),
+                          Body=json.dumps(body, indent=1).encode())  # fmt: skip
+    except Exception as e:  # botocore's errors are long: the one line names the URL
+        raise GenlabError(f"out={out}: cannot write ({type(e).__name__}: {e})") from None
+
+
+def read_stream_manifest(path: str, storage_options: Mapping[str, Any] | None = None) -> dict:
+    """``path``/genlab.json (a directory or s3://), or a one-line GenlabError naming it."""
+    where = f"{path.rstrip('/')}/{STREAM_MANIFEST}"
+    hint = "write it with genlab-prepare format=litdata"
+    if is_remote(path):
+        bucket, prefix = split_s3(path)
+        try:
+            got = s3_client(storage_options).get_object(
+                Bucket=bucket, Key=f"{prefix}/{STREAM_MANIFEST}" if prefix else STREAM_MANIFEST
+            )
+            text = got["Body"].read()
+        except Exception as e:
+            code = getattr(e, "response", {}).get("Error", {}).get("Code", type(e).__name__)
+            if code in ("NoSuchKey", "404"):
+                raise GenlabError(
+                    f"data.path={path}: no {STREAM_MANIFEST} there ({hint})"
+                ) from None
+            raise GenlabError(f"data.path={path}: cannot read {where} ({code}: {e}); check "
+                              "data.storage_options") from None  # fmt: skip
+    else:
+        file = Path(path).expanduser() / STREAM_MANIFEST
+        if not file.is_file():
+            raise GenlabError(f"data.path={path}: no {STREAM_MANIFEST} there ({hint})")
+        text = file.read_bytes()
+    try:
+        manifest = json.loads(text)
+    except ValueError as e:
+        raise GenlabError(f"{where}: not a readable manifest ({e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != STREAM_FORMAT:
+        raise GenlabError(f"{where}: not a genlab-prepare format=litdata manifest")
+    return manifest
+
+
+class VerifiedStream(StreamingDataset):
+    """A StreamingDataset whose items are ``(image, label)`` in genlab's contract, each chunk
+    checked against the manifest's sha256 before the first item is read from it.
+
+    Items: float (C, H, W) in [-1, 1] and a 0-dim long label. Chunks are hashed once per
+    process and per file on disk (a chunk LitData evicted and downloaded again is hashed again).
+    """
+
+    def __init__(self, *args: Any, chunk_sha256: dict[str, str], where: str, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.chunk_sha256, self.where = chunk_sha256, where
+        self.verified: set[tuple[int, int, int]] = set()
+
+    def __getitem__(self, index: ChunkedIndex | int) -> tuple[Tensor, Tensor]:
+        if self.cache is None:
+            from litdata.utilities.env import _WorkerEnv
+
+            self.worker_env = _WorkerEnv.detect()
+            self.cache = self._create_cache(worker_env=self.worker_env)
+            self.shuffler = self._create_shuffler(self.cache)
+        if isinstance(index, int):  # random access (validation, reference images)
+            index = ChunkedIndex(*self.cache._get_chunk_index_from_index(index))
+            self.on_demand_bytes = False  # whole chunks, so each can be hashed
+        self.verify(index.chunk_index)
+        item = super().__getitem__(index)
+        image = torch.from_numpy(np.ascontiguousarray(item["image"]))  # (H, W, C) uint8
+        return to_float(image.permute(2, 0, 1)), torch.tensor(item["label"], dtype=torch.long)
+
+    def verify(self, chunk_index: int) -> None:
+        """Hash chunk ``chunk_index`` on disk if this process has not yet: a mismatch stops."""
+        config = self.cache._reader.config
+        path = config[ChunkedIndex(index=-1, chunk_index=chunk_index)][0]
+        name = os.path.basename(path)
+        if not os.path.exists(path):
+            # fetch it now, not in LitData's reader: a truncated chunk would never count as
+            # downloaded there, and the read would wait for it instead of failing
+            config.download_chunk_from_index(chunk_index, skip_lock=True)
+            deadline = time.monotonic() + CHUNK_WAIT_S
+            while not os.path.exists(path):  # LitData's prefetch thread holds its lock
+                if time.monotonic() > deadline:
+                    raise GenlabError(f"data.path={self.where}: {name} did not arrive in "
+                                      f"{CHUNK_WAIT_S:.0f} s")  # fmt: skip
+                time.sleep(0.01)
+        stat = os.stat(path)
+        key = (chunk_index, stat.st_ino, stat.st_mtime_ns)
+        if key in self.verified:
+            return
+        expected = self.chunk_sha256.get(name)
+        if expected is None:
+            raise GenlabError(f"{self.where}/{name}: not in {STREAM_MANIFEST}; prepare it again")
+        if file_sha256(Path(path)) != expected:
+            if path != os.path.join(self.where, name):
+                os.remove(path)  # a cached copy: the next run downloads it afresh
+            raise GenlabError(
+                f"{self.where}/{name}: corrupt chunk (sha256 differs from {STREAM_MANIFEST}); "
+                "prepare the dataset again"
+            )
+        self.verified.add(key)
+
+
+class StreamImages(Dataset):
+    """Items ``start .. stop - 1`` of a VerifiedStream in stored order, map-style: validation
+    and the metrics' real images, the same on every rank."""
+
+    def __init__(self, stream: VerifiedStream, start: int, stop: int) -> None:
+        self.stream, self.start, self.stop = stream, start, stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return self.stream[self.start + i]
+
+
+class ResumableStreamingLoader(StreamingDataLoader):
+    """LitData's loader, whose restored position applies to one epoch only.
+
+    LitData keeps ``restore`` set until a restored epoch runs to its end, so an epoch cut short
+    (``trainer.limit_train_batches``, ``val_check_interval`` stops) would make the next epoch
+    resume from the checkpoint's position again instead of starting afresh.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._restored_epoch_begun = False
+
+    def load_state_dict(self, obj: dict[str, Any]) -> None:
+        super().load_state_dict(obj)
+        self._restored_epoch_begun = False
+
+    def __iter__(self) -> Any:
+        if self.restore and self._restored_epoch_begun:
+            self.restore = False  # the restored epoch ended early: this one starts afresh
+        self._restored_epoch_begun = self.restore
+        return super().__iter__()
+
+
+class StreamingDataModule(ImageDataModule):
+    """``data=streaming``: train from LitData chunks (a directory or s3://) genlab-prepare wrote.
+
+    Args:
+        path: the split's directory or URL (``genlab-prepare format=litdata out=X`` writes
+            ``X/train``); a path holding ``train/`` is read as its ``train`` split.
+        storage_options: boto3 client options (endpoint_url, aws_access_key_id,
+            aws_secret_access_key, region_name); redacted from every logged config.
+        cache_dir: where LitData keeps downloaded chunks, shared by runs; each dataset URL gets
+            its own subdirectory. ``max_cache_size`` bounds it: LitData deletes consumed chunks
+            beyond it.
+        val_fraction: the first ``round(val_fraction * count)`` stored items (a seeded uniform
+            sample) are the validation set; training streams the rest. There is no test split:
+            test is the validation set.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        storage_options: Mapping[str, Any] | None = None,
+        cache_dir: str = "~/.cache/genlab/litdata",
+        max_cache_size: str = "25GB",
+        image_size: int = 64,
+        channels: int = 3,
+        num_classes: int | None = None,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        val_fraction: float = 0.05,
+        limit: int | None = None,
+        pin_memory: bool | None = None,
+        drop_last: bool = True,
+        source: str = "streaming",
+        split_seed: int = 0,
+    ) -> None:
+        if source != "streaming":
+            raise GenlabError(f"data.source={source!r}: StreamingDataModule reads streaming")
+        if not isinstance(path, str) or not path:
+            raise GenlabError("data.path: set it to genlab-prepare format=litdata's split (a "
+                              "directory or s3://bucket/prefix/train)")  # fmt: skip
+        super().__init__(
+            source="streaming", image_size=image_size, channels=channels, batch_size=batch_size,
+            num_workers=num_workers, val_fraction=val_fraction, split_seed=split_seed,
+            limit=limit, pin_memory=pin_memory, drop_last=drop_last,
+        )  # fmt: skip
+        if not isinstance(storage_options, (Mapping, type(None))):  # "<redacted>" in a saved config
+            raise GenlabError(f"data.storage_options={storage_options!r} must be a mapping (saved "
+                              "configs hold it redacted: pass it again)")  # fmt: skip
+        self.storage_options = dict(storage_options or {})
+        self.cache_dir = str(Path(cache_dir).expanduser())
+        self.max_cache_size = max_cache_size
+        self.path = self.find_split(path.rstrip("/"))
+        self.manifest = read_stream_manifest(self.path, self.storage_options)
+        for key in ("image_size", "channels"):
+            if self.manifest[key] != getattr(self, key):
+                raise GenlabError(
+                    f"data.{key}={getattr(self, key)} but {self.path}/{STREAM_MANIFEST} says "
+                    f"{self.manifest[key]}; set data.{key}={self.manifest[key]}"
+                )
+        self.num_classes = self.manifest["num_classes"]
+        if num_classes is not None and num_classes != self.num_classes:
+            raise GenlabError(f"data.num_classes={num_classes} but {self.path}/{STREAM_MANIFEST} "
+                              f"says {self.num_classes}")  # fmt: skip
+        # the reference-statistics cache key: the content (chunk hashes), not where it lives
+        self.content_sha256 = self.manifest_sha256 = manifest_hash(self.manifest)
+        self.root = Path("/")  # data_key resolves it; the content hash above names the data
+        count = self.manifest["count"] if limit is None else min(limit, self.manifest["count"])
+        self.n_val = max(1, round(val_fraction * count)) if val_fraction > 0 else 0
+        self.count = count
+        if self.n_val >= count:
+            raise GenlabError(f"data.val_fraction={val_fraction} leaves no training images "
+                              f"out of {count}")  # fmt: skip
+        if drop_last and count - self.n_val < batch_size:
+            raise GenlabError(
+                f"data.batch_size={batch_size} exceeds the {count - self.n_val} training images; "
+                "with data.drop_last=true no batch would remain"
+            )
+
+    def find_split(self, path: str) -> str:
+        """``path`` when it holds a manifest, else ``path/train`` when that does."""
+        try:
+            read_stream_manifest(path, self.storage_options)
+            return path
+        except GenlabError as first:
+            try:
+                read_stream_manifest(f"{path}/train", self.storage_options)
+            except GenlabError:
+                raise first from None
+            return f"{path}/train"
+
+    def stream(self, shuffle: bool) -> VerifiedStream:
+        """A fresh VerifiedStream of the split (built when needed: after DDP has started, so
+        LitData shards it by this process's rank)."""
+        local = not is_remote(self.path)
+        return VerifiedStream(
+            str(Path(self.path).expanduser()) if local else self.path,
+            cache_dir=None if local else self.cache_dir,
+            shuffle=shuffle,
+            drop_last=self.drop_last if shuffle else False,
+            seed=self.shuffle_seed % 2**32,
+            storage_options=self.storage_options,
+            max_cache_size=self.max_cache_size,
+            chunk_sha256=self.manifest["chunks"],
+            where=self.path,
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        """Validation and test read items 0 .. n_val - 1; training streams the others."""
+        if "val" not in self.splits:
+            reader = self.stream(shuffle=False)
+            self.splits["val"] = StreamImages(reader, 0, self.n_val)
+            self.splits["train"] = StreamImages(reader, self.n_val, self.count)
+            self.splits["test"] = self.splits["val"]
+
+    def dataset(self, split: Split) -> Dataset:
+        """Map-style views (validation, metrics' real images): same items on every rank."""
+        self.setup()
+        return self.splits[split]
+
+    @property
+    def has_test_split(self) -> bool:
+        return False
+
+    def known_factors(self) -> None:
+        return None
+
+    def train_dataloader(self) -> DataLoader:
+        """LitData's loader over items n_val .. count - 1: sharded by rank and worker, shuffled
+        by (run seed, epoch), its state checkpointed by Lightning."""
+        train = self.stream(shuffle=True)
+        if self.n_val or self.count < self.manifest["count"]:
+            train = train.subset(slice(self.n_val, self.count))
+        return ResumableStreamingLoader(
+            train,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=False,
+            collate_fn=collate,
+            drop_last=self.drop_last,
+            # torch's loader draws its base seed from the global RNG at each iter() unless given
+            # a generator: a resumed run calls iter() once more than the run it continues
+            generator=torch.Generator().manual_seed(self.shuffle_seed),
+        )

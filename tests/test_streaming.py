@@ -1,0 +1,165 @@
+"""data=streaming: LitData chunks written by genlab-prepare format=litdata, read from a directory
+and from a real S3-compatible server on 127.0.0.1 (moto's, started by tests.s3).
+
+LitData's own behaviour these tests lean on, read in its source (litdata 0.2.76): the
+StreamingDataset shards chunks by rank and worker and shuffles by (seed, epoch); the
+StreamingDataLoader's ``state_dict`` counts the samples handed out, and Lightning's fit loop saves
+and restores it (``_Stateful`` loaders in ``CombinedLoader._state_dicts``).
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from genlab.callbacks.sample_features import data_key
+from genlab.data.sources import synthetic_images
+from genlab.data.streaming import STREAM_MANIFEST, StreamingDataModule, write_litdata
+from genlab.errors import GenlabError
+from genlab.redact import redact
+from genlab.training import train
+from tests.conftest import TINY, compose_train, load_ckpt
+from tests.s3 import s3_server  # noqa: F401  (the module's loopback S3 server fixture)
+from tests.test_reliability import _same_training_state, _signal_at, same_csv
+
+# data=synthetic's images (2048 blobs, 4 classes, 32 px grey), written once to the server
+SIZE, CHANNELS, CLASSES = 32, 1, 4
+STREAM = [f"data.image_size={SIZE}", f"data.channels={CHANNELS}", "data.num_workers=0"]
+
+
+def synthetic_hwc(n: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = synthetic_images(n, CLASSES, SIZE, CHANNELS, 0)
+    return images.permute(0, 2, 3, 1).numpy(), labels.numpy()  # (N, H, W, C), (N,)
+
+
+@pytest.fixture(scope="module")
+def s3_data(s3_server) -> str:  # noqa: F811
+    """s3:// URL of the synthetic set's train split, written once for the module."""
+    images, labels = synthetic_hwc()
+    url = f"s3://{s3_server.bucket}/synthetic/train"
+    # small chunks: several per rank, so sharding and chunk checks have something to do
+    write_litdata(images, labels, url, {"source": "synthetic", "num_classes": CLASSES},
+                  s3_server.storage_options, num_workers=2, chunk_bytes="64KB")  # fmt: skip
+    return url
+
+
+def streaming(s3_server, url: str, tmp: Path) -> list[str]:  # noqa: F811
+    """The overrides that train from ``url`` on the loopback server, chunks cached in ``tmp``."""
+    return ["data=streaming", f"data.path={url}", *STREAM, f"data.cache_dir={tmp}/litdata",
+            *s3_server.overrides("data.storage_options")]  # fmt: skip
+
+
+def test_items_round_trip_from_a_directory_and_s3(s3_server, s3_data, tmp_path):  # noqa: F811
+    """Every item comes back as written, in genlab's contract, from a directory and from S3."""
+    images, labels = synthetic_hwc()
+    local = tmp_path / "local" / "train"
+    write_litdata(images[:300], labels[:300], str(local), {"num_classes": CLASSES},
+                  chunk_bytes="64KB")  # fmt: skip
+    manifest = json.loads((local / STREAM_MANIFEST).read_text())
+    assert (manifest["count"], manifest["image_size"], manifest["channels"]) == (300, 32, 1)
+    assert len(manifest["chunks"]) > 1 and manifest["num_classes"] == CLASSES
+    keys = []
+    for path, n, opts in [(str(local.parent), 300, {}),  # a parent with train/ reads train/
+                          (s3_data, 2048, s3_server.storage_options)]:  # fmt: skip
+        dm = StreamingDataModule(path=path, storage_options=opts, image_size=SIZE,
+                                 channels=CHANNELS, cache_dir=str(tmp_path / "cache"),
+                                 val_fraction=0.1, batch_size=16)  # fmt: skip
+        assert dm.num_classes == CLASSES
+        keys.append(data_key(dm))
+        val, train_ = dm.dataset("val"), dm.dataset("train")
+        assert (len(val), len(train_)) == (round(0.1 * n), n - round(0.1 * n))
+        # the stored order is a seeded permutation: item i is source image order[i]
+        order = np.random.default_rng(0).permutation(n)
+        for split, offset in ((val, 0), (train_, len(val))):
+            for i in (0, len(split) - 1):
+                x, y = split[i]
+                assert x.dtype == torch.float32 and x.shape == (CHANNELS, SIZE, SIZE)
+                assert y.dtype == torch.long and y.ndim == 0
+                want = torch.from_numpy(images[order[offset + i]]).permute(2, 0, 1)
+                assert torch.equal(x.add(1).mul(127.5).round().to(torch.uint8), want)
+                assert y.item() == labels[order[offset + i]]
+    # the reference-statistics cache key names the content: the two sets differ, so do the keys
+    assert keys[0]["content"] != keys[1]["content"] and keys[0]["source"] == "streaming"
+    # the validation items are a uniform sample: every class is there
+    assert set(labels[order[:205]].tolist()) == set(range(CLASSES))
+
+
+def test_bad_streaming_input_is_one_line(s3_server, s3_data, tmp_path):  # noqa: F811
+    """A split without its manifest (a write cut short), a size mismatch, a missing bucket."""
+    opts = s3_server.storage_options
+    half = f"s3://{s3_server.bucket}/half/train"
+    s3_server.client().put_object(Bucket=s3_server.bucket, Key="half/train/index.json", Body=b"{}")
+    with pytest.raises(GenlabError, match=f"data.path={half}: no {STREAM_MANIFEST} there"):
+        StreamingDataModule(path=half, storage_options=opts, image_size=SIZE, channels=CHANNELS)
+    with pytest.raises(GenlabError, match="data.image_size=64 but .*genlab.json says 32"):
+        StreamingDataModule(path=s3_data, storage_options=opts, image_size=64, channels=CHANNELS)
+    with pytest.raises(GenlabError, match="data.path=s3://nobucket/x: cannot read"):
+        StreamingDataModule(path="s3://nobucket/x", storage_options=opts, image_size=SIZE)
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_corrupt_chunk_stops_in_one_line_naming_it(damage, s3_server, tmp_path):  # noqa: F811
+    """A chunk whose bytes changed after writing (one byte flipped, or cut short) on S3 stops the
+    first read of it with the chunk's name; a directory is checked the same way. LitData chunks
+    carry no checksum: the sha256 genlab.json records at write time is the check."""
+    images, labels = synthetic_hwc(200)
+    url = f"s3://{s3_server.bucket}/corrupt-{damage}/train"
+    local = tmp_path / "local"
+    for out, opts in ((url, s3_server.storage_options), (str(local), {})):
+        write_litdata(images, labels, out, {"num_classes": CLASSES}, opts, chunk_bytes="64KB")
+    name = "chunk-0-1.bin"
+    data = bytearray((local / name).read_bytes())
+    if damage == "flip":
+        data[len(data) // 2] ^= 0xFF
+    else:
+        data = data[: len(data) // 2]
+    (local / name).write_bytes(bytes(data))
+    key = f"corrupt-{damage}/train/{name}"
+    s3_server.client().put_object(Bucket=s3_server.bucket, Key=key, Body=bytes(data))
+    for path, opts in ((url, s3_server.storage_options), (str(local), {})):
+        dm = StreamingDataModule(path=path, storage_options=opts, image_size=SIZE,
+                                 channels=CHANNELS, cache_dir=str(tmp_path / "cache"),
+                                 val_fraction=0.0, batch_size=8)  # fmt: skip
+        with pytest.raises(GenlabError, match=f"{path}/{name}: corrupt chunk") as e:
+            for _ in dm.train_dataloader():
+                pass
+        assert "\n" not in str(e.value)
+    # the bad copy is not kept in the cache: a later run downloads it afresh
+    assert not list((tmp_path / "cache").rglob(name))
+
+
+def test_storage_options_are_redacted(s3_server, tmp_path):  # noqa: F811
+    """Credentials and endpoint under data.storage_options never reach a logged config."""
+    cfg = compose_train([*TINY, *streaming(s3_server, "s3://b/x/train", tmp_path)], tmp_path)
+    from omegaconf import OmegaConf
+
+    shown = json.dumps(redact(OmegaConf.to_container(cfg, resolve=True), secrets=set()))
+    for value in s3_server.storage_options.values():
+        if value != "us-east-1":
+            assert value not in shown, value
+    assert "storage_options" in shown
+
+
+def test_sigterm_then_auto_resume_streaming_is_bit_exact(s3_server, s3_data, tmp_path):  # noqa: F811
+    """tests/test_reliability.py's SIGTERM -> auto_resume cycle with data=streaming from S3: the
+    loader's state travels in last.ckpt, and the resumed run ends on the same weights,
+    optimizer state and CSV rows as an uninterrupted one."""
+    overrides = [*TINY, *streaming(s3_server, s3_data, tmp_path), "seed=7", "model=gan",
+                 "model.ema_decay=0.9", "model.n_critic=2", "trainer.limit_train_batches=6",
+                 "trainer.max_epochs=3", "callbacks.progress_bar=null"]  # fmt: skip
+    train(compose_train(overrides, tmp_path / "full"))
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit) as stopped:
+        train(compose_train([*overrides, *_signal_at(1, 2)], run))
+    assert stopped.value.code == 143
+    last = run / "checkpoints" / "last.ckpt"
+    saved = load_ckpt(last)
+    assert saved["epoch"] == 1
+    (state,) = saved["loops"]["fit_loop"]["state_dict"]["combined_loader"]
+    assert state["num_samples_yielded"] == 3 * 16  # batches 0..2 of epoch 1
+    train(compose_train([*overrides, "auto_resume=true"], run))
+    full = tmp_path / "full" / "checkpoints" / "last.ckpt"
+    _same_training_state(load_ckpt(full), load_ckpt(last))
+    same_csv(run, tmp_path / "full")
