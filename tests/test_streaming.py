@@ -7,11 +7,15 @@ StreamingDataLoader's ``state_dict`` counts the samples handed out, and Lightnin
 and restores it (``_Stateful`` loaders in ``CombinedLoader._state_dicts``).
 """
 
+import hashlib
 import json
+import signal
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 import torch
 
 from genlab.callbacks.sample_features import data_key
@@ -20,8 +24,9 @@ from genlab.data.streaming import STREAM_MANIFEST, StreamingDataModule, write_li
 from genlab.errors import GenlabError
 from genlab.redact import redact
 from genlab.training import train
-from tests.conftest import TINY, compose_train, load_ckpt
+from tests.conftest import BIN, REPO, TINY, cli_env, compose_train, load_ckpt, ok
 from tests.s3 import s3_server  # noqa: F401  (the module's loopback S3 server fixture)
+from tests.test_multinode import free_port
 from tests.test_reliability import _same_training_state, _signal_at, same_csv
 
 # data=synthetic's images (2048 blobs, 4 classes, 32 px grey), written once to the server
@@ -163,3 +168,96 @@ def test_sigterm_then_auto_resume_streaming_is_bit_exact(s3_server, s3_data, tmp
     full = tmp_path / "full" / "checkpoints" / "last.ckpt"
     _same_training_state(load_ckpt(full), load_ckpt(last))
     same_csv(run, tmp_path / "full")
+
+
+class RecordSamples(pl.Callback):
+    """Write the sha1 of every training image this rank saw to ``dirpath/rank{r}.json``."""
+
+    def __init__(self, dirpath: str) -> None:
+        self.dirpath, self.seen = Path(dirpath), []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        images, labels = batch  # the models' batch contract holds
+        pixels = images.add(1).mul(127.5).round().to(torch.uint8).cpu().numpy()
+        self.seen += [hashlib.sha1(p.tobytes()).hexdigest() for p in pixels]
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        (self.dirpath / f"rank{trainer.global_rank}.json").write_text(json.dumps(self.seen))
+
+
+def test_two_ranks_stream_disjoint_samples_from_s3(s3_server, s3_data, tmp_path):  # noqa: F811
+    """Two genlab-train processes as two nodes (tests/test_multinode.py's launch), both reading
+    the loopback S3 server: each sees the same number of batches and no image the other saw."""
+    common = [
+        *TINY, *streaming(s3_server, s3_data, tmp_path), "model=gan", "trainer=ddp_cpu",
+        "trainer.num_nodes=2", "trainer.devices=1", "trainer.max_epochs=1", "data.val_fraction=0.1",
+        "trainer.limit_train_batches=1.0", "trainer.limit_val_batches=1",
+        "+callbacks.record._target_=tests.test_streaming.RecordSamples",
+        f"+callbacks.record.dirpath={tmp_path}", f"hydra.run.dir={tmp_path}/run",
+    ]  # fmt: skip
+    node_args = {0: [], 1: ["hydra.output_subdir=null", "hydra.job.name=train_node1"]}
+    env = {**cli_env(tmp_path), "PYTHONPATH": str(REPO), "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2"}  # fmt: skip
+    nodes = {
+        rank: subprocess.Popen(
+            [str(BIN / "genlab-train"), *common, *extra],
+            cwd=tmp_path,
+            env={**env, "NODE_RANK": str(rank)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        for rank, extra in node_args.items()
+    }
+    outputs = {rank: p.communicate(timeout=300)[0] for rank, p in nodes.items()}
+    for rank, p in nodes.items():
+        assert p.returncode == 0, f"node {rank}:\n{outputs[rank][-3000:]}"
+    seen = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    # debug=tiny: 256 images, 26 for validation; 230 over 2 ranks in batches of 16: 7 each
+    assert len(seen[0]) == len(seen[1]) == 7 * 16
+    assert len(set(seen[0])) == len(seen[0]) and not set(seen[0]) & set(seen[1])
+    # the images are distinct, so disjoint hashes are disjoint samples
+    dm = StreamingDataModule(path=s3_data, storage_options=s3_server.storage_options,
+                             image_size=SIZE, channels=CHANNELS, limit=256, val_fraction=0.1,
+                             cache_dir=str(tmp_path / "litdata"))  # fmt: skip
+    train_images = {hashlib.sha1(dm.dataset("train")[i][0].add(1).mul(127.5).round()
+                                 .to(torch.uint8).numpy().tobytes()).hexdigest()
+                    for i in range(len(dm.dataset("train")))}  # fmt: skip
+    assert len(train_images) == 230 and set(seen[0]) | set(seen[1]) <= train_images
+
+
+@pytest.mark.slow
+def test_cli_prepare_then_sigkill_resume_streaming_is_bit_exact(s3_server, tmp_path):  # noqa: F811
+    """The CLI as a user runs it: genlab-prepare format=litdata to s3://, then genlab-train
+    data=streaming from it (the default GAN), killed with SIGKILL inside epoch 1 and resumed from
+    its last.ckpt: the same weights, optimizer state and CSV rows as the uninterrupted run
+    (tests/test_reliability.py's SIGKILL test). No logged file holds the storage options."""
+    env = {**cli_env(tmp_path), "PYTHONPATH": str(REPO)}  # the run imports SignalAt
+    opts = "{" + ", ".join(f"{k}: '{v}'" for k, v in s3_server.storage_options.items()) + "}"
+    out = f"s3://{s3_server.bucket}/cli"
+
+    def run(script: str, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(BIN / script), *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=600)  # fmt: skip
+
+    ok(run("genlab-prepare", "data=synthetic", "format=litdata", f"out={out}",
+           f"storage_options={opts}"))  # fmt: skip
+    args = [*TINY, "model=gan", "data=streaming", f"data.path={out}/train", *STREAM,
+            f"data.storage_options={opts}", f"data.cache_dir={tmp_path}/litdata", "seed=7",
+            "trainer.deterministic=true", "trainer.limit_train_batches=10",
+            "trainer.val_check_interval=5", "trainer.max_epochs=2"]  # fmt: skip
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    ok(run("genlab-train", *args, f"hydra.run.dir={full}"))
+    proc = run("genlab-train", *args, f"hydra.run.dir={killed}", *_signal_at(1, 7, "SIGKILL"))
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    last = killed / "checkpoints" / "last.ckpt"
+    position = load_ckpt(last)["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]
+    assert (load_ckpt(last)["epoch"], position["completed"] - 1) == (1, 4)  # after val at 5
+    ok(run("genlab-train", *args, f"hydra.run.dir={killed}", f"ckpt_path={last}"))
+    _same_training_state(load_ckpt(full / "checkpoints" / "last.ckpt"), load_ckpt(last))
+    same_csv(killed, full)
+    logged = [full / "csv" / "hparams.yaml", full / "checkpoints" / "last.ckpt"]
+    for file in logged:
+        text = file.read_bytes()
+        for secret in ("testing-secret-key", "testing-access-key", s3_server.endpoint):
+            assert secret.encode() not in text, (file, secret)
