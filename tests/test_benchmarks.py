@@ -1,15 +1,19 @@
 """The benchmark suite (experiments/benchmarks/run.py) runs end to end in quick mode."""
 
 import json
+import math
+import socket
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 
 from tests.conftest import REPO, cli_env
 
-RUN = REPO / "experiments" / "benchmarks" / "run.py"
+BENCH = REPO / "experiments" / "benchmarks"
+RUN = BENCH / "run.py"
 
 
 def positive(x) -> bool:
@@ -71,6 +75,12 @@ def test_quick_benchmark_writes_every_section(tmp_path: Path) -> None:
     ddp = prep["share"]["ddp2_workers2"]
     assert ddp["processes"] >= 4 and ddp["peak_file_pss_mb"] <= 1.1 * prep["share"]["array_mb"]
     assert "## 3b." in md
+    # ... with issue 24's sources in the same table, and the workers that feed a GPU step
+    assert {x["source"] for x in prep["sources"]["rows"]} == set(SOURCE_ROWS)
+    assert all(positive(x["images_per_s"]) for x in prep["sources"]["rows"])
+    for label in ("`data=zip`", "`data=hf`", "`data=streaming data.path=s3://...`"):
+        assert label in md
+    assert "workers to feed a DCGAN-64 GPU step" in md
     # 4. memory of every process
     procs = [r["eval"]["genlab_cold"], r["eval"]["fidelity"], r["data"]["process"]]
     procs += [
@@ -92,6 +102,66 @@ def test_quick_benchmark_writes_every_section(tmp_path: Path) -> None:
     assert positive(r["startup"]["first_step"]["first_step_s"])
     for heading in ("## 1.", "## 2.", "## 3.", "## 4.", "## 5.", "## 6."):
         assert heading in md
+
+
+# sources.py's rows: each source and the DataLoader worker counts it is read with
+SOURCE_ROWS = {
+    "folder": {0},
+    "zip": {0, 2},
+    "hf": {0, 2},
+    "streaming": {0, 2},
+    "streaming_s3": {0, 2},
+}
+
+
+def test_sources_benchmark_reads_every_source_whole(tmp_path: Path) -> None:
+    """sources.py (section 3b's zip, hf, streaming and loopback-S3 rows) on 80 images."""
+    out = tmp_path / "sources.json"
+    env = cli_env(tmp_path)
+    env["PYTHONPATH"] = str(BENCH)
+    # 80 PNGs, 2 epochs (one timed), 1 model step
+    args = [str(tmp_path / "work"), "80", str(out), "2", "1"]
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "sources.py"), *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    r = json.loads(out.read_text())
+    got: dict[str, set[int]] = {}
+    for x in r["rows"]:
+        got.setdefault(x["source"], set()).add(x["num_workers"])
+        assert x["image_size"] == 64 and positive(x["images_per_s"])
+        # every full batch of the training split each epoch, whatever the workers' sharding
+        assert x["batches_per_epoch"] == x["train_images"] // 64, x
+    assert got == SOURCE_ROWS
+    # each loopback-S3 epoch downloaded the chunks anew: the cache was emptied before each
+    for x in r["rows"]:
+        if x["source"] == "streaming_s3":
+            assert len(x["chunks_evicted"]) == 2 and x["chunks_evicted"][1] >= 1, x
+    # the loopback S3 server the script started on 127.0.0.1 is gone
+    endpoint = urlparse(r["s3_endpoint"])
+    assert endpoint.hostname == "127.0.0.1"
+    with pytest.raises(OSError):
+        socket.create_connection((endpoint.hostname, endpoint.port), timeout=2).close()
+    feed = r["feed"]
+    assert positive(feed["flops_per_image"]) and positive(feed["cpu_images_per_s"])
+    gpu = feed["gpu_tflops"] * 1e12 / feed["flops_per_image"]
+    assert feed["gpu_images_per_s"] == pytest.approx(gpu)
+    # the table's last column: the fewest workers whose images/s reach the GPU's
+    sys.path.insert(0, str(BENCH))
+    try:
+        from report_data import source_rows
+    finally:
+        sys.path.remove(str(BENCH))
+    for row, x in zip(source_rows(r), r["rows"], strict=True):
+        per_worker = x["images_per_s"] / max(1, x["num_workers"])
+        workers = int(row[-1].strip("*"))
+        assert workers * per_worker >= feed["gpu_images_per_s"] > (workers - 1) * per_worker
+        assert math.isclose(float(row[6].replace(",", "")), per_worker, abs_tol=0.5)
 
 
 ZOO = REPO / "experiments" / "benchmarks" / "zoo.py"

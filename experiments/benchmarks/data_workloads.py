@@ -1,9 +1,11 @@
 """The data-loading workloads: ImageDataModule's loaders against the hand-written DCGAN step's
 rate (``workloads.py data``), data=folder against data=prepared (``prepared``), and one epoch over
-a prepared array in one or several processes (``share``), whose memory run.py samples."""
+a prepared array in one or several processes (``share``), whose memory run.py samples; the
+DCGAN-64 step's appetite on this CPU and on a GPU (``feed``, for sources.py)."""
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -14,12 +16,20 @@ from torch import nn
 
 from genlab.config import CONFIG_DIR
 
+# No GPU figure is recorded yet (gpu.sh has not run on one), so the GPU a DCGAN-64 step runs on
+# is an estimate: this many sustained TFLOP/s, a third of an A100's 312 TFLOP/s dense bf16 peak
+# (NVIDIA's datasheet), divided by the step's FLOPs per image counted below.
+GPU_TFLOPS = 100.0
 
-def loader_rate(dm, epochs: int) -> dict:
-    """Iterate the training loader ``epochs`` times; batches/s of each epoch after the first."""
+
+def loader_rate(dm, epochs: int, before_epoch: Callable[[], None] | None = None) -> dict:
+    """Iterate the training loader ``epochs`` times; batches/s of each epoch after the first.
+    ``before_epoch`` runs before each epoch, outside the timing."""
     loader = dm.train_dataloader()
     times, batches = [], 0
     for _ in range(epochs):
+        if before_epoch is not None:
+            before_epoch()
         t0 = time.perf_counter()
         n = sum(1 for _ in loader)
         times.append(time.perf_counter() - t0)
@@ -56,6 +66,34 @@ def model_rate(cfg, steps: int) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
     return steps * cfg.data.batch_size / (time.perf_counter() - t0)
+
+
+def step_flops_per_image(cfg) -> float:
+    """FLOPs per real image of one hand-written DCGAN step at this config's size and batch
+    (G forward, D forward and backward on real and fake, G through a frozen D), by torch's
+    FLOP counter: the same count on any device."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    step = build_gan(cfg, torch.device("cpu"))
+    x = torch.rand(cfg.data.batch_size, cfg.data.channels, cfg.data.image_size, cfg.data.image_size)
+    with FlopCounterMode(display=False) as counter:
+        step(x * 2 - 1)
+    return counter.get_total_flops() / cfg.data.batch_size
+
+
+def feed(model_steps: int) -> dict:
+    """What a DCGAN-64 step consumes (batch 64, RGB): images/s measured on this CPU at its
+    thread setting, and estimated on a GPU sustaining GPU_TFLOPS from the step's FLOPs."""
+    cfg = train_config("model=gan", "data=folder", "data.root=.", "data.image_size=64")
+    flops = step_flops_per_image(cfg)
+    return {
+        "image_size": cfg.data.image_size,
+        "batch_size": cfg.data.batch_size,
+        "flops_per_image": flops,
+        "gpu_tflops": GPU_TFLOPS,
+        "gpu_images_per_s": GPU_TFLOPS * 1e12 / flops,
+        "cpu_images_per_s": model_rate(cfg, model_steps),
+    }
 
 
 def data(root: Path, n_files: int, out: Path, epochs: int = 3, model_steps: int = 5) -> None:

@@ -1,12 +1,22 @@
 """Sections 3, 3b and 5 of results.md: the data loaders against the model, data=prepared against
 data=folder with the shared array's memory, and how a DCGAN step's cost grows."""
 
+import math
+
 from md_tables import fmt, table
 
 LABELS = {
     "mnist5k": "data=mnist5k",
     "folder": "data=folder data.root=DIR",
     "folder_workers0": "data=folder data.root=DIR data.num_workers=0",
+}
+
+SOURCE_LABELS = {
+    "folder": "data=folder",
+    "zip": "data=zip",
+    "hf": "data=hf",
+    "streaming": "data=streaming data.path=DIR",
+    "streaming_s3": "data=streaming data.path=s3://...",
 }
 
 
@@ -55,42 +65,67 @@ def data_section(r: dict) -> str:
     return "".join(out)
 
 
+def loader_row(loader: str, stored: str, x: dict, prepare_s: float | None, gpu: float | None):
+    """One row of 3b's table; the workers that feed ``gpu`` images/s, for 64 px rows."""
+    per_worker = x["images_per_s"] / max(1, x["num_workers"])
+    # a 0-worker loader runs in the training process: one worker's worth of CPU
+    feeders = math.ceil(gpu / per_worker) if gpu and x["image_size"] == 64 else None
+    return [
+        loader,
+        stored,
+        x["image_size"],
+        x["num_workers"],
+        "-" if not prepare_s else fmt(prepare_s, 1),
+        fmt(x["images_per_s"]),
+        fmt(per_worker),
+        "-" if feeders is None else f"**{feeders}**",
+    ]
+
+
+def source_rows(src: dict) -> list[list]:
+    """3b's rows for sources.py's loaders (folder without workers, zip, hf, streaming)."""
+    gpu = src["feed"]["gpu_images_per_s"]
+    return [
+        loader_row(f"`{SOURCE_LABELS[x['source']]}`", x["stored"], x, x["prepare_s"], gpu)
+        for x in src["rows"]
+    ]
+
+
 def prepared_section(r: dict) -> str:
     """Section 3b: data=folder vs data=prepared images/s, and the shared page cache under DDP."""
     p = r.get("prepared")
     if not p:
         return ""
     out = [
-        "## 3b. Prepared datasets: `data=prepared` vs `data=folder`\n\n"
+        "## 3b. Data sources at 64 px: `data=prepared`, `zip`, `hf`, `streaming` vs "
+        "`data=folder`\n\n"
         f"{p['n_files']} RGB images of 128 px (blobs with noise, so files compress as photos "
         "do) as PNG and as JPEG (q=90). `data=folder` decodes and resizes them to 64 px in 2 "
         "workers; `genlab-prepare` decodes them once, and `data=prepared` reads each batch with "
         "one gather from the memory-mapped array, in the training process (0 workers). "
         "Training loader alone, epochs after the first, one torch thread.\n\n"
     ]
+    src = p.get("sources")
+    gpu = src["feed"]["gpu_images_per_s"] if src else None
     rows = [
-        [
-            f"`data=folder` ({kind.upper()})",
-            x["image_size"],
-            x["num_workers"],
-            "-",
-            fmt(x["images_per_s"]),
-            fmt(x["images_per_s"] / max(1, x["num_workers"])),
-        ]
+        loader_row(f"`data=folder` ({kind.upper()})", f"128 px {kind.upper()} files", x, None, gpu)
         for kind, x in p["folder"].items()
     ]
     rows += [
-        [
-            "`data=prepared`",
-            x["image_size"],
-            x["num_workers"],
-            fmt(x["prepare_s"], 1),
-            fmt(x["images_per_s"]),
-            fmt(x["images_per_s"]),
-        ]
+        loader_row("`data=prepared`", "uint8 array (`.npy`)", x, x["prepare_s"], gpu)
         for x in p["prepared"].values()
     ]
-    header = ["loader", "px", "workers", "genlab-prepare s", "images/s", "images/s per worker"]
+    rows += source_rows(src) if src else []
+    header = [
+        "loader",
+        "stored as",
+        "px",
+        "workers",
+        "making it s",
+        "images/s",
+        "images/s per worker",
+        f"workers to feed a DCGAN-64 GPU step ({fmt(gpu)} images/s)",
+    ]
     out.append(table(header, rows))
     ratio = p["ratio_per_worker"]
     out.append(
@@ -99,6 +134,8 @@ def prepared_section(r: dict) -> str:
         f"({p['ratio']['png']:.0f}x and {p['ratio']['jpg']:.0f}x the 2-worker loader); "
         "the prepared row counts the training process as its one worker.\n\n"
     )
+    if src:
+        out.append(sources_text(src, p, r["machine"]["cores"]))
     sh = p.get("share")
     if sh:
         one, ddp = sh["one_process"], sh["ddp2_workers2"]
@@ -135,6 +172,43 @@ def prepared_section(r: dict) -> str:
             "torch and Python.\n\n"
         )
     return "".join(out)
+
+
+def sources_text(src: dict, p: dict, cores: int) -> str:
+    """How issue 24's rows were made, the DCGAN-64 step they feed, and the machine's load."""
+    fed = src["feed"]
+    load = p.get("loadavg") or src["loadavg"]
+    when = f" on {p['date_utc']}" if p.get("date_utc") else ""
+    return (
+        "The rows after `data=prepared` (sources.py) read the same PNGs: `data=folder` with no "
+        f"workers; `genlab-prepare format=zip` at {fed['image_size']} px (StyleGAN's "
+        "dataset_tool.py layout: it resizes once, so `data=zip` decodes 64 px PNGs); a "
+        "`datasets` dataset of the 128 px PNG bytes (`Dataset.from_dict` with an `Image` "
+        "column, `save_to_disk`), read by `data=hf` and resized as `data=folder` is; "
+        "`genlab-prepare format=litdata` chunks (raw uint8 at 64 px, LitData's 64 MB chunks) "
+        "read by `data=streaming` from the directory and from a bucket of moto's S3 server "
+        "(`tests/s3.py`'s, which sources.py starts on 127.0.0.1 and stops), written there by "
+        "`genlab-prepare ... out=s3://...`; LitData's chunk cache is emptied before every S3 "
+        "epoch, so each epoch downloads every chunk, as when a dataset outgrows "
+        "`data.max_cache_size`. Making it s: genlab-prepare (or `save_to_disk`). Per worker = "
+        "images/s / workers; a 0-worker row counts the training process as its worker. The "
+        "2-worker rows share the 2 cores with the training process, and LitData's loader "
+        "starts its workers every epoch (`persistent_workers=False`), the others once.\n\n"
+        f"**Workers to feed a GPU.** A DCGAN-64 step (batch {fed['batch_size']}, RGB) costs "
+        f"{fed['flops_per_image'] / 1e9:.2f} GFLOP per real image (`torch.utils.flop_counter` "
+        "over the hand-written step of hand_loop.py: G forward, D forward and backward on real "
+        "and fake, G forward and backward through D with D's weights frozen, as genlab's step "
+        "does). No GPU figure is recorded yet (gpu.sh has "
+        f"not run on one), so the GPU is an estimate: {fed['gpu_tflops']:.0f} TFLOP/s sustained "
+        "(a third of an A100's 312 TFLOP/s dense bf16 peak, NVIDIA's datasheet) consumes "
+        f"**{fed['gpu_images_per_s']:,.0f} images/s**; workers = ceil(that / images/s per "
+        f"worker), 64 px rows only. On this CPU the same step consumes "
+        f"{fed['cpu_images_per_s']:.0f} images/s at one thread: one worker of any source "
+        "feeds it.\n\n"
+        f"Load: this section ran{when} with a 1-minute load average of {fmt(load[0], 2)} "
+        f"before and {fmt(load[1], 2)} after, on {cores} cores shared with other work: the "
+        "absolute figures move with it, the rows measured back to back compare better.\n\n"
+    )
 
 
 def scaling_section(r: dict) -> str:

@@ -1,9 +1,12 @@
 """Sections 3, 3b and 5 of run.py: the data loaders against the model's rate (workloads.py
-data), data=prepared against data=folder and the memory of a shared prepared array (workloads.py
-prepared, share), and how a DCGAN step's cost grows with batch and image size."""
+data), data=prepared, zip, hf and streaming against data=folder and the memory of a shared
+prepared array (workloads.py prepared, share; sources.py), and how a DCGAN step's cost grows with
+batch and image size."""
 
 import json
+import os
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 from measure import BIN, HERE, MB, run, run_mapped, steady, thread_env, timer_overrides
@@ -28,11 +31,15 @@ def bench_data(size: dict, work: Path) -> dict:
 def bench_prepared(size: dict, work: Path) -> dict:
     """data=folder vs data=prepared images/s; and the memory of a prepared array that 2 DDP
     ranks with 2 workers each map, against one process."""
+    # the machine is shared: the section says how busy it was, and when it ran
+    load = os.getloadavg()[0]
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     out = work / "prepared.json"
     cmd = [sys.executable, HERE / "workloads.py", "prepared", work / "prepared_data"]
     cmd += [str(size["prepared_files"]), out, str(size["prepared_epochs"])]
     proc = run(cmd, work / "prepared.log", thread_env("1"), work)
     result = {**json.loads(out.read_text()), "process": proc}
+    result["sources"] = bench_sources(size, work)
     px, n = size["share_size"], size["share_images"]
     array_dir = work / "share_array"
     prep = [
@@ -53,6 +60,8 @@ def bench_prepared(size: dict, work: Path) -> dict:
         row = run_mapped(cmd, work / f"share_{name}.log", thread_env("1"), work, file)
         share[name] = {"ranks": ranks, "workers": workers, **row, **json.loads(done.read_text())}
     result["share"] = share
+    result["loadavg"] = [load, os.getloadavg()[0]]
+    result["date_utc"] = when
     print(
         f"  prepared: {result['prepared_64_images_per_s']:.0f} img/s at 64 px, "
         f"{result['ratio_per_worker']['png']:.0f}x data=folder PNG per worker; "
@@ -62,6 +71,17 @@ def bench_prepared(size: dict, work: Path) -> dict:
         flush=True,
     )
     return result
+
+
+def bench_sources(size: dict, work: Path) -> dict:
+    """data=zip, hf and streaming (a directory, loopback S3) from the same PNGs as bench_prepared's
+    data=folder (sources.py), and the DCGAN-64 step they would feed."""
+    out = work / "sources.json"
+    cmd = [sys.executable, HERE / "sources.py", work / "prepared_data"]
+    cmd += [str(size["prepared_files"]), out, str(size["prepared_epochs"])]
+    cmd.append(str(size["model_steps"]))
+    proc = run(cmd, work / "sources.log", thread_env("1"), work)
+    return {**json.loads(out.read_text()), "process": proc}
 
 
 def bench_scaling(size: dict, work: Path) -> dict:
