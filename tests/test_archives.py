@@ -279,6 +279,12 @@ def test_prepare_zip_is_what_stylegan_reads(tmp_path, capsys):
     assert torch.equal(fetch(dm.load("train"), [0, 1002]).images, fetch(want, [0, 1002]).images)
     assert "data=zip data.path=" in capsys.readouterr().out
     assert [p.name for p in tmp_path.iterdir()] == ["syn.zip"]  # no temp file left
+    # and a zip prepares to arrays like any source, its content hash in the manifest
+    npy = prepare(prepare_cfg("data=zip", f"data.path={out}", "data.image_size=8",
+                              f"out={tmp_path / 'npy'}"))  # fmt: skip
+    assert np.array_equal(np.load(npy / "train.npy"), images)
+    assert np.array_equal(np.load(npy / "train_labels.npy"), labels)
+    assert read_manifest(npy)["splits"]["train"]["content_sha256"] == dm.content_sha256
 
 
 def test_prepare_zip_unlabelled_and_atomic(tmp_path, monkeypatch):
@@ -436,6 +442,62 @@ def test_hf_bad_inputs_are_one_line(tmp_path):
     with pytest.raises(GenlabError, match="data.path=nobody-here/no-such-set: cannot load") as e:
         hf_dm("nobody-here/no-such-set")
     assert "\n" not in str(e.value)
+
+
+def cache_as_hub_download(tmp_path: Path, data, repo: str) -> Path:
+    """A datasets cache holding ``repo`` as ``load_dataset(repo)`` leaves it after a download.
+
+    The layout ``datasets`` 5's offline Cache builder looks up
+    (``datasets/packaged_modules/cache/cache.py``): CACHE/owner___name/CONFIG/VERSION/HASH/
+    with dataset_info.json (config_name = CONFIG) and NAME-SPLIT.arrow. Built here from a
+    local parquet file by the parquet builder, then moved into place.
+    """
+    import shutil
+
+    import datasets
+
+    owner, name = repo.split("/")
+    data.to_parquet(tmp_path / "hub.parquet")
+    builder = datasets.load_dataset_builder(
+        "parquet", data_files={"train": str(tmp_path / "hub.parquet")}, cache_dir=str(tmp_path)
+    )
+    builder.download_and_prepare()
+    cache = tmp_path / "hf-cache"
+    dest = cache / f"{owner}___{name}" / "default" / "0.0.0" / "0123abcd"
+    shutil.copytree(builder.cache_dir, dest)
+    for arrow in dest.glob("parquet-*.arrow"):
+        arrow.rename(dest / arrow.name.replace("parquet-", f"{name}-"))
+    info = json.loads((dest / "dataset_info.json").read_text())
+    info.update(config_name="default", dataset_name=name)
+    (dest / "dataset_info.json").write_text(json.dumps(info))
+    return cache
+
+
+def test_hf_hub_id_is_read_from_the_local_cache_offline(tmp_path, monkeypatch):
+    import socket
+
+    import datasets
+    import huggingface_hub.constants as hub
+
+    tried = []  # datasets falls back to the cache when the Hub fails: count tries, not failures
+
+    def refuse(*args, **kwargs):
+        tried.append(args)
+        raise OSError("network access attempted")
+
+    train, images = hf_dataset(12)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache_as_hub_download(
+        tmp_path, train, "someone/tiny_set"))  # fmt: skip
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", False)  # as a user's online default
+    dm = hf_dm("someone/tiny_set", val_fraction=0.0, batch_size=4)
+    assert dm.class_names == ["cat", "dog", "emu"] and dm.num_classes == 3
+    assert np.array_equal(as_uint8(fetch(dm.load("train"), list(range(12))).images), images)
+    assert hub.HF_HUB_OFFLINE is False  # offline for the load only
+    with pytest.raises(GenlabError, match="data.path=someone/other_set: cannot load it"):
+        hf_dm("someone/other_set")
+    assert tried == []
 
 
 # ------------------------------------------------------------------- training from the CLI

@@ -14,6 +14,8 @@ import json
 import os
 import zipfile
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -204,19 +206,42 @@ class ZipImages(Dataset):
 # ----------------------------------------------------------------------------- Hugging Face
 
 
-def offline_datasets() -> Any:
-    """The ``datasets`` module with every Hub access off: a Hub id must be in the local cache."""
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+OFFLINE_VARIABLES = ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
+
+
+def import_datasets() -> Any:
+    """The ``datasets`` module, or one line saying how to install it."""
     try:
         import datasets
-        import huggingface_hub.constants as hub
     except ImportError:
         raise GenlabError("data=hf needs the datasets package: pip install 'genlab[hf]'") from None
-    # read at import time: an earlier import (in this process) may have seen them unset
-    datasets.config.HF_HUB_OFFLINE = datasets.config.HF_DATASETS_OFFLINE = True
-    hub.HF_HUB_OFFLINE = True
     return datasets
+
+
+@contextmanager
+def offline() -> Iterator[Any]:
+    """``datasets`` with every Hub access off while the block runs: a Hub id must be cached.
+
+    The variables are read when ``datasets`` and ``huggingface_hub`` are imported, so the
+    imported modules' flags are switched too; all of it is restored afterwards.
+    """
+    saved_env = {k: os.environ.get(k) for k in OFFLINE_VARIABLES}
+    os.environ.update(dict.fromkeys(OFFLINE_VARIABLES, "1"))
+    datasets = import_datasets()
+    import huggingface_hub.constants as hub
+
+    flags = [(datasets.config, "HF_HUB_OFFLINE"), (datasets.config, "HF_DATASETS_OFFLINE"),
+             (hub, "HF_HUB_OFFLINE")]  # fmt: skip
+    saved = [getattr(module, name) for module, name in flags]
+    for module, name in flags:
+        setattr(module, name, True)
+    try:
+        yield datasets
+    finally:
+        for (module, name), value in zip(flags, saved, strict=True):
+            setattr(module, name, value)
+        for key, value in saved_env.items():
+            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
 
 
 def parquet_files(spec: str) -> list[str]:
@@ -231,9 +256,14 @@ def parquet_files(spec: str) -> list[str]:
 
 def load_hf(spec: str) -> Any:
     """``data.path`` as a ``datasets`` Dataset or DatasetDict, without any download."""
-    datasets = offline_datasets()
     path = Path(spec).expanduser()
     saved = any((path / f).is_file() for f in ("state.json", "dataset_dict.json"))
+    with offline() as datasets:
+        return load_offline(datasets, spec, path, saved)
+
+
+def load_offline(datasets: Any, spec: str, path: Path, saved: bool) -> Any:
+    """``load_hf``'s work, inside ``offline()``."""
     try:
         if path.is_dir() and saved:
             return datasets.load_from_disk(str(path))
@@ -301,7 +331,7 @@ def hf_split(
 
     Labels: a ClassLabel feature gives names and count; plain integers count max + 1.
     """
-    datasets = offline_datasets()
+    datasets = import_datasets()
     if isinstance(data, datasets.DatasetDict):
         if split not in data:
             raise GenlabError(f"data.split={split}: data.path={spec} has splits {', '.join(data)}")
