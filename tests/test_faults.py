@@ -1,21 +1,26 @@
 """The faults a cluster throws (issue 24): a rank that dies or hangs, sweep jobs sharing a
 cache, a full disk, stale or half-written inputs, and a SLURM preemption cycle."""
 
+import contextlib
 import errno
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 
 from genlab.atomic import atomic_torch_save, atomic_write
 from genlab.errors import GenlabError, GenlabWarning
 from genlab.metrics.cache import load_reference_entry, reference_features, store_reference
-from tests.conftest import TINY, cli_env, load_ckpt, train_checkpoint
+from tests.conftest import BIN, REPO, TINY, cli_env, load_ckpt, train_checkpoint
+from tests.test_reliability import _same_training_state
 
 ENOSPC = os.strerror(errno.ENOSPC)
 FASHION = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
@@ -240,3 +245,106 @@ def test_a_full_disk_inside_torch_save_is_found_in_its_error(tmp_path):
         atomic_write(path, save)
     assert str(e.value) == f"{path}: cannot write ({ENOSPC}); the previous file is intact"
     assert torch.equal(load_ckpt(path)["w"], torch.zeros(3)) and len(list(tmp_path.iterdir())) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# A rank dies, or hangs, inside an epoch of a 2-rank gloo run.
+
+
+class StopRank(pl.Callback):
+    """Rank ``rank`` sends itself ``signal`` after training batch ``batch`` of epoch ``epoch``,
+    its pid written to ``pidfile`` first (the test ends a stopped rank)."""
+
+    def __init__(self, rank: int, epoch: int, batch: int, signal: str, pidfile: str) -> None:
+        self.rank, self.epoch, self.batch, self.signal = rank, epoch, batch, signal
+        self.pidfile = Path(pidfile)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        at = (trainer.global_rank, trainer.current_epoch, batch_idx)
+        if at == (self.rank, self.epoch, self.batch):
+            self.pidfile.write_text(str(os.getpid()))
+            os.kill(os.getpid(), getattr(signal, self.signal))
+
+
+DDP = [
+    *TINY, "data=synthetic", "trainer=ddp_cpu", "seed=7", "trainer.limit_train_batches=6",
+    "trainer.max_epochs=2", "callbacks.progress_bar=null",
+]  # fmt: skip
+TIMEOUT = 10  # s: trainer.ddp_timeout of the hung-rank run
+
+
+def _ddp_run(tmp_path: Path, run: Path, *more: str) -> subprocess.Popen:
+    """genlab-train with 2 gloo ranks in a session of its own; output to ``run``.out (a pipe
+    would stay open as long as a stopped rank lives)."""
+    env = {**cli_env(tmp_path), "PYTHONPATH": str(REPO)}  # the ranks import StopRank
+    with open(f"{run}.out", "a") as out:
+        return subprocess.Popen(
+            [str(BIN / "genlab-train"), *DDP, f"hydra.run.dir={run}", *more], cwd=tmp_path,
+            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+
+
+def _stop_rank(pidfile: Path, sig: str) -> list[str]:
+    return [f"+callbacks.stop.{k}={v}" for k, v in
+            {"_target_": "tests.test_faults.StopRank", "rank": 1, "epoch": 1, "batch": 2,
+             "signal": sig, "pidfile": pidfile}.items()]  # fmt: skip
+
+
+def _finish(proc: subprocess.Popen, limit: float) -> str:
+    """Wait up to ``limit`` s for a run; a hung one is killed (its whole session) and fails."""
+    try:
+        proc.wait(timeout=limit)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        pytest.fail(f"still running after {limit:.0f} s (hung):\n{_output(proc)[-3000:]}")
+    return _output(proc)
+
+
+def _output(proc: subprocess.Popen) -> str:
+    run = next(a for a in proc.args if a.startswith("hydra.run.dir=")).split("=", 1)[1]
+    return Path(f"{run}.out").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("sig", "timeout"),
+    [("SIGSTOP", TIMEOUT), ("SIGKILL", None)],
+    ids=["hung-rank", "killed-rank"],
+)
+def test_a_rank_that_hangs_or_dies_fails_the_run_in_bounded_time(sig, timeout, tmp_path):
+    """Rank 1 of 2 (gloo) stops answering inside epoch 1: SIGSTOP (as a hung node) or SIGKILL.
+
+    A SIGKILLed peer resets gloo's connection, so the survivor fails at once (01a73ec did too);
+    a stopped one is waited for until the process-group timeout, which ``trainer.ddp_timeout``
+    sets (01a73ec had no key: 30 minutes). Either way last.ckpt is epoch 0's, whole, and
+    ``auto_resume`` (after the hang) ends on the uninterrupted run's weights.
+    """
+    run, pidfile = tmp_path / "run", tmp_path / "rank1.pid"
+    more = [] if timeout is None else [f"trainer.ddp_timeout={timeout}"]
+    proc = _ddp_run(tmp_path, run, *more, *_stop_rank(pidfile, sig))
+    try:
+        out = _finish(proc, 240)
+        stopped_at = pidfile.stat().st_mtime  # old code: never got there (no such key)
+        took = time.time() - stopped_at
+    finally:
+        if pidfile.exists():  # a stopped rank outlives nothing: kill it if the run left it
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pidfile.read_text()), signal.SIGKILL)
+    assert proc.returncode not in (0, None), out[-3000:]
+    # the survivor gave up within the timeout plus a margin for its teardown on 2 busy cores
+    assert took < (timeout or 0) + 30, (took, out[-3000:])
+    if timeout is not None:
+        assert f"Timed out waiting {timeout * 1000}ms" in out, out[-3000:]
+    last = run / "checkpoints" / "last.ckpt"
+    state = load_ckpt(last)
+    assert (state["epoch"], state["global_step"]) == (0, 12)  # epoch 0's end: 6 batches, D + G
+    if timeout is None:
+        return
+    full = tmp_path / "full"
+    full_run = _ddp_run(tmp_path, full)
+    assert full_run.wait(300) == 0, _output(full_run)[-3000:]
+    resumed = _ddp_run(tmp_path, run, "auto_resume=true")
+    out = _finish(resumed, 300)
+    assert resumed.returncode == 0, out[-3000:]
+    _same_training_state(load_ckpt(full / "checkpoints" / "last.ckpt"), load_ckpt(last))

@@ -173,11 +173,25 @@ def check_training(cfg: DictConfig) -> None:
     if model is not None:
         clip, accumulate = trainer.get("gradient_clip_val"), trainer.get("accumulate_grad_batches")
         check_manual_trainer(model, clip, accumulate)
+    check_ddp_timeout(trainer)
     pack, batch = OmegaConf.select(cfg, "model.pack"), OmegaConf.select(cfg, "data.batch_size")
     if isinstance(pack, int) and isinstance(batch, int) and pack > 1 and batch % pack:
         raise GenlabError(
             f"model.pack={pack} does not divide data.batch_size={batch}: "
             "make the batch size a multiple of it"
+        )
+
+
+def check_ddp_timeout(trainer: Any) -> None:
+    """``trainer.ddp_timeout``: null, or seconds > 0 for a DDP strategy (the one that has one)."""
+    timeout, strategy = trainer.get("ddp_timeout"), trainer.get("strategy")
+    if timeout is None:
+        return
+    number = isinstance(timeout, int | float) and not isinstance(timeout, bool)
+    if not number or timeout <= 0 or "ddp" not in str(strategy):
+        raise GenlabError(
+            f"trainer.ddp_timeout={timeout!r} must be seconds > 0 with a DDP strategy "
+            f"(trainer=ddp or trainer=ddp_cpu; this run has trainer.strategy={strategy}), or null"
         )
 
 

@@ -27,7 +27,7 @@ from genlab.metrics import file_sha256
 from genlab.models import posthoc_ema as phema
 from genlab.models.vae import VAE
 from genlab.sampling import latent_sampler, set_truncation
-from genlab.training import flat_config, prepare_wandb
+from genlab.training import flat_config, instantiate_trainer, prepare_wandb
 
 log = logging.getLogger("genlab")
 
@@ -117,7 +117,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         prepare_wandb(cfg)
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     callbacks = [metrics] if metrics is not None else []
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer = instantiate_trainer(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     profiles, reference = posthoc_profiles(cfg, model)  # fails before anything is scored
     scores, posthoc, scored = {}, None, False
     try:

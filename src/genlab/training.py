@@ -4,10 +4,12 @@ Imported by the entry point (``genlab.cli.train``) only once Hydra has composed 
 """
 
 import contextlib
+import inspect
 import logging
 import netrc
 import os
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.plugins.environments import SLURMEnvironment
+from pytorch_lightning.strategies import StrategyRegistry
 from pytorch_lightning.utilities import rank_zero_info
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
@@ -232,6 +235,36 @@ def setup_data_early(cfg: DictConfig, datamodule: pl.LightningDataModule) -> Non
     datamodule.setup("fit")
 
 
+def instantiate_trainer(trainer_cfg: DictConfig, **kwargs: Any) -> pl.Trainer:
+    """The Trainer of a ``trainer`` config; its ``ddp_timeout`` (genlab's key, not Lightning's)
+    becomes the DDP strategy's process-group timeout.
+
+    A rank that hangs (SIGSTOP, a node lost under NCCL) holds the others in their next collective
+    until that timeout, 30 minutes by default; a rank that dies is noticed at once under gloo
+    (connection reset), but not always under NCCL. Set it to fail such a run in minutes.
+    """
+    node = OmegaConf.to_container(trainer_cfg, resolve=True)
+    timeout = node.pop("ddp_timeout", None)
+    if timeout is not None:
+        name = node.get("strategy")
+        entry = (
+            StrategyRegistry[name]
+            if isinstance(name, str) and name in StrategyRegistry
+            else None
+        )
+        takes = entry is not None and "timeout" in inspect.signature(entry["strategy"]).parameters
+        if not takes:
+            raise GenlabError(
+                f"trainer.ddp_timeout={timeout}: trainer.strategy={name} takes no timeout "
+                "(choose trainer=ddp or trainer=ddp_cpu, or trainer.strategy=ddp)"
+            )
+        kwargs["strategy"] = entry["strategy"](
+            **entry["init_params"], timeout=timedelta(seconds=timeout)
+        )
+    # under a `trainer` node again, so a bad value is named by its full key
+    return instantiate(OmegaConf.create({"trainer": node}).trainer, **kwargs)
+
+
 def build(cfg: DictConfig) -> dict[str, Any]:
     """Instantiate datamodule, model, callbacks, loggers and trainer from a composed config."""
     # silent: Lightning's "Seed set" line would come before the errors found while building
@@ -298,7 +331,7 @@ def build(cfg: DictConfig) -> dict[str, Any]:
         plugins.append(GANMixedPrecision("16-mixed", device=device))
         with open_dict(cfg):
             cfg.trainer.precision = None  # the plugin carries it
-    trainer = instantiate(
+    trainer = instantiate_trainer(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins
     )
     rank_zero_info(f"Seed set to {cfg.seed}")
