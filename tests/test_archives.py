@@ -545,6 +545,22 @@ def test_cli_bad_zip_is_one_line_exit_2(run_cli, tmp_path):
                      "zip file (File is not a zip file)"]  # fmt: skip
 
 
+def test_cli_corrupt_member_in_a_worker_is_one_line_exit_2(run_cli, tmp_path):
+    """Found only when a DataLoader worker reads it, mid-training: still one line, exit 2."""
+    path = labelled_zip(tmp_path)
+    with zipfile.ZipFile(path) as zf:
+        name = sorted(zf.namelist())[7]
+    corrupt_member(path, name)
+    proc = run_cli("genlab-train", "model=gan", *TINY, "data=zip", f"data.path={path}",
+                   "data.image_size=32", "data.channels=1", "data.num_workers=1",
+                   "data.val_fraction=0", "trainer.max_epochs=1", "trainer.limit_train_batches=5",
+                   f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"genlab-train: error: data.path={path}: member {name} is corrupt")
+    assert "Traceback" not in proc.stderr
+
+
 @pytest.mark.parametrize("kind", ["zip", "hf"])  # three tiny in-process runs: 6-8 s each
 def test_sigterm_mid_epoch_then_auto_resume_is_bit_exact(kind, tmp_path, caplog):
     """As tests/test_reliability.py's test of the same name, over data=zip and data=hf."""
