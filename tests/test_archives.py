@@ -394,8 +394,11 @@ def hf_dm(path, **kw) -> ImageDataModule:
     return ImageDataModule(**{**args, **kw})
 
 
-def test_hf_save_to_disk_and_parquet_read_the_same(tmp_path):
+def test_hf_save_to_disk_and_parquet_read_the_same(tmp_path, monkeypatch):
     import datasets
+
+    # parquet goes through datasets' builder, which keeps an Arrow copy in its cache
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
 
     train, images = hf_dataset(24)
     test, test_images = hf_dataset(6, seed=1)
