@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -348,3 +349,48 @@ def test_a_rank_that_hangs_or_dies_fails_the_run_in_bounded_time(sig, timeout, t
     out = _finish(resumed, 300)
     assert resumed.returncode == 0, out[-3000:]
     _same_training_state(load_ckpt(full / "checkpoints" / "last.ckpt"), load_ckpt(last))
+
+
+# ---------------------------------------------------------------------------------------------
+# A dataset changed under its prepared manifest
+
+
+def test_arrays_changed_under_a_prepared_manifest_are_refused(tmp_path, monkeypatch):
+    """Same shape, other bytes: the header and size check passes, the recorded sha256 does not.
+    Each file is hashed once per version (the stamp record); an older manifest is taken with a
+    warning. 01a73ec trained on the changed arrays."""
+    import genlab.data.prepared as prepared
+    from genlab.data.datamodule import ImageDataModule
+    from genlab.preparation import prepare
+    from tests.test_prepare import prepare_cfg
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    out = prepare(prepare_cfg("data=synthetic", "data.synthetic_size=64", f"out={tmp_path / 'p'}"))
+    kwargs = dict(source="prepared", path=str(out), image_size=32, channels=1, batch_size=8)
+    hashed = []
+    file_sha256 = prepared.file_sha256
+    monkeypatch.setattr(prepared, "file_sha256", lambda f: hashed.append(f.name) or file_sha256(f))
+    ImageDataModule(**kwargs)
+    assert sorted(hashed) == ["train.npy", "train_labels.npy"]  # its one split
+    hashed.clear()
+    ImageDataModule(**kwargs)  # a later start reads no array whole
+    assert hashed == []
+    train = out / "train.npy"
+    before = train.stat()
+    images = np.load(train)
+    np.save(train, 255 - images)  # same shape and dtype, other pixels
+    os.utime(train, ns=(before.st_atime_ns, before.st_mtime_ns))  # even with its old mtime
+    with pytest.raises(GenlabError) as e:
+        ImageDataModule(**kwargs)
+    assert str(e.value).startswith(f"{train}: its content is not what {out}/manifest.json records")
+    assert "\n" not in str(e.value)
+    np.save(train, images)  # put back: accepted again
+    ImageDataModule(**kwargs)
+    # a manifest of an older genlab-prepare (no hashes): taken, with one warning
+    manifest = json.loads((out / "manifest.json").read_text())
+    for info in manifest["splits"].values():
+        del info["images_sha256"], info["labels_sha256"]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    np.save(train, 255 - images)
+    with pytest.warns(GenlabWarning, match="records no content hashes"):
+        ImageDataModule(**kwargs)

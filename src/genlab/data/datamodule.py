@@ -18,7 +18,14 @@ import genlab.data.sources as sources
 from genlab.data.archives import HFImages, ZipImages, hf_split, load_hf, zip_index
 from genlab.data.datasets import Binarized, Mirrored, PILImages, TensorImages, collate
 from genlab.data.loading import EpochShuffle, ResumableLoader
-from genlab.data.prepared import MANIFEST, PreparedImages, check_array, manifest_hash, read_manifest
+from genlab.data.prepared import (
+    MANIFEST,
+    PreparedImages,
+    check_array,
+    manifest_hash,
+    read_manifest,
+    verify_arrays,
+)
 from genlab.data.sources import NUM_CLASSES, SOURCES, TORCHVISION_DIRS, Source
 from genlab.data.transforms import fit_size, to_channels
 from genlab.errors import GenlabError, check_type
@@ -331,6 +338,7 @@ class ImageDataModule(pl.LightningDataModule):
         for split, info in manifest["splits"].items():
             check_array(self.path / f"{split}.npy", (info["count"], size, size, channels), "uint8")
             check_array(self.path / f"{split}_labels.npy", (info["count"],), "int64")
+        verify_arrays(self.path, manifest)  # same shapes, other content: refused by the hashes
         self.root = self.path  # the cache key's location; manifest_sha256 is its content
         self.manifest_sha256 = manifest_hash(manifest)
         return manifest

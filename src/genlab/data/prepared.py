@@ -3,9 +3,12 @@
 ``genlab.preparation`` writes it; ``data=prepared data.path=DIR`` reads it through here.
 """
 
+import contextlib
 import hashlib
 import json
 import math
+import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +16,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from genlab.atomic import atomic_json
 from genlab.data.datasets import Batch
 from genlab.data.transforms import to_float
-from genlab.errors import GenlabError
+from genlab.errors import GenlabError, GenlabWarning
 
 PREPARED_FORMAT = "genlab-prepared/1"
 MANIFEST = "manifest.json"
@@ -77,6 +81,73 @@ def check_array(file: Path, shape: tuple[int, ...], dtype: str) -> None:
             f"{file}: {size} bytes where {tuple(shape)} {dtype} needs {expected} (truncated); "
             "prepare the dataset again"
         )
+
+
+def verified_stamp(file: Path) -> list:
+    """What identifies one version of ``file``'s bytes without reading them.
+
+    Hashing gigabytes at every start (every rank, every requeue) would cost minutes, so a file
+    is hashed once and its stamp remembered. The change time is in it because no user can set it
+    (a rewrite that keeps size and mtime, ``cp -p`` or ``touch -d``, still moves it) and the inode
+    because a file renamed over this one is another file; a stamp that moved only costs a rehash.
+    """
+    st = os.stat(file)
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def verified_record() -> Path:
+    """The per-user file of arrays already hashed and found as their manifest records."""
+    return (
+        Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser()
+        / "genlab"
+        / "verified-arrays.json"
+    )
+
+
+def verify_arrays(path: Path, manifest: dict, record: Path | None = None) -> None:
+    """Refuse a split array whose bytes are not those the manifest records (its sha256).
+
+    Arrays replaced under a manifest by others of the same shape pass ``check_array``; their
+    content does not. Manifests from before the hashes were recorded are taken with a warning.
+    ``record`` (default ``verified_record()``) keeps the stamps of files already verified, by
+    real path.
+    """
+    record = record or verified_record()
+    try:
+        known = json.loads(record.read_text())
+    except (OSError, ValueError):
+        known = {}  # none yet, or unreadable: hash again and write it anew
+    changed = False
+    for split, info in manifest["splits"].items():
+        for name, key in (
+            (f"{split}.npy", "images_sha256"),
+            (f"{split}_labels.npy", "labels_sha256"),
+        ):
+            want = info.get(key)
+            if want is None:
+                warnings.warn(
+                    f"{path / MANIFEST} records no content hashes (an older genlab-prepare): "
+                    "its arrays are not verified; prepare it again to have them checked",
+                    GenlabWarning,
+                    stacklevel=2,
+                )
+                return
+            file = path / name
+            real, stamp = os.path.realpath(file), verified_stamp(file)
+            if known.get(real) == {"stamp": stamp, "sha256": want}:
+                continue
+            got = file_sha256(file)
+            if got != want:
+                raise GenlabError(
+                    f"{file}: its content is not what {path / MANIFEST} records (sha256 "
+                    f"{got[:12]}, not {want[:12]}): the data changed after genlab-prepare; "
+                    "prepare it again"
+                )
+            known[real], changed = {"stamp": stamp, "sha256": want}, True
+    if changed:
+        # a read-only or full home: verified all the same, only hashed again next time
+        with contextlib.suppress(OSError, GenlabError):
+            atomic_json(known, record)
 
 
 class PreparedImages(Dataset):
