@@ -27,7 +27,12 @@ def test_option_composes(group, option, tmp_path):
     if group == "data" and option == "folder":
         overrides.append(f"data.root={tmp_path}")
     cfg = compose_train(overrides, tmp_path)
-    assert cfg.data._target_ == "genlab.data.ImageDataModule"
+    # data=streaming's module is ImageDataModule's subclass for LitData chunks
+    streaming = (group, option) == ("data", "streaming")
+    target = (
+        "genlab.data.streaming.StreamingDataModule" if streaming else "genlab.data.ImageDataModule"
+    )
+    assert cfg.data._target_ == target
     # every value resolves (interpolations point at keys that exist)
     from omegaconf import OmegaConf
 

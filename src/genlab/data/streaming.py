@@ -80,7 +80,7 @@ def write_litdata(
     manifest: Mapping[str, Any],
     storage_options: Mapping[str, Any] | None = None,
     num_workers: int = 1,
-    chunk_bytes: str | int = "64MB",
+    chunk_bytes: str | int = "16MB",
 ) -> None:
     """Write one split as LitData chunks plus ``genlab.json`` to ``out`` (a directory or s3://).
 
