@@ -20,8 +20,9 @@ import torch
 from genlab.atomic import atomic_torch_save, atomic_write
 from genlab.errors import GenlabError, GenlabWarning
 from genlab.metrics.cache import load_reference_entry, reference_features, store_reference
-from tests.conftest import BIN, REPO, TINY, cli_env, load_ckpt, train_checkpoint
-from tests.test_reliability import _same_training_state
+from genlab.training import train
+from tests.conftest import BIN, REPO, TINY, cli_env, compose_train, load_ckpt, train_checkpoint
+from tests.test_reliability import _same_training_state, _signal_at, same_csv
 
 ENOSPC = os.strerror(errno.ENOSPC)
 FASHION = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
@@ -394,3 +395,58 @@ def test_arrays_changed_under_a_prepared_manifest_are_refused(tmp_path, monkeypa
     np.save(train, 255 - images)
     with pytest.warns(GenlabWarning, match="records no content hashes"):
         ImageDataModule(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# A SLURM preemption cycle, in-process with SLURM's variables and a stand-in scontrol
+
+SLURM = {
+    "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "genlab", "SLURM_NTASKS": "1",
+    "SLURM_NTASKS_PER_NODE": "1", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0",
+    "SLURM_NODELIST": "localhost", "SLURM_RESTART_COUNT": "0",
+}  # fmt: skip
+
+
+def _slurm_data(data: str, tmp_path: Path) -> list[str]:
+    if data == "synthetic":
+        return ["data=synthetic"]
+    from genlab.data.streaming import write_litdata
+    from tests.test_streaming import CLASSES, STREAM, synthetic_hwc
+
+    images, labels = synthetic_hwc(512)
+    write_litdata(images, labels, str(tmp_path / "lit" / "train"), {"num_classes": CLASSES},
+                  chunk_bytes="64KB")  # fmt: skip
+    return ["data=streaming", f"data.path={tmp_path / 'lit'}", *STREAM,
+            f"data.cache_dir={tmp_path / 'litdata'}"]  # fmt: skip
+
+
+@pytest.mark.parametrize("data", ["synthetic", "streaming"])
+def test_a_slurm_preemption_cycle_resumes_to_the_uninterrupted_weights(data, tmp_path, monkeypatch):
+    """SIGUSR1 (``#SBATCH --signal=USR1@90``) after batch 2 of epoch 1: last.ckpt written there,
+    exit 138 (README's signal table), ``scontrol requeue JOB`` run once; the requeued job
+    (SLURM_RESTART_COUNT=1, the same command and directory) ends on the uninterrupted weights."""
+    overrides = [*TINY, *_slurm_data(data, tmp_path), "seed=7", "trainer.limit_train_batches=6",
+                 "trainer.max_epochs=3", "callbacks.progress_bar=null"]  # fmt: skip
+    train(compose_train(overrides, tmp_path / "full"))
+    bin_dir, calls = tmp_path / "bin", tmp_path / "scontrol.calls"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    for k, v in SLURM.items():
+        monkeypatch.setenv(k, v)
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit) as stopped:
+        train(compose_train([*overrides, *_signal_at(1, 2, "SIGUSR1")], run))
+    assert stopped.value.code == 128 + signal.SIGUSR1
+    assert calls.read_text() == "requeue 4242\n"
+    last = run / "checkpoints" / "last.ckpt"
+    saved = load_ckpt(last)
+    position = saved["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["completed"]
+    assert (saved["epoch"], position) == (1, 3)  # batches 0..2 of epoch 1
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # SLURM starts the job again, as it was
+    train(compose_train(overrides, run))
+    full = load_ckpt(tmp_path / "full" / "checkpoints" / "last.ckpt")
+    _same_training_state(full, load_ckpt(last))
+    same_csv(run, tmp_path / "full")
+    assert calls.read_text() == "requeue 4242\n"  # a run that ends is not requeued
