@@ -100,6 +100,8 @@ def test_bad_streaming_input_is_one_line(s3_server, s3_data, tmp_path):  # noqa:
         StreamingDataModule(path=half, storage_options=opts, image_size=SIZE, channels=CHANNELS)
     with pytest.raises(GenlabError, match="data.image_size=64 but .*genlab.json says 32"):
         StreamingDataModule(path=s3_data, storage_options=opts, image_size=64, channels=CHANNELS)
+    with pytest.raises(GenlabError, match="data.storage_options='<redacted>' must be a mapping"):
+        StreamingDataModule(path=s3_data, storage_options="<redacted>", image_size=SIZE)
     with pytest.raises(GenlabError, match="data.path=s3://nobucket/x: cannot read"):
         StreamingDataModule(path="s3://nobucket/x", storage_options=opts, image_size=SIZE)
 
@@ -185,6 +187,7 @@ class RecordSamples(pl.Callback):
         (self.dirpath / f"rank{trainer.global_rank}.json").write_text(json.dumps(self.seen))
 
 
+@pytest.mark.slow
 def test_two_ranks_stream_disjoint_samples_from_s3(s3_server, s3_data, tmp_path):  # noqa: F811
     """Two genlab-train processes as two nodes (tests/test_multinode.py's launch), both reading
     the loopback S3 server: each sees the same number of batches and no image the other saw."""

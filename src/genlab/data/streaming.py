@@ -17,6 +17,7 @@ they are a uniform sample, the same on every rank; training streams the rest.
 """
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -50,6 +51,8 @@ ORDER_SEED = 0
 # LitData GETs chunks through obstore, whose client refuses http:// endpoints unless told (a
 # loopback or on-premises S3 such as MinIO); https endpoints are unaffected by the flag.
 litdata_downloader._OBSTORE_CLIENT_OPTIONS["allow_http"] = True
+# LitData logs its prefetch depth at INFO at every epoch's start: noise in genlab's run log
+logging.getLogger("litdata.streaming.async_prefetch").setLevel(logging.WARNING)
 # how long a reader waits for a chunk LitData's prefetch thread is downloading
 CHUNK_WAIT_S = 600.0
 
