@@ -450,3 +450,18 @@ def test_a_slurm_preemption_cycle_resumes_to_the_uninterrupted_weights(data, tmp
     _same_training_state(full, load_ckpt(last))
     same_csv(run, tmp_path / "full")
     assert calls.read_text() == "requeue 4242\n"  # a run that ends is not requeued
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["trainer=ddp_cpu", "trainer.ddp_timeout=0"], ["trainer=ddp_cpu", "trainer.ddp_timeout=abc"],
+     ["trainer=cpu", "trainer.ddp_timeout=60"]],
+    ids=["zero", "text", "no-ddp"],
+)  # fmt: skip
+def test_a_bad_ddp_timeout_is_one_line_naming_the_key(args, tmp_path):
+    from genlab.config import check_training
+
+    with pytest.raises(GenlabError) as e:
+        check_training(compose_train([*TINY, *args], tmp_path))
+    assert str(e.value).startswith(f"{args[1]} must be seconds > 0 with a DDP strategy")
+    check_training(compose_train([*TINY, "trainer=ddp_cpu", "trainer.ddp_timeout=60"], tmp_path))

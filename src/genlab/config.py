@@ -190,7 +190,7 @@ def check_ddp_timeout(trainer: Any) -> None:
     number = isinstance(timeout, int | float) and not isinstance(timeout, bool)
     if not number or timeout <= 0 or "ddp" not in str(strategy):
         raise GenlabError(
-            f"trainer.ddp_timeout={timeout!r} must be seconds > 0 with a DDP strategy "
+            f"trainer.ddp_timeout={timeout} must be seconds > 0 with a DDP strategy "
             f"(trainer=ddp or trainer=ddp_cpu; this run has trainer.strategy={strategy}), or null"
         )
 
