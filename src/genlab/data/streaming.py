@@ -252,8 +252,8 @@ class VerifiedStream(StreamingDataset):
         if expected is None:
             raise GenlabError(f"{self.where}/{name}: not in {STREAM_MANIFEST}; prepare it again")
         if file_sha256(Path(path)) != expected:
-            if path != os.path.join(self.where, name):
-                os.remove(path)  # a cached copy: the next run downloads it afresh
+            if is_remote(self.where):  # a cached copy (never the user's own file): the next
+                os.remove(path)  # run downloads it afresh
             raise GenlabError(
                 f"{self.where}/{name}: corrupt chunk (sha256 differs from {STREAM_MANIFEST}); "
                 "prepare the dataset again"
