@@ -65,6 +65,8 @@ def test_items_round_trip_from_a_directory_and_s3(s3_server, s3_data, tmp_path):
     manifest = json.loads((local / STREAM_MANIFEST).read_text())
     assert (manifest["count"], manifest["image_size"], manifest["channels"]) == (300, 32, 1)
     assert len(manifest["chunks"]) > 1 and manifest["num_classes"] == CLASSES
+    test_images, test_labels = synthetic_hwc(20)
+    write_litdata(test_images[:, ::-1], test_labels, str(local.parent / "test"), {})
     keys = []
     for path, n, opts in [(str(local.parent), 300, {}),  # a parent with train/ reads train/
                           (s3_data, 2048, s3_server.storage_options)]:  # fmt: skip
@@ -85,6 +87,13 @@ def test_items_round_trip_from_a_directory_and_s3(s3_server, s3_data, tmp_path):
                 want = torch.from_numpy(images[order[offset + i]]).permute(2, 0, 1)
                 assert torch.equal(x.add(1).mul(127.5).round().to(torch.uint8), want)
                 assert y.item() == labels[order[offset + i]]
+    # a test split beside train (genlab-prepare writes one for torchvision sets) is the test set
+    dm = StreamingDataModule(path=str(local), image_size=SIZE, channels=CHANNELS)
+    assert dm.has_test_split and len(dm.dataset("test")) == 20
+    x, _ = dm.dataset("test")[0]
+    order = np.random.default_rng(0).permutation(20)
+    assert np.array_equal(x.add(1).mul(127.5).round().byte().permute(1, 2, 0).numpy(),
+                          test_images[order[0], ::-1])  # fmt: skip
     # the reference-statistics cache key names the content: the two sets differ, so do the keys
     assert keys[0]["content"] != keys[1]["content"] and keys[0]["source"] == "streaming"
     # the validation items are a uniform sample: every class is there

@@ -168,8 +168,11 @@ def upload(
         raise GenlabError(f"out={out}: cannot write ({type(e).__name__}: {e})") from None
 
 
-def read_stream_manifest(path: str, storage_options: Mapping[str, Any] | None = None) -> dict:
-    """``path``/genlab.json (a directory or s3://), or a one-line GenlabError naming it."""
+def read_stream_manifest(
+    path: str, storage_options: Mapping[str, Any] | None = None, missing_ok: bool = False
+) -> dict | None:
+    """``path``/genlab.json (a directory or s3://), or a one-line GenlabError naming it (None
+    where it is missing and ``missing_ok``)."""
     where = f"{path.rstrip('/')}/{STREAM_MANIFEST}"
     hint = "write it with genlab-prepare format=litdata"
     if is_remote(path):
@@ -182,6 +185,8 @@ def read_stream_manifest(path: str, storage_options: Mapping[str, Any] | None = 
         except Exception as e:
             code = getattr(e, "response", {}).get("Error", {}).get("Code", type(e).__name__)
             if code in ("NoSuchKey", "404"):
+                if missing_ok:
+                    return None
                 raise GenlabError(
                     f"data.path={path}: no {STREAM_MANIFEST} there ({hint})"
                 ) from None
@@ -190,6 +195,8 @@ def read_stream_manifest(path: str, storage_options: Mapping[str, Any] | None = 
     else:
         file = Path(path).expanduser() / STREAM_MANIFEST
         if not file.is_file():
+            if missing_ok:
+                return None
             raise GenlabError(f"data.path={path}: no {STREAM_MANIFEST} there ({hint})")
         text = file.read_bytes()
     try:
@@ -312,8 +319,8 @@ class StreamingDataModule(ImageDataModule):
             its own subdirectory. ``max_cache_size`` bounds it: LitData deletes consumed chunks
             beyond it.
         val_fraction: the first ``round(val_fraction * count)`` stored items (a seeded uniform
-            sample) are the validation set; training streams the rest. There is no test split:
-            test is the validation set.
+            sample) are the validation set; training streams the rest. Test is the ``test``
+            split beside ``train`` where genlab-prepare wrote one (torchvision sets), else val.
     """
 
     def __init__(
@@ -362,8 +369,21 @@ class StreamingDataModule(ImageDataModule):
         if num_classes is not None and num_classes != self.num_classes:
             raise GenlabError(f"data.num_classes={num_classes} but {self.path}/{STREAM_MANIFEST} "
                               f"says {self.num_classes}")  # fmt: skip
+        self.test_path = (
+            f"{self.path[: -len('train')]}test" if self.path.endswith("/train") else None
+        )
+        self.test_manifest = self.test_path and read_stream_manifest(
+            self.test_path, self.storage_options, missing_ok=True
+        )
+        for key in ("image_size", "channels"):
+            if self.test_manifest and self.test_manifest[key] != self.manifest[key]:
+                raise GenlabError(
+                    f"{self.test_path}/{STREAM_MANIFEST}: {key} {self.test_manifest[key]}, "
+                    f"train's {self.manifest[key]}"
+                )
         # the reference-statistics cache key: the content (chunk hashes), not where it lives
-        self.content_sha256 = self.manifest_sha256 = manifest_hash(self.manifest)
+        self.manifest_sha256 = manifest_hash(self.manifest)
+        self.content_sha256 = manifest_hash({"train": self.manifest, "test": self.test_manifest})
         self.root = Path("/")  # data_key resolves it; the content hash above names the data
         count = self.manifest["count"] if limit is None else min(limit, self.manifest["count"])
         self.n_val = max(1, round(val_fraction * count)) if val_fraction > 0 else 0
@@ -389,29 +409,34 @@ class StreamingDataModule(ImageDataModule):
                 raise first from None
             return f"{path}/train"
 
-    def stream(self, shuffle: bool) -> VerifiedStream:
+    def stream(self, shuffle: bool, test: bool = False) -> VerifiedStream:
         """A fresh VerifiedStream of the split (built when needed: after DDP has started, so
-        LitData shards it by this process's rank)."""
-        local = not is_remote(self.path)
+        LitData shards it by this process's rank), or of the test split."""
+        path = self.test_path if test else self.path
+        local = not is_remote(path)
         return VerifiedStream(
-            str(Path(self.path).expanduser()) if local else self.path,
+            str(Path(path).expanduser()) if local else path,
             cache_dir=None if local else self.cache_dir,
             shuffle=shuffle,
             drop_last=self.drop_last if shuffle else False,
             seed=self.shuffle_seed % 2**32,
             storage_options=self.storage_options,
             max_cache_size=self.max_cache_size,
-            chunk_sha256=self.manifest["chunks"],
-            where=self.path,
+            chunk_sha256=(self.test_manifest if test else self.manifest)["chunks"],
+            where=path,
         )
 
     def setup(self, stage: str | None = None) -> None:
-        """Validation and test read items 0 .. n_val - 1; training streams the others."""
+        """Validation reads items 0 .. n_val - 1, training streams the others; test is the test
+        split's items, or validation's."""
         if "val" not in self.splits:
             reader = self.stream(shuffle=False)
             self.splits["val"] = StreamImages(reader, 0, self.n_val)
             self.splits["train"] = StreamImages(reader, self.n_val, self.count)
             self.splits["test"] = self.splits["val"]
+            if self.test_manifest:
+                tests = self.stream(shuffle=False, test=True)
+                self.splits["test"] = StreamImages(tests, 0, self.test_manifest["count"])
 
     def dataset(self, split: Split) -> Dataset:
         """Map-style views (validation, metrics' real images): same items on every rank."""
@@ -420,7 +445,7 @@ class StreamingDataModule(ImageDataModule):
 
     @property
     def has_test_split(self) -> bool:
-        return False
+        return bool(self.test_manifest)
 
     def known_factors(self) -> None:
         return None
