@@ -278,12 +278,17 @@ TIMEOUT = 10  # s: trainer.ddp_timeout of the hung-rank run
 def _ddp_run(tmp_path: Path, run: Path, *more: str) -> subprocess.Popen:
     """genlab-train with 2 gloo ranks in a session of its own; output to ``run``.out (a pipe
     would stay open as long as a stopped rank lives)."""
-    env = {**cli_env(tmp_path), "PYTHONPATH": str(REPO)}  # the ranks import StopRank
+    env = {**cli_env(tmp_path), "PYTHONPATH": os.pathsep.join(_pythonpath())}
     with open(f"{run}.out", "a") as out:
         return subprocess.Popen(
             [str(BIN / "genlab-train"), *DDP, f"hydra.run.dir={run}", *more], cwd=tmp_path,
             env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
+
+
+def _pythonpath() -> list[str]:
+    """The ranks import StopRank from here; genlab comes from where this test's genlab does."""
+    return [*filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep)), str(REPO)]
 
 
 def _stop_rank(pidfile: Path, sig: str) -> list[str]:
@@ -333,6 +338,7 @@ def test_a_rank_that_hangs_or_dies_fails_the_run_in_bounded_time(sig, timeout, t
         if pidfile.exists():  # a stopped rank outlives nothing: kill it if the run left it
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(pidfile.read_text()), signal.SIGKILL)
+    print(f"{sig}: the survivor exited {took:.1f} s after rank 1 stopped (rc {proc.returncode})")
     assert proc.returncode not in (0, None), out[-3000:]
     # the survivor gave up within the timeout plus a margin for its teardown on 2 busy cores
     assert took < (timeout or 0) + 30, (took, out[-3000:])
