@@ -26,7 +26,7 @@ from genlab.redact import redact
 from genlab.training import train
 from tests.conftest import BIN, REPO, TINY, cli_env, compose_train, load_ckpt, ok
 from tests.s3 import s3_server  # noqa: F401  (the module's loopback S3 server fixture)
-from tests.test_multinode import free_port
+from tests.test_multinode import METRICS, free_port
 from tests.test_reliability import _same_training_state, _signal_at, same_csv
 
 # data=synthetic's images (2048 blobs, 4 classes, 32 px grey), written once to the server
@@ -240,11 +240,12 @@ def test_two_ranks_stream_disjoint_samples_from_s3(s3_server, s3_data, tmp_path)
 
 
 @pytest.mark.slow
-def test_cli_prepare_then_sigkill_resume_streaming_is_bit_exact(s3_server, tmp_path):  # noqa: F811
+def test_cli_prepare_then_sigkill_resume_streaming_is_bit_exact(s3_server, weights, tmp_path):  # noqa: F811
     """The CLI as a user runs it: genlab-prepare format=litdata to s3://, then genlab-train
     data=streaming from it (the default GAN), killed with SIGKILL inside epoch 1 and resumed from
     its last.ckpt: the same weights, optimizer state and CSV rows as the uninterrupted run
-    (tests/test_reliability.py's SIGKILL test). No logged file holds the storage options."""
+    (tests/test_reliability.py's SIGKILL test). No logged file holds the storage options, so
+    genlab-eval of the run is given them again (data_storage_options)."""
     env = {**cli_env(tmp_path), "PYTHONPATH": str(REPO)}  # the run imports SignalAt
     opts = "{" + ", ".join(f"{k}: '{v}'" for k, v in s3_server.storage_options.items()) + "}"
     out = f"s3://{s3_server.bucket}/cli"
@@ -274,3 +275,9 @@ def test_cli_prepare_then_sigkill_resume_streaming_is_bit_exact(s3_server, tmp_p
         text = file.read_bytes()
         for secret in ("testing-secret-key", "testing-access-key", s3_server.endpoint):
             assert secret.encode() not in text, (file, secret)
+    scoring = [f"ckpt_path={last}", *METRICS, f"metrics.inception_weights={weights}",
+               f"metrics.cache_dir={tmp_path}/cache", "trainer.accelerator=cpu"]  # fmt: skip
+    proc = run("genlab-eval", *scoring, f"hydra.run.dir={tmp_path}/eval0")
+    assert proc.returncode == 2 and "data.storage_options='<redacted>'" in proc.stderr
+    ok(run("genlab-eval", *scoring, f"data_storage_options={opts}", f"hydra.run.dir={tmp_path}/ev"))
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["metrics"]["fid"] > 0

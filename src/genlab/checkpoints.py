@@ -34,6 +34,7 @@ SCHEDULERS = ("ConstantLR", "CosineAnnealingLR", "ExponentialLR", "LinearLR", "M
 CURRENT = (
     "genlab.models.gan.GAN", "genlab.models.vae.VAE", "genlab.models.vqvae.VQVAE",
     "genlab.models.vqgan.VQGAN", "genlab.models.vq_prior.VQPrior", "genlab.data.ImageDataModule",
+    "genlab.data.streaming.StreamingDataModule",
     "genlab.callbacks.sample_metrics.SampleMetrics", "genlab.callbacks.images.ImageGrid",
     "genlab.callbacks.checkpointing.LastCheckpoint",
     *(f"genlab.models.vae_objectives.{name}" for name in ("TCVAE", "FactorVAE", "InfoVAE", "WAE")),

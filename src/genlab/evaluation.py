@@ -102,6 +102,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         )
     if cfg.get("data_root"):
         run_cfg.data.root = cfg.data_root
+    if cfg.get("data_storage_options") is not None:  # saved configs hold it redacted
+        run_cfg.data.storage_options = cfg.data_storage_options
     datamodule = instantiate(run_cfg.data)
     if is_vae:
         model.hparams.nll_k = cfg.nll_k

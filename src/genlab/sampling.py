@@ -168,6 +168,8 @@ def sample(cfg: DictConfig) -> list[Path]:
     run_cfg, model = load_model(cfg.ckpt_path, trust=cfg.trust_checkpoint)
     if cfg.get("data_root"):
         run_cfg.data.root = cfg.data_root
+    if cfg.get("data_storage_options") is not None:  # saved configs hold it redacted
+        run_cfg.data.storage_options = cfg.data_storage_options
     if cfg.truncation != 1:
         set_truncation(model, cfg.truncation)
         log.info(f"truncation psi={cfg.truncation}")
