@@ -110,6 +110,7 @@ SOURCE_ROWS = {
     "zip": {0, 2},
     "hf": {0, 2},
     "streaming": {0, 2},
+    "streaming_decode0": {0},
     "streaming_s3": {0, 2},
 }
 

@@ -16,6 +16,7 @@ SOURCE_LABELS = {
     "zip": "data=zip",
     "hf": "data=hf",
     "streaming": "data=streaming data.path=DIR",
+    "streaming_decode0": "LITDATA_BATCH_DECODE=0 ... data=streaming data.path=DIR",
     "streaming_s3": "data=streaming data.path=s3://...",
 }
 
@@ -179,6 +180,15 @@ def sources_text(src: dict, p: dict, cores: int) -> str:
     fed = src["feed"]
     load = p.get("loadavg") or src["loadavg"]
     when = f" on {p['date_utc']}" if p.get("date_utc") else ""
+    decode0 = ""
+    if any(x["source"] == "streaming_decode0" for x in src["rows"]):
+        decode0 = (
+            "The `LITDATA_BATCH_DECODE=0` row reads the same directory with LitData "
+            "deserializing only the item asked for (its documented variable; it also changes "
+            "the order within a chunk): by default LitData deserializes a window of up to 256 "
+            "items around each item it serves and keeps it for the next read, which genlab's "
+            "shuffled reads mostly miss.\n\n"
+        )
     return (
         "The rows after `data=prepared` (sources.py) read the same PNGs: `data=folder` with no "
         f"workers; `genlab-prepare format=zip` at {fed['image_size']} px (StyleGAN's "
@@ -194,6 +204,7 @@ def sources_text(src: dict, p: dict, cores: int) -> str:
         "images/s / workers; a 0-worker row counts the training process as its worker. The "
         "2-worker rows share the 2 cores with the training process, and LitData's loader "
         "starts its workers every epoch (`persistent_workers=False`), the others once.\n\n"
+        f"{decode0}"
         f"**Workers to feed a GPU.** A DCGAN-64 step (batch {fed['batch_size']}, RGB) costs "
         f"{fed['flops_per_image'] / 1e9:.2f} GFLOP per real image (`torch.utils.flop_counter` "
         "over the hand-written step of hand_loop.py: G forward, D forward and backward on real "
