@@ -17,6 +17,7 @@ SOURCE_LABELS = {
     "hf": "data=hf",
     "streaming": "data=streaming data.path=DIR",
     "streaming_decode0": "LITDATA_BATCH_DECODE=0 ... data=streaming data.path=DIR",
+    "streaming_s3_decode0": "LITDATA_BATCH_DECODE=0 ... data=streaming data.path=s3://...",
     "streaming_s3": "data=streaming data.path=s3://...",
 }
 
@@ -181,9 +182,9 @@ def sources_text(src: dict, p: dict, cores: int) -> str:
     load = p.get("loadavg") or src["loadavg"]
     when = f" on {p['date_utc']}" if p.get("date_utc") else ""
     decode0 = ""
-    if any(x["source"] == "streaming_decode0" for x in src["rows"]):
+    if any(x["source"].endswith("_decode0") for x in src["rows"]):
         decode0 = (
-            "The `LITDATA_BATCH_DECODE=0` row reads the same directory with LitData "
+            "The `LITDATA_BATCH_DECODE=0` rows read the same chunks with LitData "
             "deserializing only the item asked for (its documented variable; it also changes "
             "the order within a chunk): by default LitData deserializes a window of up to 256 "
             "items around each item it serves and keeps it for the next read, which genlab's "

@@ -136,12 +136,13 @@ def sources(work: Path, n_files: int, out: Path, epochs: int, model_steps: int) 
     chunks = made / f"litdata-{SIZE}"
     s = genlab_prepare(*folder, f"data.image_size={SIZE}", "format=litdata", f"out={chunks}")
     stream = ["data=streaming", f"data.path={chunks}"]
-    results["rows"] += rows("streaming", "LitData chunks, local directory", stream, s, epochs)
+    local = "LitData chunks, local directory"
+    results["rows"] += rows("streaming", local, stream, s, epochs)
     # LitData (0.2.76) deserializes a window of up to 256 items around each item it serves and
     # keeps it for the next read; genlab's shuffled reads mostly miss it. Per item, as LitData's
     # documented variable asks (it changes the in-chunk shuffle order, so not genlab's default):
     per_item = {"LITDATA_BATCH_DECODE": "0"}
-    results["rows"] += rows("streaming_decode0", "as above", stream, s, epochs, (0,), env=per_item)
+    results["rows"] += rows("streaming_decode0", local, stream, s, epochs, (0,), env=per_item)
 
     proc, server = s3.start()  # moto's S3 server on 127.0.0.1, as tests/test_streaming.py's
     try:
@@ -160,6 +161,9 @@ def sources(work: Path, n_files: int, out: Path, epochs: int, model_steps: int) 
         ]
         stored = "LitData chunks, loopback S3"
         results["rows"] += rows("streaming_s3", stored, remote, s, epochs, cache=cache)
+        results["rows"] += rows(
+            "streaming_s3_decode0", stored, remote, s, epochs, (0,), cache, per_item
+        )
     finally:
         s3.stop(proc)
 
