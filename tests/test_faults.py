@@ -471,3 +471,19 @@ def test_a_bad_ddp_timeout_is_one_line_naming_the_key(args, tmp_path):
         check_training(compose_train([*TINY, *args], tmp_path))
     assert str(e.value).startswith(f"{args[1]} must be seconds > 0 with a DDP strategy")
     check_training(compose_train([*TINY, "trainer=ddp_cpu", "trainer.ddp_timeout=60"], tmp_path))
+
+
+def test_a_filesystem_without_locks_computes_without_one(tmp_path, monkeypatch, caplog):
+    """Lustre without ``-o flock`` answers ENOSYS: the entry is computed and stored all the same."""
+    import fcntl
+
+    def no_locks(f, op):
+        raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    pool = torch.randn(4, 2, dtype=torch.float64)
+    with caplog.at_level("WARNING", logger="genlab"):
+        assert torch.equal(reference_features({"d": 1}, tmp_path, lambda: pool), pool)
+    assert "no file locks here" in caplog.text
+    assert torch.equal(reference_features({"d": 1}, tmp_path, lambda: pool * 0), pool)  # cached
+    assert len(list(tmp_path.iterdir())) == 1

@@ -20,6 +20,8 @@ log = logging.getLogger("genlab")
 
 # a full disk, or a full quota (what a cluster's home or scratch usually runs into)
 FULL = (errno.ENOSPC, errno.EDQUOT)
+# a filesystem without flock: the cache is computed without the lock, as before it had one
+NO_LOCKS = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL)
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
@@ -110,6 +112,15 @@ def computing(path: str | Path) -> Iterator[None]:
                 log.info(f"waiting for {path}: another process is computing it")
                 waited = True
             fcntl.flock(f, fcntl.LOCK_EX)
+        except OSError as e:
+            f.close()
+            if e.errno not in NO_LOCKS:
+                raise
+            # Linux maps flock to NFS locks; Lustre without -o flock and some FUSE mounts refuse
+            log.warning(f"{lock}: no file locks here ({e.strerror}); jobs may compute it twice")
+            lock.unlink(missing_ok=True)
+            yield
+            return
         try:
             now = os.stat(lock)
         except FileNotFoundError:
