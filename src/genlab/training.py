@@ -248,9 +248,7 @@ def instantiate_trainer(trainer_cfg: DictConfig, **kwargs: Any) -> pl.Trainer:
     if timeout is not None:
         name = node.get("strategy")
         entry = (
-            StrategyRegistry[name]
-            if isinstance(name, str) and name in StrategyRegistry
-            else None
+            StrategyRegistry[name] if isinstance(name, str) and name in StrategyRegistry else None
         )
         takes = entry is not None and "timeout" in inspect.signature(entry["strategy"]).parameters
         if not takes:
