@@ -143,6 +143,7 @@ def workspace(tmp_path_factory, weights):
     images = root / "images"
     images.mkdir()
     make_images(images)
+    hf_dataset = make_hf_dataset(images, root / "hf_dataset")
     dinov2 = random_dinov2_weights(root / "dinov2_vits14_pretrain.pth")
     env = cli_env(root)
     env["PATH"] = f"{shims}{os.pathsep}{env['PATH']}"
@@ -153,6 +154,7 @@ def workspace(tmp_path_factory, weights):
         "metrics.inception_weights=...": f"metrics.inception_weights={weights}",
         "/path/to/dinov2_vitl14_pretrain.pth": str(dinov2),
         "/path/to/images": str(images),
+        "/path/to/hf_dataset": str(hf_dataset),
         "RUN/": "$(latest_run)/",
         "outputs/DATE/TIME": "$(latest_run)",
         "multirun/DATE/TIME": "$(latest_sweep)",
@@ -175,6 +177,21 @@ def make_images(folder: Path) -> None:
         (folder / f"c{i % 2}").mkdir(exist_ok=True)
         pixels = rng.integers(0, 256, (72, 72, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(folder / f"c{i % 2}" / f"{i}.png")
+
+
+def make_hf_dataset(images: Path, out: Path) -> Path:
+    """The images as a Hugging Face dataset saved with save_to_disk, their folders as classes."""
+    import datasets
+
+    files = sorted(images.rglob("*.png"))
+    table = datasets.Dataset.from_dict(
+        {"image": [str(f) for f in files], "label": [int(f.parent.name[1:]) for f in files]},
+        features=datasets.Features(
+            {"image": datasets.Image(), "label": datasets.ClassLabel(names=["c0", "c1"])}
+        ),
+    )
+    table.save_to_disk(str(out))
+    return out
 
 
 @pytest.mark.parametrize(("doc", "index"), cases())
