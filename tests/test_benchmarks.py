@@ -116,6 +116,7 @@ SOURCE_ROWS = {
 }
 
 
+@pytest.mark.slow  # ~23 s on 2 idle cores: 11 loader rows, 4 datasets, an S3 server, a step
 def test_sources_benchmark_reads_every_source_whole(tmp_path: Path) -> None:
     """sources.py (section 3b's zip, hf, streaming and loopback-S3 rows) on 80 images."""
     out = tmp_path / "sources.json"

@@ -218,8 +218,9 @@ def sources_text(src: dict, p: dict, cores: int) -> str:
         f"{fed['cpu_images_per_s']:.0f} images/s at one thread: one worker of any source "
         "feeds it.\n\n"
         f"Load: this section ran{when} with a 1-minute load average of {fmt(load[0], 2)} "
-        f"before and {fmt(load[1], 2)} after, on {cores} cores shared with other work: the "
-        "absolute figures move with it, the rows measured back to back compare better.\n\n"
+        f"before it and {fmt(load[1], 2)} at its end (its own processes included), on {cores} "
+        "cores that other sessions share at times: the absolute figures move with the load, "
+        "the rows measured back to back compare better.\n\n"
     )
 
 
