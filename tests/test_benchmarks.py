@@ -110,13 +110,11 @@ SOURCE_ROWS = {
     "zip": {0, 2},
     "hf": {0, 2},
     "streaming": {0, 2},
-    "streaming_decode0": {0},
     "streaming_s3": {0, 2},
-    "streaming_s3_decode0": {0},
 }
 
 
-@pytest.mark.slow  # ~23 s on 2 idle cores: 11 loader rows, 4 datasets, an S3 server, a step
+@pytest.mark.slow  # ~23 s on 2 idle cores: 9 loader rows, 4 datasets, an S3 server, a step
 def test_sources_benchmark_reads_every_source_whole(tmp_path: Path) -> None:
     """sources.py (section 3b's zip, hf, streaming and loopback-S3 rows) on 80 images."""
     out = tmp_path / "sources.json"

@@ -81,32 +81,21 @@ def rows(
     epochs: int,
     workers_list: tuple[int, ...] = WORKERS,
     cache: Path | None = None,
-    env: dict[str, str] | None = None,
 ) -> list:
     """The source read with each worker count: one row per count. ``cache``: LitData's chunk
-    cache, emptied before every epoch so each one streams from the server. ``env``: variables
-    set while the row is measured."""
+    cache, emptied before every epoch so each one streams from the server."""
     out = []
-    saved = {k: os.environ.get(k) for k in env or {}}
-    os.environ.update(env or {})
-    try:
-        for workers in workers_list:
-            dm = datamodule(*overrides, f"data.image_size={SIZE}", f"data.num_workers={workers}")
-            dm.setup("fit")
-            row = {"source": name, "stored": stored, "image_size": SIZE, "num_workers": workers}
-            row |= {"prepare_s": prepare_s, "train_images": len(dm.dataset("train"))}
-            evict = Evict(cache) if cache else None
-            out.append(row | loader_rate(dm, epochs, evict) | {"env": env or {}})
-            if evict:  # how many chunks each epoch had downloaded, for the test to check
-                out[-1]["chunks_evicted"] = evict.counts
-            rate = out[-1]["images_per_s"]
-            print(f"  {name} ({workers} workers): {rate:.0f} images/s", flush=True)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    for workers in workers_list:
+        dm = datamodule(*overrides, f"data.image_size={SIZE}", f"data.num_workers={workers}")
+        dm.setup("fit")
+        row = {"source": name, "stored": stored, "image_size": SIZE, "num_workers": workers}
+        row |= {"prepare_s": prepare_s, "train_images": len(dm.dataset("train"))}
+        evict = Evict(cache) if cache else None
+        out.append(row | loader_rate(dm, epochs, evict))
+        if evict:  # how many chunks each epoch had downloaded, for the test to check
+            out[-1]["chunks_evicted"] = evict.counts
+        rate = out[-1]["images_per_s"]
+        print(f"  {name} ({workers} workers): {rate:.0f} images/s", flush=True)
     return out
 
 
@@ -138,11 +127,6 @@ def sources(work: Path, n_files: int, out: Path, epochs: int, model_steps: int) 
     stream = ["data=streaming", f"data.path={chunks}"]
     local = "LitData chunks, local directory"
     results["rows"] += rows("streaming", local, stream, s, epochs)
-    # LitData (0.2.76) deserializes a window of up to 256 items around each item it serves and
-    # keeps it for the next read; genlab's shuffled reads mostly miss it. Per item, as LitData's
-    # documented variable asks (it changes the in-chunk shuffle order, so not genlab's default):
-    per_item = {"LITDATA_BATCH_DECODE": "0"}
-    results["rows"] += rows("streaming_decode0", local, stream, s, epochs, (0,), env=per_item)
 
     proc, server = s3.start()  # moto's S3 server on 127.0.0.1, as tests/test_streaming.py's
     try:
@@ -161,9 +145,6 @@ def sources(work: Path, n_files: int, out: Path, epochs: int, model_steps: int) 
         ]
         stored = "LitData chunks, loopback S3"
         results["rows"] += rows("streaming_s3", stored, remote, s, epochs, cache=cache)
-        results["rows"] += rows(
-            "streaming_s3_decode0", stored, remote, s, epochs, (0,), cache, per_item
-        )
     finally:
         s3.stop(proc)
 

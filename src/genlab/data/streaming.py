@@ -422,6 +422,12 @@ class StreamingDataModule(ImageDataModule):
             seed=self.shuffle_seed % 2**32,
             storage_options=self.storage_options,
             max_cache_size=self.max_cache_size,
+            # one item deserialised per read: LitData's default deserialises a window of up to
+            # 256 items around each one and keeps it for the next read, which shuffled reads
+            # mostly miss (10x fewer images/s here: experiments/benchmarks/results.md, 3b); the
+            # whole chunk is then shuffled, not blocks of 256 kept together for that window
+            batch_decode=0,
+            item_shuffle_window="full",
             chunk_sha256=(self.test_manifest if test else self.manifest)["chunks"],
             where=path,
         )
