@@ -1,5 +1,6 @@
 """Every config file composes; every model/data pair the README uses instantiates."""
 
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,7 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from genlab.config import CONFIG_DIR
+from genlab.training import instantiate_trainer
 from tests.conftest import compose_train
 
 GROUPS = ["data", "model", "trainer", "logger", "callbacks", "debug", "experiment"]
@@ -80,8 +82,14 @@ def test_model_data_pair_instantiates(model, data, extra, tmp_path):
 @pytest.mark.parametrize("trainer", ["default", "cpu", "ddp_cpu"])
 def test_trainer_instantiates(trainer, tmp_path):
     cfg = compose_train([f"trainer={trainer}"], tmp_path)
-    t = instantiate(cfg.trainer, logger=False, enable_progress_bar=False)
+    t = instantiate_trainer(cfg.trainer, logger=False, enable_progress_bar=False)
     assert t.max_epochs == cfg.trainer.max_epochs
+
+
+def test_ddp_timeout_is_the_process_groups_timeout(tmp_path):
+    cfg = compose_train(["trainer=ddp_cpu", "trainer.ddp_timeout=90"], tmp_path)
+    t = instantiate_trainer(cfg.trainer, logger=False, enable_progress_bar=False)
+    assert t.strategy._timeout == timedelta(seconds=90)
 
 
 # Flips as each quoted run: StudioGAN's loader flips at random (src/config.py PRE.apply_rflip =
