@@ -15,6 +15,8 @@ import io
 import json
 import os
 import pickle
+import signal
+import subprocess
 import zipfile
 from pathlib import Path
 
@@ -506,28 +508,28 @@ def test_hf_hub_id_is_read_from_the_local_cache_offline(tmp_path, monkeypatch):
 # ------------------------------------------------------------------- training from the CLI
 
 
-def labelled_zip(tmp_path: Path) -> Path:
+def labelled_zip(tmp_path: Path, n: int = 80) -> Path:
     path = tmp_path / "train.zip"
-    write_zip(path, random_images(80, size=32, channels=1), labels=np.arange(80) % 2)
+    write_zip(path, random_images(n, size=32, channels=1), labels=np.arange(n) % 2)
     return path
 
 
-def saved_hf(tmp_path: Path) -> Path:
+def saved_hf(tmp_path: Path, n: int = 80) -> Path:
     import datasets
 
-    train, _ = hf_dataset(80)
+    train, _ = hf_dataset(n)
     train = train.cast_column("img", datasets.Image())
     train.save_to_disk(tmp_path / "hfset")
     return tmp_path / "hfset"
 
 
-def data_args(kind: str, tmp_path: Path) -> list[str]:
+def data_args(kind: str, tmp_path: Path, n: int = 80, workers: int = 0) -> list[str]:
     if kind == "zip":
-        return ["data=zip", f"data.path={labelled_zip(tmp_path)}", "data.image_size=32",
-                "data.channels=1", "data.num_workers=0"]  # fmt: skip
-    return ["data=hf", f"data.path={saved_hf(tmp_path)}", "data.image_column=img",
+        return ["data=zip", f"data.path={labelled_zip(tmp_path, n)}", "data.image_size=32",
+                "data.channels=1", f"data.num_workers={workers}"]  # fmt: skip
+    return ["data=hf", f"data.path={saved_hf(tmp_path, n)}", "data.image_column=img",
             "data.label_column=cls", "data.image_size=32", "data.channels=1",
-            "data.num_workers=0"]  # fmt: skip
+            f"data.num_workers={workers}"]  # fmt: skip
 
 
 @pytest.mark.parametrize("kind", ["zip", "hf"])
@@ -584,3 +586,33 @@ def test_sigterm_mid_epoch_then_auto_resume_is_bit_exact(kind, tmp_path, caplog)
     full = tmp_path / "full" / "checkpoints" / "last.ckpt"
     _same_training_state(load_ckpt(full), load_ckpt(last))
     same_csv(run, tmp_path / "full")
+
+
+@pytest.mark.slow  # three CLI runs each: ~15 s
+@pytest.mark.parametrize("kind", ["zip", "hf"])
+def test_sigkill_mid_epoch_then_resume_is_bit_exact(kind, tmp_path):
+    """As tests/test_reliability.py's SIGKILL test, over data=zip and data=hf read by a
+    DataLoader worker: killed in epoch 1 after the mid-epoch checkpoint of batch 4, the run
+    resumed from that last.ckpt ends as the uninterrupted one, bit for bit."""
+    from tests.conftest import BIN, REPO, cli_env
+    from tests.test_reliability import _same_training_state, _signal_at, same_csv
+
+    env = {**cli_env(tmp_path), "PYTHONPATH": str(REPO)}  # the run imports SignalAt
+    args = [str(BIN / "genlab-train"), *TINY, "model=gan", *data_args(kind, tmp_path, 200, 1),
+            "seed=7", "trainer.deterministic=true", "trainer.limit_train_batches=10",
+            "trainer.val_check_interval=5", "trainer.max_epochs=2"]  # fmt: skip
+
+    def run(*more: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*args, *more], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=600)  # fmt: skip
+
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    ok(run(f"hydra.run.dir={full}"))
+    proc = run(f"hydra.run.dir={killed}", *_signal_at(1, 7, "SIGKILL"))
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    last = killed / "checkpoints" / "last.ckpt"
+    position = load_ckpt(last)["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]
+    assert (load_ckpt(last)["epoch"], position["completed"]) == (1, 5)  # after batch 4
+    ok(run(f"hydra.run.dir={killed}", f"ckpt_path={last}"))
+    _same_training_state(load_ckpt(full / "checkpoints" / "last.ckpt"), load_ckpt(last))
+    same_csv(killed, full)
