@@ -194,6 +194,21 @@ def test_folder_corrupt_image(tmp_path):
     assert "\n" not in str(e.value)
 
 
+def test_folder_image_broken_mid_run_is_one_line_from_a_worker(tmp_path):
+    """A file damaged after setup()'s check, met by a DataLoader worker: torch re-raises the
+    worker's GenlabError as "Caught GenlabError in DataLoader worker process 0." plus a
+    traceback; the user still gets the one line naming the file."""
+    write_mixed_folder(tmp_path)
+    dm = ImageDataModule(source="folder", root=str(tmp_path), batch_size=2, num_workers=1,
+                         val_fraction=0.0, drop_last=False)  # fmt: skip
+    dm.setup()
+    (tmp_path / "red.png").write_bytes(b"\x00garbage, not a png" * 10)
+    with pytest.raises(GenlabError) as e:
+        list(dm.train_dataloader())
+    assert str(e.value).startswith(f"cannot read image {tmp_path / 'red.png'}")
+    assert "\n" not in str(e.value)
+
+
 @pytest.mark.parametrize("source", TORCHVISION_SOURCES)
 def test_torchvision_source_missing(tmp_path, no_network, source):
     dm = ImageDataModule(source=source, root=str(tmp_path))

@@ -6,8 +6,19 @@ class GenlabError(Exception):
     """Bad input (config value, file, checkpoint): the message is the whole story.
 
     Entry points print it as one line and exit non-zero, without a traceback. The message
-    names the config key (``data.root``) or the file it is about.
+    names the config key (``data.root``) or the file it is about. Raised in a DataLoader
+    worker (a corrupt file met mid-training), torch re-raises it in the main process as
+    ``type(error)("Caught X in DataLoader worker process 0.\nOriginal Traceback ...")``, whose
+    first line names neither the file nor the fault: the original message, the traceback's last
+    line, is recovered from it.
     """
+
+    def __init__(self, message: str = "") -> None:
+        if message.startswith("Caught ") and "Original Traceback" in message:
+            prefix = f"{type(self).__module__}.{type(self).__qualname__}: "
+            lines = [line for line in message.splitlines() if line.startswith(prefix)]
+            message = lines[-1].removeprefix(prefix) if lines else message
+        super().__init__(message)
 
 
 class GenlabWarning(UserWarning):

@@ -33,22 +33,6 @@ MAGIC = b"PK\x03\x04"  # a zip member's local file header signature
 LABELS_FILE = "dataset.json"  # StyleGAN's dataset_tool.py name for the labels
 
 
-class ReadError(GenlabError):
-    """A GenlabError raised while reading an item that stays one line across a DataLoader worker.
-
-    torch re-raises a worker's exception as ``type(message="Caught ... Original Traceback...")``
-    whose first line names neither the file nor the fault; this type recovers its own last
-    traceback line, the original message.
-    """
-
-    def __init__(self, message: str):
-        if message.startswith("Caught ") and "Original Traceback" in message:
-            prefix = f"{type(self).__module__}.{type(self).__qualname__}: "
-            lines = [ln for ln in message.splitlines() if ln.startswith(prefix)]
-            message = lines[-1].removeprefix(prefix) if lines else message
-        super().__init__(message)
-
-
 def image_extensions() -> set[str]:
     """The extensions PIL can open (StyleGAN's ``PIL.Image.EXTENSION`` after ``Image.init()``)."""
     Image.init()
@@ -155,7 +139,7 @@ def read_member(path: Path, zf: zipfile.ZipFile, name: str) -> bytes:
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as e:
         # BadZipFile: "Bad CRC-32 for file ..." or a broken local header; zlib.error / EOFError:
         # a truncated deflate stream
-        raise ReadError(f"data.path={path}: member {name} is corrupt ({e})") from None
+        raise GenlabError(f"data.path={path}: member {name} is corrupt ({e})") from None
 
 
 class ZipImages(Dataset):
@@ -193,7 +177,9 @@ class ZipImages(Dataset):
             with Image.open(io.BytesIO(data)) as image:
                 return pil_to_uint8(image, self.image_size, self.channels)
         except (OSError, SyntaxError, ValueError) as e:
-            raise ReadError(f"data.path={self.path}: member {name} is not an image ({e})") from None
+            raise GenlabError(
+                f"data.path={self.path}: member {name} is not an image ({e})"
+            ) from None
 
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
         return to_float(self.pixels(i)), self.labels[i]
@@ -310,7 +296,7 @@ class HFImages(Dataset):
             with Image.open(source) as image:
                 return pil_to_uint8(image, self.image_size, self.channels)
         except (OSError, SyntaxError, ValueError, TypeError, KeyError) as e:
-            raise ReadError(
+            raise GenlabError(
                 f"{self.what}: row {i} of {self.column} is not an image ({e})"
             ) from None
 
