@@ -24,6 +24,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def run_two_nodes(args: list[str], tmp_path: Path, timeout: float = 300) -> dict[int, str]:
+    """``genlab-train ARGS`` as two "nodes" on 127.0.0.1, launched the way a cluster without
+    SLURM does it (MASTER_ADDR / MASTER_PORT / NODE_RANK / WORLD_SIZE); node 1 writes no second
+    .hydra/ and logs to its own file (the README's recipe). Both must exit 0; their outputs."""
+    node_args = {0: [], 1: ["hydra.output_subdir=null", "hydra.job.name=train_node1"]}
+    env = {**cli_env(tmp_path), "PYTHONPATH": str(REPO), "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2"}  # fmt: skip
+    nodes = {
+        rank: subprocess.Popen(
+            [str(BIN / "genlab-train"), *args, *extra],
+            cwd=tmp_path,
+            env={**env, "NODE_RANK": str(rank)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        for rank, extra in node_args.items()
+    }
+    outputs = {rank: p.communicate(timeout=timeout)[0] for rank, p in nodes.items()}
+    for rank, p in nodes.items():
+        assert p.returncode == 0, f"node {rank}:\n{outputs[rank][-3000:]}"
+    return outputs
+
+
 @pytest.mark.slow
 def test_two_nodes_train_one_run_with_the_single_process_fid(weights, tmp_path):
     run = tmp_path / "run"
@@ -35,24 +59,7 @@ def test_two_nodes_train_one_run_with_the_single_process_fid(weights, tmp_path):
         "+callbacks.save_rank_weights._target_=tests.test_reliability.SaveRankWeights",
         f"+callbacks.save_rank_weights.dirpath={tmp_path}", f"hydra.run.dir={run}",
     ]  # fmt: skip
-    # node 1 writes no second .hydra/ and logs to its own file (the README's recipe)
-    node_args = {0: [], 1: ["hydra.output_subdir=null", "hydra.job.name=train_node1"]}
-    env = {**cli_env(tmp_path), "PYTHONPATH": str(REPO), "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2"}  # fmt: skip
-    nodes = {
-        rank: subprocess.Popen(
-            [str(BIN / "genlab-train"), *common, *extra],
-            cwd=tmp_path,
-            env={**env, "NODE_RANK": str(rank)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )  # fmt: skip
-        for rank, extra in node_args.items()
-    }
-    outputs = {rank: p.communicate(timeout=300)[0] for rank, p in nodes.items()}
-    for rank, p in nodes.items():
-        assert p.returncode == 0, f"node {rank}:\n{outputs[rank][-3000:]}"
+    outputs = run_two_nodes(common, tmp_path)
     assert "GLOBAL_RANK: 0, MEMBER: 1/2" in outputs[0]
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in outputs[1]
 

@@ -26,7 +26,7 @@ from genlab.redact import redact
 from genlab.training import train
 from tests.conftest import BIN, REPO, TINY, cli_env, compose_train, load_ckpt, ok
 from tests.s3 import s3_server  # noqa: F401  (the module's loopback S3 server fixture)
-from tests.test_multinode import METRICS, free_port
+from tests.test_multinode import METRICS, run_two_nodes
 from tests.test_reliability import _same_training_state, _signal_at, same_csv
 
 # data=synthetic's images (2048 blobs, 4 classes, 32 px grey), written once to the server
@@ -208,23 +208,7 @@ def test_two_ranks_stream_disjoint_samples_from_s3(s3_server, s3_data, tmp_path)
         "+callbacks.record._target_=tests.test_streaming.RecordSamples",
         f"+callbacks.record.dirpath={tmp_path}", f"hydra.run.dir={tmp_path}/run",
     ]  # fmt: skip
-    node_args = {0: [], 1: ["hydra.output_subdir=null", "hydra.job.name=train_node1"]}
-    env = {**cli_env(tmp_path), "PYTHONPATH": str(REPO), "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2"}  # fmt: skip
-    nodes = {
-        rank: subprocess.Popen(
-            [str(BIN / "genlab-train"), *common, *extra],
-            cwd=tmp_path,
-            env={**env, "NODE_RANK": str(rank)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )  # fmt: skip
-        for rank, extra in node_args.items()
-    }
-    outputs = {rank: p.communicate(timeout=300)[0] for rank, p in nodes.items()}
-    for rank, p in nodes.items():
-        assert p.returncode == 0, f"node {rank}:\n{outputs[rank][-3000:]}"
+    run_two_nodes(common, tmp_path)
     seen = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     # debug=tiny: 256 images, 26 for validation; 230 over 2 ranks in batches of 16: 7 each
     assert len(seen[0]) == len(seen[1]) == 7 * 16
