@@ -32,7 +32,7 @@ from genlab.data.datasets import fetch
 from genlab.data.prepared import file_sha256, read_manifest
 from genlab.errors import GenlabError
 from genlab.preparation import prepare, temp_array
-from tests.conftest import TINY, compose_train, load_ckpt, ok
+from tests.conftest import TINY, load_ckpt, ok
 
 
 def prepare_cfg(*overrides: str):
@@ -568,23 +568,12 @@ def test_cli_corrupt_member_in_a_worker_is_one_line_exit_2(run_cli, tmp_path):
 @pytest.mark.parametrize("kind", ["zip", "hf"])  # three tiny in-process runs: 6-8 s each
 def test_sigterm_mid_epoch_then_auto_resume_is_bit_exact(kind, tmp_path, caplog):
     """As tests/test_reliability.py's test of the same name, over data=zip and data=hf."""
-    from genlab.training import train
-    from tests.test_reliability import _same_training_state, _signal_at, same_csv
+    from tests.test_reliability import sigterm_resume_cycle
 
     overrides = [*TINY, "model=gan", *data_args(kind, tmp_path), "seed=7",
                  "trainer.limit_train_batches=4", "trainer.max_epochs=2",
                  "callbacks.progress_bar=null"]  # fmt: skip
-    train(compose_train(overrides, tmp_path / "full"))
-    run = tmp_path / "run"
-    with pytest.raises(SystemExit) as stopped:
-        train(compose_train([*overrides, *_signal_at(1, 2)], run))
-    assert stopped.value.code == 143
-    last = run / "checkpoints" / "last.ckpt"
-    assert load_ckpt(last)["epoch"] == 1
-    train(compose_train([*overrides, "auto_resume=true"], run))
-    full = tmp_path / "full" / "checkpoints" / "last.ckpt"
-    _same_training_state(load_ckpt(full), load_ckpt(last))
-    same_csv(run, tmp_path / "full")
+    sigterm_resume_cycle(overrides, tmp_path)
 
 
 @pytest.mark.slow  # three CLI runs each: ~15 s

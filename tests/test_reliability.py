@@ -121,6 +121,26 @@ def test_sigkill_mid_epoch_then_resume_is_bit_exact(case, tmp_path):
     same_csv(killed, full)
 
 
+def sigterm_resume_cycle(overrides: list[str], tmp_path: Path) -> dict:
+    """Train ``overrides`` in-process uninterrupted (tmp_path/full), then again with SIGTERM after
+    batch 2 of epoch 1 (tmp_path/run: exit 143, last.ckpt saved inside epoch 1), then
+    ``auto_resume=true``: the resumed last.ckpt and CSV rows must be the uninterrupted run's.
+    Returns the checkpoint the SIGTERM left, for the caller's own checks."""
+    train(compose_train(overrides, tmp_path / "full"))
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit) as stopped:
+        train(compose_train([*overrides, *_signal_at(1, 2)], run))
+    assert stopped.value.code == 143
+    last = run / "checkpoints" / "last.ckpt"
+    saved = load_ckpt(last)
+    assert saved["epoch"] == 1
+    train(compose_train([*overrides, "auto_resume=true"], run))
+    _same_training_state(load_ckpt(tmp_path / "full" / "checkpoints" / "last.ckpt"),
+                         load_ckpt(last))  # fmt: skip
+    same_csv(run, tmp_path / "full")
+    return saved
+
+
 # in-process runs: 6 batches an epoch, 3 epochs, SIGTERM after batch 2 of epoch 1
 RESUMES = {
     "gan-ncritic2-ema": VARIANTS["gan"],

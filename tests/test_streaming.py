@@ -23,11 +23,15 @@ from genlab.data.sources import synthetic_images
 from genlab.data.streaming import STREAM_MANIFEST, StreamingDataModule, write_litdata
 from genlab.errors import GenlabError
 from genlab.redact import redact
-from genlab.training import train
 from tests.conftest import BIN, REPO, TINY, cli_env, compose_train, load_ckpt, ok
 from tests.s3 import s3_server  # noqa: F401  (the module's loopback S3 server fixture)
 from tests.test_multinode import METRICS, run_two_nodes
-from tests.test_reliability import _same_training_state, _signal_at, same_csv
+from tests.test_reliability import (
+    _same_training_state,
+    _signal_at,
+    same_csv,
+    sigterm_resume_cycle,
+)
 
 # data=synthetic's images (2048 blobs, 4 classes, 32 px grey), written once to the server
 SIZE, CHANNELS, CLASSES = 32, 1, 4
@@ -166,20 +170,9 @@ def test_sigterm_then_auto_resume_streaming_is_bit_exact(s3_server, s3_data, tmp
     overrides = [*TINY, *streaming(s3_server, s3_data, tmp_path), "seed=7", "model=gan",
                  "model.ema_decay=0.9", "model.n_critic=2", "trainer.limit_train_batches=6",
                  "trainer.max_epochs=3", "callbacks.progress_bar=null"]  # fmt: skip
-    train(compose_train(overrides, tmp_path / "full"))
-    run = tmp_path / "run"
-    with pytest.raises(SystemExit) as stopped:
-        train(compose_train([*overrides, *_signal_at(1, 2)], run))
-    assert stopped.value.code == 143
-    last = run / "checkpoints" / "last.ckpt"
-    saved = load_ckpt(last)
-    assert saved["epoch"] == 1
+    saved = sigterm_resume_cycle(overrides, tmp_path)
     (state,) = saved["loops"]["fit_loop"]["state_dict"]["combined_loader"]
     assert state["num_samples_yielded"] == 3 * 16  # batches 0..2 of epoch 1
-    train(compose_train([*overrides, "auto_resume=true"], run))
-    full = tmp_path / "full" / "checkpoints" / "last.ckpt"
-    _same_training_state(load_ckpt(full), load_ckpt(last))
-    same_csv(run, tmp_path / "full")
 
 
 class RecordSamples(pl.Callback):
