@@ -416,7 +416,7 @@ SLURM = {
 def _slurm_data(data: str, tmp_path: Path) -> list[str]:
     if data == "synthetic":
         return ["data=synthetic"]
-    from genlab.data.streaming import write_litdata
+    from genlab.data.chunks import write_litdata
     from tests.test_streaming import CLASSES, STREAM, synthetic_hwc
 
     images, labels = synthetic_hwc(512)

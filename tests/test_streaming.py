@@ -19,8 +19,9 @@ import pytorch_lightning as pl
 import torch
 
 from genlab.callbacks.sample_features import data_key
+from genlab.data.chunks import STREAM_MANIFEST, write_litdata
 from genlab.data.sources import synthetic_images
-from genlab.data.streaming import STREAM_MANIFEST, StreamingDataModule, write_litdata
+from genlab.data.streaming import StreamingDataModule
 from genlab.errors import GenlabError
 from genlab.redact import redact
 from tests.conftest import BIN, REPO, TINY, cli_env, compose_train, load_ckpt, ok

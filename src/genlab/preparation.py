@@ -338,8 +338,8 @@ def prepare_zip(cfg: DictConfig, dm: Any, manifest: dict) -> Path:
 
 def prepare_litdata(cfg: DictConfig, dm: Any, manifest: dict) -> str:
     """Each split as LitData chunks in ``cfg.out/SPLIT`` (a directory or s3://), via
-    ``genlab.data.streaming.write_litdata``."""
-    from genlab.data.streaming import write_litdata
+    ``genlab.data.chunks.write_litdata``."""
+    from genlab.data.chunks import write_litdata
 
     out = str(cfg.out).rstrip("/")
     size, ch = dm.image_size, dm.channels
