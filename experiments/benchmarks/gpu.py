@@ -8,7 +8,9 @@
    with peak GPU memory; DCGAN fp32 paired step by step with the hand-written loop, as on the CPU.
    StyleGAN2-32 (``model=stylegan2``, the cifar config) in fp32 and with StyleGAN2-ADA's float16
    blocks (``num_fp16_res=4``, ``conv_clamp=256``), GPU runs only (tests/test_stylegan2.py
-   checks those blocks on the CPU).
+   checks those blocks on the CPU). R3GAN-32 (``model=r3gan``, Config E's widths) in fp32 and with
+   the authors' bfloat16 stages (``bf16_stages=3``, every stage but the 4x4 one, as
+   ``experiment=r3gan_cifar10``), GPU runs only (tests/test_r3gan.py checks them on the CPU).
 2. FID/IS/KID of N generated against N real images: genlab's ImageMetrics vs torch-fidelity's
    ``calculate_metrics`` on the same uint8 tensors (time, images/s, values).
 3. ``data=prepared`` vs ``data=folder`` feeding DCGAN-64 (128 px PNGs, decoded by 2 workers).
@@ -42,6 +44,7 @@ SIZES = {
         "batches": 40,
         "sngan_width": [],  # the paper's widths (256 in G, 128 in D at 32 px)
         "sg2_width": [],  # the cifar config: 512 channels at every resolution
+        "r3gan": True,  # Config E: 4 stages of 768 channels
         "metrics_n": 10000,
         "metrics_batch": 200,
         "feed_files": 4000,
@@ -55,6 +58,7 @@ SIZES = {
         "batches": 3,
         "sngan_width": ["model.generator.base_channels=16", "model.discriminator.base_channels=16"],
         "sg2_width": None,  # seconds a step even tiny (4 sweeps: 3.5 min here); GPU runs only
+        "r3gan": False,  # bf16 stages run ~14x slower on CPUs without bf16 units; GPU runs only
         "metrics_n": 24,
         "metrics_batch": 8,
         "feed_files": 96,
@@ -75,6 +79,11 @@ MODELS = {"dcgan32": "gan", "sngan32": "sngan"}
 SG2_SETTINGS = {
     "fp32": [],
     "fp16-blocks": ["model.generator.num_fp16_res=4", "model.generator.conv_clamp=256"],
+}
+# R3GAN's own mixed precision is its bfloat16 stages (D follows G's count), also under 32-true
+R3GAN_SETTINGS = {
+    "fp32": [],
+    "bf16-stages": ["model.generator.bf16_stages=3"],
 }
 
 
@@ -139,10 +148,18 @@ def bench_training(size: dict, work: Path) -> dict:
             results[name] = {"model": label, "setting": setting, "rows": rows}
             rates = ", ".join(f"b{r['batch_size']} {r['images_per_s']:.0f}" for r in rows)
             print(f"  {name}: images/s {rates}", flush=True)
-    for setting, overrides in SG2_SETTINGS.items() if size["sg2_width"] is not None else ():
-        name = f"stylegan2_32_{setting}"
-        rows = train_sweep(size, work, name, "stylegan2", [*overrides, *size["sg2_width"]])
-        results[name] = {"model": "stylegan2_32", "setting": setting, "rows": rows}
+    own_precision = []  # (label, model, setting, overrides): the nets' own reduced precision
+    if size["sg2_width"] is not None:
+        own_precision += [
+            ("stylegan2_32", "stylegan2", k, [*v, *size["sg2_width"]])
+            for k, v in SG2_SETTINGS.items()
+        ]
+    if size["r3gan"]:
+        own_precision += [("r3gan_32", "r3gan", k, v) for k, v in R3GAN_SETTINGS.items()]
+    for label, model, setting, overrides in own_precision:
+        name = f"{label}_{setting}"
+        rows = train_sweep(size, work, name, model, overrides)
+        results[name] = {"model": label, "setting": setting, "rows": rows}
         rates = ", ".join(f"b{r['batch_size']} {r['images_per_s']:.0f}" for r in rows)
         print(f"  {name}: images/s {rates}", flush=True)
     return results
