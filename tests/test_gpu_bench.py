@@ -32,7 +32,7 @@ def test_quick_gpu_benchmark_writes_every_section(tmp_path: Path) -> None:
         for setting in ("fp32", "bf16-mixed", "channels_last"):
             rows = r["training"][f"{model}_{setting}"]["rows"]
             assert [x["batch_size"] for x in rows] == r["sizes"]["batch"]
-            assert all(x["images_per_s"] > 0 for x in rows)
+            assert all(x["images_per_s"] > 0 and x["weights_finite"] for x in rows)
     assert all(x["paired"]["ratio"] > 0 for x in r["training"]["dcgan32_fp32"]["rows"])
     # 2. genlab and torch-fidelity score the same tensors alike
     m = r["metrics"]

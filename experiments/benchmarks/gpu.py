@@ -123,12 +123,27 @@ def train_sweep(size: dict, work: Path, name: str, model: str, extra: list[str])
     for timing in sorted(sweep_dir.glob("*/timing.json")):
         t = json.loads(timing.read_text())
         row = {"batch_size": t["batch_size"], **steady(t, size["warmup"])}
+        row["weights_finite"] = weights_finite(timing.parent)
         if t.get("pairs"):
             row["paired"] = pair_stats(t["pairs"][size["warmup"] :])
         rows.append(row)
     return [
         dict(r, sweep_wall_s=proc["wall_s"]) for r in sorted(rows, key=lambda r: r["batch_size"])
     ]
+
+
+def weights_finite(run_dir: Path) -> bool:
+    """Whether every floating-point tensor of the run's last checkpoint (G, D, EMA, optimiser
+    state) is finite: reduced precision that overflowed leaves inf or nan behind."""
+    import torch
+
+    ckpt = max(run_dir.glob("**/checkpoints/*.ckpt"), key=lambda f: f.stat().st_mtime)
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    tensors = [*state["state_dict"].values()]
+    for opt in state.get("optimizer_states", []):
+        for slot in opt["state"].values():
+            tensors += [v for v in slot.values() if torch.is_tensor(v)]
+    return all(bool(t.isfinite().all()) for t in tensors if t.is_floating_point())
 
 
 def bench_training(size: dict, work: Path) -> dict:
@@ -324,17 +339,28 @@ def markdown(r: dict) -> str:
                     x["batch_size"],
                     fmt(x["images_per_s"]),
                     fmt(x["cuda_peak_mb"]),
+                    "yes" if x["weights_finite"] else "**no**",
                     f"{p['ratio']:.3f} ({p['step_ms']:.2f} / {p['hand_step_ms']:.2f} ms)"
                     if p
                     else "-",
                 ]
             )
-    header = ["model", "setting", "batch", "images/s", "peak GPU MB", "hand / genlab step (paired)"]
+    header = [
+        "model",
+        "setting",
+        "batch",
+        "images/s",
+        "peak GPU MB",
+        "weights finite",
+        "hand / genlab step (paired)",
+    ]
     out.append(table(header, rows))
     out.append(
         "\nPaired: after each genlab step the hand-written step runs on copies of the same "
         "networks and batch (DCGAN only: SNGAN's hinge loss with 5 D steps has no twin); "
-        "1.0 = no overhead.\n\n"
+        "1.0 = no overhead. Weights finite: every float tensor of the run's last checkpoint "
+        "(networks, EMA, optimiser state) after its steps, the reduced-precision settings' "
+        "stability check.\n\n"
     )
     mt = r["metrics"]
     out.append(f"## 2. FID/IS/KID of {mt['n_fake']} vs {mt['n_real']} images ({mt['weights']})\n\n")
