@@ -37,6 +37,13 @@ from measure import (  # noqa: E402
     timer_overrides,
 )
 
+# genlab-train as installed, or run from the checkout (PYTHONPATH=src:.devkit, device_kit.sh)
+TRAIN = (
+    [BIN / "genlab-train"]
+    if (BIN / "genlab-train").exists()
+    else [sys.executable, "-m", "genlab.cli.train"]
+)
+
 SIZES = {
     "full": {
         "batch": [64, 256],
@@ -99,7 +106,7 @@ def train_sweep(size: dict, work: Path, name: str, model: str, extra: list[str])
     n_images = int(per_run * max(size["batch"]) / 0.9) + max(size["batch"])
     sweep_dir = work / "train" / name
     cmd = [
-        BIN / "genlab-train",
+        *TRAIN,
         "-m",
         f"model={model}",
         "data=synthetic",
@@ -293,7 +300,7 @@ def bench_feed(size: dict, work: Path) -> dict:
     for name, data in cases.items():
         out = work / "feed" / name
         cmd = [
-            BIN / "genlab-train",
+            *TRAIN,
             "model=gan",
             *data,
             "data.image_size=64",

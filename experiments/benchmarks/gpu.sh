@@ -6,8 +6,14 @@
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 python="${PYTHON:-python}"
+repo="$(cd "$here/../.." && pwd)"
+# a machine without genlab installed runs it from the checkout and the kit device_kit.sh built
+if ! "$python" -c "import genlab" 2>/dev/null && [ -d "$repo/.devkit" ]; then
+    export PYTHONPATH="$repo/src:$repo/.devkit${PYTHONPATH:+:$PYTHONPATH}"
+fi
 "$python" -c "import genlab" 2>/dev/null || {
-    echo "gpu.sh: genlab is not importable by $python; activate its venv or set PYTHON=" >&2
+    echo "gpu.sh: genlab is not importable by $python; activate its venv, set PYTHON=, or" \
+        "build .devkit with device_kit.sh (no network there)" >&2
     exit 2
 }
 exec "$python" "$here/gpu.py" "$@"

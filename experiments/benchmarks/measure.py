@@ -50,10 +50,30 @@ def gpu_used_mib(pids: set[int]) -> float | None:
     return sum(float(m) for p, m in rows if int(p) in pids)
 
 
+def process_tree(root: int) -> list[int]:
+    """``root`` and its descendants, read from /proc (no psutil: gpu.sh runs without it)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            text = stat.read_text()
+            ppid = int(text[text.rindex(")") + 2 :].split()[1])  # "pid (comm) state ppid ..."
+            children.setdefault(ppid, []).append(int(stat.parent.name))
+    tree, todo = [], [root]
+    while todo:
+        tree.append(todo.pop())
+        todo += children.get(tree[-1], [])
+    return tree
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of ``pid`` (0 once it has gone)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    return 0
+
+
 def run(cmd: list[str], log: Path, env: dict[str, str], cwd: Path) -> dict:
     """Run ``cmd``; wall time, exit code, peak RSS of the process and of its whole tree."""
-    import psutil
-
     log.parent.mkdir(parents=True, exist_ok=True)
     print(f"  $ {' '.join(str(c) for c in cmd)}", flush=True)
     with open(log, "w") as out, open(log.with_suffix(".err"), "w") as err:
@@ -63,20 +83,12 @@ def run(cmd: list[str], log: Path, env: dict[str, str], cwd: Path) -> dict:
         done = threading.Event()
 
         def watch() -> None:
-            try:
-                root = psutil.Process(proc.pid)
-                while not done.wait(0.25):
-                    procs = [root, *root.children(recursive=True)]
-                    rss = 0
-                    for p in procs:
-                        with contextlib.suppress(psutil.Error):
-                            rss += p.memory_info().rss
-                    peak["tree"] = max(peak["tree"], rss)
-                    gpu = gpu_used_mib({p.pid for p in procs})
-                    if gpu is not None:
-                        peak["gpu"] = max(peak["gpu"] or 0.0, gpu)
-            except psutil.Error:
-                pass
+            while not done.wait(0.25):
+                pids = process_tree(proc.pid)
+                peak["tree"] = max(peak["tree"], sum(rss_bytes(p) for p in pids))
+                gpu = gpu_used_mib(set(pids))
+                if gpu is not None:
+                    peak["gpu"] = max(peak["gpu"] or 0.0, gpu)
 
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
