@@ -26,6 +26,12 @@ torch.set_num_threads(1)
 TINY = ["debug=tiny", "logger=csv", "metrics=none"]
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    """The README walk first: its blocks are one ordered group of ~15 minutes, which under
+    ``pytest -n 2`` would otherwise start late and run alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("xdist_group") is None)  # stable sort
+
+
 def compose_train(overrides: list[str], output_dir: Path) -> DictConfig:
     """Compose conf/train.yaml like the CLI does, writing into ``output_dir``."""
     with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):

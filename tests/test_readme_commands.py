@@ -22,7 +22,9 @@ import pytest
 from tests.conftest import BIN, REPO, cli_env, slurm_states, usable_partitions
 from tests.inception import random_dinov2_weights
 
-pytestmark = pytest.mark.slow
+# the blocks build on each other's runs (latest_run) in one workspace: under `pytest -n 2` they
+# go to one worker as a group, in order, and conftest puts the group first (it is the longest)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("readme_walk")]
 
 DOCS = [REPO / "README.md", *sorted((REPO / "experiments").glob("*/README.md"))]
 FASHION = Path("/usr/share/datasets/fashion-mnist")
