@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # genlab's pure-Python dependencies in one folder, for a GPU machine that has torch, torchvision,
 # Lightning and torchmetrics but neither the rest nor a network (a borrowed or air-gapped box):
-#   bash experiments/benchmarks/device_kit.sh [DIR]      # here, from the package index; default .devkit
-#   PYTHONPATH=src:.devkit bash experiments/benchmarks/gpu.sh     # there, from the checkout
+#   bash experiments/benchmarks/device_kit.sh [DIR]   # here, from the package index; default .devkit
+#   bash experiments/benchmarks/gpu.sh                # there: it puts src/ and .devkit/ on the path
 # Every package is pure Python (checked: no compiled module) at the version this venv runs, so the
-# folder works with any Python 3.10+ there; --no-deps: what torch and Lightning need is there already. ~25 MB.
+# folder works with any Python 3.10+ there; --no-deps: torch's and Lightning's own needs are
+# there already. ~14 MB.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 kit="$(realpath -m "${1:-$here/../../.devkit}")"

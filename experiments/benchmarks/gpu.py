@@ -37,7 +37,7 @@ from measure import (  # noqa: E402
     timer_overrides,
 )
 
-# genlab-train as installed, or run from the checkout (PYTHONPATH=src:.devkit, device_kit.sh)
+# genlab-train as installed, or from the checkout (gpu.sh's path with .devkit, device_kit.sh)
 TRAIN = (
     [BIN / "genlab-train"]
     if (BIN / "genlab-train").exists()
@@ -65,7 +65,7 @@ SIZES = {
         "batches": 3,
         "sngan_width": ["model.generator.base_channels=16", "model.discriminator.base_channels=16"],
         "sg2_width": None,  # seconds a step even tiny (4 sweeps: 3.5 min here); GPU runs only
-        "r3gan": False,  # bf16 stages run ~14x slower on CPUs without bf16 units; GPU runs only
+        "r3gan": False,  # 768 channels: seconds a step even tiny, bf16 ~14x slower; GPU runs only
         "metrics_n": 24,
         "metrics_batch": 8,
         "feed_files": 96,
@@ -145,7 +145,7 @@ def weights_finite(run_dir: Path) -> bool:
     import torch
 
     ckpt = max(run_dir.glob("**/checkpoints/*.ckpt"), key=lambda f: f.stat().st_mtime)
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
     tensors = [*state["state_dict"].values()]
     for opt in state.get("optimizer_states", []):
         for slot in opt["state"].values():
