@@ -27,8 +27,8 @@ TINY = ["debug=tiny", "logger=csv", "metrics=none"]
 
 
 def pytest_collection_modifyitems(config, items) -> None:
-    """The README walk first: its blocks are one ordered group of ~15 minutes, which under
-    ``pytest -n 2`` would otherwise start late and run alone at the end."""
+    """The README walk first: its blocks are one ordered group, the suite's longest unit, which
+    under ``pytest -n 2`` would otherwise start late and run alone at the end."""
     items.sort(key=lambda item: item.get_closest_marker("xdist_group") is None)  # stable sort
 
 
