@@ -15,8 +15,6 @@ import io
 import json
 import os
 import pickle
-import signal
-import subprocess
 import zipfile
 from pathlib import Path
 
@@ -32,7 +30,7 @@ from genlab.data.datasets import fetch
 from genlab.data.prepared import file_sha256, read_manifest
 from genlab.errors import GenlabError
 from genlab.preparation import prepare, temp_array
-from tests.conftest import TINY, load_ckpt, ok
+from tests.conftest import TINY, ok
 
 
 def prepare_cfg(*overrides: str):
@@ -582,25 +580,9 @@ def test_sigkill_mid_epoch_then_resume_is_bit_exact(kind, tmp_path):
     """As tests/test_reliability.py's SIGKILL test, over data=zip and data=hf read by a
     DataLoader worker: killed in epoch 1 after the mid-epoch checkpoint of batch 4, the run
     resumed from that last.ckpt ends as the uninterrupted one, bit for bit."""
-    from tests.conftest import BIN, REPO, cli_env
-    from tests.test_reliability import _same_training_state, _signal_at, same_csv
+    from tests.test_reliability import sigkill_resume_cycle
 
-    env = {**cli_env(tmp_path), "PYTHONPATH": str(REPO)}  # the run imports SignalAt
-    args = [str(BIN / "genlab-train"), *TINY, "model=gan", *data_args(kind, tmp_path, 200, 1),
-            "seed=7", "trainer.deterministic=true", "trainer.limit_train_batches=10",
+    args = [*TINY, "model=gan", *data_args(kind, tmp_path, 200, 1), "seed=7",
+            "trainer.deterministic=true", "trainer.limit_train_batches=10",
             "trainer.val_check_interval=5", "trainer.max_epochs=2"]  # fmt: skip
-
-    def run(*more: str) -> subprocess.CompletedProcess:
-        return subprocess.run([*args, *more], cwd=tmp_path, env=env, capture_output=True,
-                              text=True, timeout=600)  # fmt: skip
-
-    full, killed = tmp_path / "full", tmp_path / "killed"
-    ok(run(f"hydra.run.dir={full}"))
-    proc = run(f"hydra.run.dir={killed}", *_signal_at(1, 7, "SIGKILL"))
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
-    last = killed / "checkpoints" / "last.ckpt"
-    position = load_ckpt(last)["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]
-    assert (load_ckpt(last)["epoch"], position["completed"]) == (1, 5)  # after batch 4
-    ok(run(f"hydra.run.dir={killed}", f"ckpt_path={last}"))
-    _same_training_state(load_ckpt(full / "checkpoints" / "last.ckpt"), load_ckpt(last))
-    same_csv(killed, full)
+    sigkill_resume_cycle(args, tmp_path, 7, (1, 4))  # last.ckpt: after batch 4's validation

@@ -96,29 +96,36 @@ KILLS = {
 }
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("case", list(KILLS))
-def test_sigkill_mid_epoch_then_resume_is_bit_exact(case, tmp_path):
-    """SIGKILL inside epoch 1; resuming from the last.ckpt it left repeats the full run exactly."""
-    extra, kill_batch, (epoch, batch) = KILLS[case]
+def sigkill_resume_cycle(args: list[str], tmp_path: Path, kill_batch: int, saved: tuple) -> None:
+    """``genlab-train ARGS`` uninterrupted (tmp_path/full), then SIGKILLed after batch
+    ``kill_batch`` of epoch 1 (tmp_path/killed), whose last.ckpt must hold (epoch, batch)
+    ``saved``, then resumed from it: its checkpoint and CSV rows must be the uninterrupted run's."""
     env = {**cli_env(tmp_path), "PYTHONPATH": str(REPO)}  # the run imports SignalAt
     full, killed = tmp_path / "full", tmp_path / "killed"
-    args = [str(BIN / "genlab-train"), *EXACT, *VARIANTS[case.split("-")[0]], *extra]
 
     def run(*more: str) -> subprocess.CompletedProcess:
-        return subprocess.run([*args, *more], cwd=tmp_path, env=env, capture_output=True,
-                              text=True, timeout=600)  # fmt: skip
+        return subprocess.run([str(BIN / "genlab-train"), *args, *more], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=600)  # fmt: skip
 
     ok(run(f"hydra.run.dir={full}"))
     proc = run(f"hydra.run.dir={killed}", *_signal_at(1, kill_batch, "SIGKILL"))
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     last = killed / "checkpoints" / "last.ckpt"
     position = load_ckpt(last)["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]
-    assert (load_ckpt(last)["epoch"], position["completed"] - 1) == (epoch, batch)
+    assert (load_ckpt(last)["epoch"], position["completed"] - 1) == saved
     ok(run(f"hydra.run.dir={killed}", f"ckpt_path={last}"))
     _same_training_state(load_ckpt(full / "checkpoints" / "last.ckpt"), load_ckpt(last))
     # the rows the killed run wrote after its checkpoint are not repeated, none is missing
     same_csv(killed, full)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(KILLS))
+def test_sigkill_mid_epoch_then_resume_is_bit_exact(case, tmp_path):
+    """SIGKILL inside epoch 1; resuming from the last.ckpt it left repeats the full run exactly."""
+    extra, kill_batch, saved = KILLS[case]
+    args = [*EXACT, *VARIANTS[case.split("-")[0]], *extra]
+    sigkill_resume_cycle(args, tmp_path, kill_batch, saved)
 
 
 def sigterm_resume_cycle(overrides: list[str], tmp_path: Path) -> dict:
