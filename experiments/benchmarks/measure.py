@@ -118,18 +118,21 @@ def run(cmd: list[str], log: Path, env: dict[str, str], cwd: Path) -> dict:
 MAPPING = re.compile(r"^[0-9a-f]+-[0-9a-f]+ ")
 
 
-def mapped_kib(pid: int, file: str) -> tuple[int, int]:
-    """Rss and Pss (KiB) of process ``pid``'s mappings of ``file``, from /proc/PID/smaps."""
-    rss = pss = 0
+def smaps_kib(pid: int, file: str) -> dict[str, int]:
+    """Rss and Pss (KiB) of process ``pid``, all its mappings and those of ``file``, from
+    /proc/PID/smaps (zeros once it has gone)."""
+    kib = {"rss": 0, "pss": 0, "file_rss": 0, "file_pss": 0}
     inside = False
-    with contextlib.suppress(OSError), open(f"/proc/{pid}/smaps") as f:
+    with contextlib.suppress(OSError, ValueError), open(f"/proc/{pid}/smaps") as f:
         for line in f:
             if MAPPING.match(line):
                 inside = line.rstrip().endswith(file)
-            elif inside and line.startswith(("Rss:", "Pss:")):
-                kib = int(line.split()[1])
-                rss, pss = (rss + kib, pss) if line[0] == "R" else (rss, pss + kib)
-    return rss, pss
+            elif line.startswith(("Rss:", "Pss:")):
+                key = line[:3].lower()
+                kib[key] += int(line.split()[1])
+                if inside:
+                    kib[f"file_{key}"] += int(line.split()[1])
+    return kib
 
 
 def run_mapped(cmd: list, log: Path, env: dict[str, str], cwd: Path, file: Path) -> dict:
@@ -138,26 +141,17 @@ def run_mapped(cmd: list, log: Path, env: dict[str, str], cwd: Path, file: Path)
     RSS counts a shared page once per process that maps it, PSS splits it among them: a file
     every process maps but the page cache holds once has sum(PSS) = its size.
     """
-    import psutil
-
     print(f"  $ {' '.join(str(c) for c in cmd)}", flush=True)
     peak = {"processes": 0, "rss": 0, "pss": 0, "file_rss": 0, "file_pss": 0}
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd)
-        root = psutil.Process(proc.pid)
         while proc.poll() is None:
-            with contextlib.suppress(psutil.Error):
-                procs = [root, *root.children(recursive=True)]
-                now = {"processes": len(procs), "rss": 0, "pss": 0, "file_rss": 0, "file_pss": 0}
-                for p in procs:
-                    with contextlib.suppress(psutil.Error):
-                        info = p.memory_full_info()
-                        now["rss"] += info.rss // 1024
-                        now["pss"] += info.pss // 1024
-                        rss, pss = mapped_kib(p.pid, str(file))
-                        now["file_rss"] += rss
-                        now["file_pss"] += pss
-                peak = {k: max(v, now[k]) for k, v in peak.items()}
+            pids = process_tree(proc.pid)
+            now = {"processes": len(pids), "rss": 0, "pss": 0, "file_rss": 0, "file_pss": 0}
+            for pid in pids:
+                for key, kib in smaps_kib(pid, str(file)).items():
+                    now[key] += kib
+            peak = {k: max(v, now[k]) for k, v in peak.items()}
             time.sleep(0.3)
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd[0]} exited {proc.returncode}; log: {log}")
