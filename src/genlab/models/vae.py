@@ -17,15 +17,13 @@ from genlab.data.datasets import Binarized, fetch
 from genlab.errors import GenlabError
 from genlab.models.diagnostics import LatentMoments, LayerTerms
 from genlab.models.loop import finite_or_skip, logs_written
+from genlab.models.vae_options import Likelihood, Posterior, Prior, check_options
 from genlab.nets.iaf import IAF
 from genlab.nets.priors import VampPrior, log_normal_mixture
 
 log = logging.getLogger("genlab")
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
-Likelihood = Literal["bernoulli", "gaussian", "discretized_gaussian", "categorical"]
-Prior = Literal["standard", "vamp"]
-Posterior = Literal["gaussian", "iaf"]
 # likelihoods of the 8-bit data themselves: val/nll is a probability, val/nll_bpd the papers' bpd
 DISCRETE = ("discretized_gaussian", "categorical")
 
@@ -42,17 +40,6 @@ def reconstruction_rows(model: nn.Module, x: Tensor, labels: Tensor, nrow: int) 
 def reparameterize(mu: Tensor, logvar: Tensor) -> Tensor:
     """A draw of N(mu, exp(logvar)) that gradients flow through: (B, Z)."""
     return mu + torch.randn_like(mu) * (0.5 * logvar).exp()
-
-
-def check_iwae(iwae_k: int, beta: float, kl_warmup_steps: int) -> None:
-    """The IWAE bound has no KL term to weight: reject beta and KL warm-up with it."""
-    ignored = [f"model.beta={beta}"] if beta != 1 else []
-    ignored += [f"model.kl_warmup_steps={kl_warmup_steps}"] if kl_warmup_steps else []
-    if iwae_k > 1 and ignored:
-        raise GenlabError(
-            f"{' and '.join(ignored)} would be ignored by the IWAE bound (model.iwae_k={iwae_k}):"
-            " set model.beta=1 and model.kl_warmup_steps=0, or model.iwae_k=1"
-        )
 
 
 def check_categorical(out: Tensor, channels: int | None = None) -> None:
@@ -132,32 +119,11 @@ class VAE(pl.LightningModule):
         iaf_hidden: int = 128,
     ) -> None:
         super().__init__()
-        if posterior not in Posterior.__args__:
-            choices = ", ".join(Posterior.__args__)
-            raise GenlabError(f"model.posterior={posterior!r} is not one of {choices}")
-        if posterior == "iaf" and (iaf_steps < 1 or iaf_hidden < 1):
-            raise GenlabError(
-                f"model.iaf_steps={iaf_steps} and model.iaf_hidden={iaf_hidden} must be >= 1"
-            )
-        if posterior == "iaf" and prior == "vamp":
-            # the VampPrior is the mixture of the model's own posteriors: Gaussian ones here
-            raise GenlabError("model.posterior=iaf with model.prior=vamp: use one of the two")
-        if prior not in Prior.__args__:
-            raise GenlabError(f"model.prior={prior!r} is not one of {', '.join(Prior.__args__)}")
-        if likelihood not in Likelihood.__args__:
-            choices = ", ".join(Likelihood.__args__)
-            raise GenlabError(f"model.likelihood={likelihood!r} is not one of {choices}")
-        if nonfinite not in ("stop", "skip", "off"):
-            raise GenlabError(f"model.nonfinite={nonfinite!r}: use stop, skip or off")
-        if beta < 0:
-            raise GenlabError(f"model.beta={beta} must be >= 0")
-        if gaussian_std is not None and gaussian_std <= 0:
-            raise GenlabError(f"model.gaussian_std={gaussian_std} must be > 0 (or null: learned)")
-        if iwae_k < 1 or kl_warmup_steps < 0 or nll_k < 0:
-            raise GenlabError(
-                "model.iwae_k must be >= 1, model.kl_warmup_steps >= 0 and model.nll_k >= 0"
-            )
-        check_iwae(iwae_k, beta, kl_warmup_steps)
+        check_options(
+            likelihood=likelihood, gaussian_std=gaussian_std, beta=beta,
+            kl_warmup_steps=kl_warmup_steps, iwae_k=iwae_k, nll_k=nll_k, nonfinite=nonfinite,
+            prior=prior, posterior=posterior, iaf_steps=iaf_steps, iaf_hidden=iaf_hidden,
+        )  # fmt: skip
         # checked at fit start, not here: a saved config without the key must still load
         self.bias_from_data = getattr(decoder, "output_bias", "zero") == "data_logodds"
         self.save_hyperparameters(
