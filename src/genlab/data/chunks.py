@@ -51,6 +51,11 @@ def split_s3(url: str) -> tuple[str, str]:
     return bucket, key.strip("/")
 
 
+def s3_key(prefix: str, name: str) -> str:
+    """The key of ``name`` under ``prefix`` (split_s3's second part; "" is the bucket's root)."""
+    return f"{prefix}/{name}" if prefix else name
+
+
 def write_litdata(
     images: np.ndarray,
     labels: np.ndarray,
@@ -131,13 +136,12 @@ def upload(
     """Upload staged files to s3://; the old manifest is deleted first, the new one put last."""
     bucket, prefix = split_s3(out)
     client = s3_client(storage_options)
-    key = f"{prefix}/{{}}" if prefix else "{}"
     try:
-        client.delete_object(Bucket=bucket, Key=key.format(STREAM_MANIFEST))
+        client.delete_object(Bucket=bucket, Key=s3_key(prefix, STREAM_MANIFEST))
         with ThreadPoolExecutor(max(1, num_workers)) as pool:
-            list(pool.map(lambda n: client.upload_file(str(stage / n), bucket, key.format(n)),
+            list(pool.map(lambda n: client.upload_file(str(stage / n), bucket, s3_key(prefix, n)),
                           files))  # fmt: skip
-        client.put_object(Bucket=bucket, Key=key.format(STREAM_MANIFEST),
+        client.put_object(Bucket=bucket, Key=s3_key(prefix, STREAM_MANIFEST),
                           Body=json.dumps(body, indent=1).encode())  # fmt: skip
     except Exception as e:  # botocore's errors are long: the one line names the URL
         raise GenlabError(f"out={out}: cannot write ({type(e).__name__}: {e})") from None
@@ -154,7 +158,7 @@ def read_stream_manifest(
         bucket, prefix = split_s3(path)
         try:
             got = s3_client(storage_options).get_object(
-                Bucket=bucket, Key=f"{prefix}/{STREAM_MANIFEST}" if prefix else STREAM_MANIFEST
+                Bucket=bucket, Key=s3_key(prefix, STREAM_MANIFEST)
             )
             text = got["Body"].read()
         except Exception as e:
