@@ -26,6 +26,25 @@ torch.set_num_threads(1)
 TINY = ["debug=tiny", "logger=csv", "metrics=none"]
 
 
+def worker_cores() -> set[int]:
+    """The cores this test process has to itself: all of them alone, its share under ``pytest -n
+    N`` (worker gwK the K-th slice). A subprocess with more OpenMP threads than that runs slower,
+    not faster, while the other worker is busy: its threads wait for each other at every op."""
+    cores = sorted(os.sched_getaffinity(0))
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    share = len(cores) // workers
+    if share < 1:
+        return set(cores)
+    k = int((os.environ.get("PYTEST_XDIST_WORKER") or "gw0")[2:]) % workers
+    return set(cores[k * share : (k + 1) * share])
+
+
+def on_worker_cores() -> None:
+    """A ``preexec_fn`` for a subprocess that takes torch's default threads (the benchmarks): it
+    sees the cores of ``worker_cores()`` as the machine."""
+    os.sched_setaffinity(0, worker_cores())
+
+
 def pytest_collection_modifyitems(config, items) -> None:
     """The README walk first: its blocks are one ordered group, the suite's longest unit, which
     under ``pytest -n 2`` would otherwise start late and run alone at the end."""

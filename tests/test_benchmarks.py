@@ -10,7 +10,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from tests.conftest import REPO, cli_env
+from tests.conftest import REPO, cli_env, on_worker_cores
 
 BENCH = REPO / "experiments" / "benchmarks"
 RUN = BENCH / "run.py"
@@ -31,6 +31,7 @@ def test_quick_benchmark_writes_every_section(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=900,
+        preexec_fn=on_worker_cores,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     r = json.loads((tmp_path / "out" / "results.json").read_text())

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, cli_env
+from tests.conftest import REPO, cli_env, on_worker_cores
 
 GPU_SH = REPO / "experiments" / "benchmarks" / "gpu.sh"
 
@@ -23,6 +23,7 @@ def test_quick_gpu_benchmark_writes_every_section(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=900,
+        preexec_fn=on_worker_cores,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     r = json.loads((out / "results.json").read_text())

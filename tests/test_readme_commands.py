@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BIN, REPO, cli_env, slurm_states, usable_partitions
+from tests.conftest import BIN, REPO, cli_env, slurm_states, usable_partitions, worker_cores
 from tests.inception import random_dinov2_weights
 
 # the blocks build on each other's runs (latest_run) in one workspace: under `pytest -n 2` they
@@ -150,7 +150,9 @@ def workspace(tmp_path_factory, weights):
     env = cli_env(root)
     env["PATH"] = f"{shims}{os.pathsep}{env['PATH']}"
     env["GENLAB_CACHE_DIR"] = str(root / "cache")
-    env["OMP_NUM_THREADS"] = "2"  # Inception's passes dominate; the blocks run one at a time
+    # Inception's passes dominate and the blocks run one at a time: the threads of the cores this
+    # worker has (2 alone; 1 under `pytest -n 2`, where 2 threads took the walk 1.4x as long)
+    env["OMP_NUM_THREADS"] = str(len(worker_cores()))
     places = {
         "/path/to/weights-inception-2015-12-05-6726825d.pth": str(weights),
         "metrics.inception_weights=...": f"metrics.inception_weights={weights}",
