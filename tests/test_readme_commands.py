@@ -151,7 +151,8 @@ def workspace(tmp_path_factory, weights):
     env["PATH"] = f"{shims}{os.pathsep}{env['PATH']}"
     env["GENLAB_CACHE_DIR"] = str(root / "cache")
     # Inception's passes dominate and the blocks run one at a time: the threads of the cores this
-    # worker has (2 alone; 1 under `pytest -n 2`, where 2 threads took the walk 1.4x as long)
+    # worker has (2 alone here; 1 under `pytest -n 2`: beside a one-thread load, 2 threads took
+    # blocks 12, 16 and 17 1.4x as long as 1)
     env["OMP_NUM_THREADS"] = str(len(worker_cores()))
     places = {
         "/path/to/weights-inception-2015-12-05-6726825d.pth": str(weights),
