@@ -10,7 +10,7 @@ import hydra
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
-from genlab.errors import GenlabError, check_type
+from genlab.errors import GenlabError, check_choice, check_type
 
 # a Hugging Face Hub repo id (org/name), with an optional @revision after it
 HUB_ID = re.compile(r"(?P<repo>[\w][\w.-]*/[\w][\w.-]*)(?:@(?P<revision>[\w][\w./-]*))?")
@@ -113,8 +113,7 @@ def check_sample(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if value < least:
             raise GenlabError(f"{key}={value} must be >= {least}")
-    if cfg.device not in DEVICES:
-        raise GenlabError(f"device={cfg.device!r} is not one of {', '.join(DEVICES)}")
+    check_choice("device", cfg.device, DEVICES)
     sampler_settings(cfg.get("sampler") or {"name": "prior"})  # a config from before samplers
 
 
@@ -129,8 +128,7 @@ SAMPLER_SETTINGS = {
 def sampler_settings(spec: Any) -> dict[str, Any]:
     """The name and settings of a ``sampler`` config node, checked; one line naming the key."""
     name = spec.get("name")
-    if name not in SAMPLERS:
-        raise GenlabError(f"sampler={name!r} is not one of {', '.join(SAMPLERS)}")
+    check_choice("sampler", name, SAMPLERS)
     out: dict[str, Any] = {"name": name}
     for key, least in SAMPLER_SETTINGS.get(name, {}).items():
         value = spec.get(key)

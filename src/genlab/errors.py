@@ -1,5 +1,5 @@
-"""The one exception type for bad user input, genlab's warning category, the type check, and
-the wording of a library's error inside genlab's one line."""
+"""The one exception type for bad user input, genlab's warning category, the type and choice
+checks, and the wording of a library's error inside genlab's one line."""
 
 
 class GenlabError(Exception):
@@ -48,3 +48,9 @@ def check_type(key: str, value: object, wanted: tuple[type, ...]) -> None:
         names = [NAMES[t] for t in wanted if t in NAMES]
         names += ["null"] if type(None) in wanted else []
         raise GenlabError(f"{key}={value!r} must be {' or '.join(names)}")
+
+
+def check_choice(key: str, value: object, choices: tuple[str, ...]) -> None:
+    """Refuse ``value`` of config ``key`` unless it is one of ``choices``, in one line."""
+    if value not in choices:
+        raise GenlabError(f"{key}={value!r} is not one of {', '.join(choices)}")

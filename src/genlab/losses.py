@@ -12,21 +12,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genlab.errors import GenlabError
+from genlab.errors import GenlabError, check_choice
 
 GANLoss = Literal["ns", "minimax", "hinge", "wgan", "ls", "rpgan"]
 
 LOG_2PI = math.log(2 * math.pi)
 
 
-def _check_kind(kind: str) -> None:
-    if kind not in GANLoss.__args__:
-        raise GenlabError(f"model.loss={kind!r} is not one of {', '.join(GANLoss.__args__)}")
-
-
 def d_loss(kind: GANLoss, real: Tensor, fake: Tensor) -> Tensor:
     """Discriminator loss from logits on real (B,) and fake (B,) images; a scalar."""
-    _check_kind(kind)
+    check_choice("model.loss", kind, GANLoss.__args__)
     if kind in ("ns", "minimax"):
         # BCE(real, 1) + BCE(fake, 0); softplus is the stable -log(sigmoid(-x)).
         return F.softplus(-real).mean() + F.softplus(fake).mean()
@@ -45,7 +40,7 @@ def g_loss(kind: GANLoss, fake: Tensor, real: Tensor | None = None) -> Tensor:
     Args:
         real: logits on real images (B,), paired with ``fake``; only ``rpgan`` reads them.
     """
-    _check_kind(kind)
+    check_choice("model.loss", kind, GANLoss.__args__)
     if kind == "rpgan":
         if real is None:
             raise ValueError("the rpgan generator loss needs the logits on real images too")

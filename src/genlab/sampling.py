@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from genlab.callbacks.images import grid_uint8, save_png
 from genlab.checkpoints import load_model, local_checkpoint, weights_file
 from genlab.config import DEVICES, check_sample, instantiate
-from genlab.errors import GenlabError
+from genlab.errors import GenlabError, check_choice
 from genlab.models.samplers import LatentSampler, load_or_fit, sample_through
 from genlab.models.vae import reconstruction_rows
 
@@ -155,8 +155,7 @@ def pick_device(name: str) -> torch.device:
     """``auto`` is CUDA when available, else CPU."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in DEVICES:
-        raise GenlabError(f"device={name!r} is not one of {', '.join(DEVICES)}")
+    check_choice("device", name, DEVICES)
     if name == "cuda" and not torch.cuda.is_available():
         raise GenlabError("device=cuda: no CUDA device is available")
     return torch.device(name)

@@ -14,7 +14,7 @@ from genlab.data.datasets import labels_of
 from genlab.errors import GenlabError
 from genlab.metrics.swd import sliced_wasserstein
 from genlab.models.ema import EMAStats, GeneratorEMA
-from genlab.models.gan_options import GANLoss, checked_options
+from genlab.models.gan_options import checked_options
 from genlab.models.loop import logs_written
 from genlab.models.manual import ManualOptimization
 from genlab.rng import seeded
@@ -63,7 +63,7 @@ class GAN(GeneratorEMA, ManualOptimization, pl.LightningModule):
         optimizer_d: OptimizerFactory,
         scheduler_g: SchedulerFactory | None = None,
         scheduler_d: SchedulerFactory | None = None,
-        loss: GANLoss = "ns",
+        loss: losses.GANLoss = "ns",
         n_critic: int = 1,
         gp_weight: float = 0.0,
         r1_gamma: float = 0.0,

@@ -1,16 +1,13 @@
 """The GAN module's options, checked before it is built: one line naming the model key for each
 bad value or combination (genlab.models.gan builds from what passes)."""
 
-from typing import Literal
-
 from torch import nn
 
 from genlab.augment import ADA
-from genlab.errors import GenlabError
+from genlab.errors import GenlabError, check_choice
+from genlab.losses import GANLoss
 from genlab.models.ema import EMAStats
 from genlab.models.ramp import Ramp
-
-GANLoss = Literal["ns", "minimax", "hinge", "wgan", "ls", "rpgan"]
 
 
 def check_stylegan2_options(generator: nn.Module, **options: float) -> None:
@@ -61,8 +58,7 @@ def checked_options(
 ) -> tuple[Ramp, ADA | None]:
     """GAN's constructor options checked in one place; its schedules (``model.ramp``) and its
     ADA pipeline (None when off) built from them."""
-    if loss not in GANLoss.__args__:
-        raise GenlabError(f"model.loss={loss!r} is not one of {', '.join(GANLoss.__args__)}")
+    check_choice("model.loss", loss, GANLoss.__args__)
     if n_critic < 1:
         raise GenlabError(f"model.n_critic={n_critic} must be >= 1")
     if gp_weight < 0 or r1_gamma < 0:

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from genlab import losses
 from genlab.config import check_optimizer
-from genlab.errors import GenlabError
+from genlab.errors import GenlabError, check_choice
 from genlab.models.loop import finite_or_skip, logs_written
 from genlab.models.manual import ManualOptimization
 from genlab.models.vae import VAE, OptimizerFactory, reparameterize
@@ -224,8 +224,7 @@ class MMDVAE(ObjectiveVAE):
         scales: tuple[float, ...] = losses.IMQ_SCALES,
         **kwargs,
     ) -> None:
-        if kernel not in losses.Kernel.__args__:
-            raise GenlabError(f"model.kernel={kernel!r} is not one of imq, rbf")
+        check_choice("model.kernel", kernel, losses.Kernel.__args__)
         if kernel_bandwidth <= 0 or not scales or min(scales) <= 0:
             raise GenlabError(
                 f"model.kernel_bandwidth={kernel_bandwidth} and model.scales={list(scales)} "

@@ -3,7 +3,7 @@ bad value or combination (genlab.models.vae builds from what passes)."""
 
 from typing import Literal
 
-from genlab.errors import GenlabError
+from genlab.errors import GenlabError, check_choice
 
 Likelihood = Literal["bernoulli", "gaussian", "discretized_gaussian", "categorical"]
 Prior = Literal["standard", "vamp"]
@@ -36,9 +36,7 @@ def check_options(
     iaf_hidden: int,
 ) -> None:
     """VAE's constructor options checked in one place."""
-    if posterior not in Posterior.__args__:
-        choices = ", ".join(Posterior.__args__)
-        raise GenlabError(f"model.posterior={posterior!r} is not one of {choices}")
+    check_choice("model.posterior", posterior, Posterior.__args__)
     if posterior == "iaf" and (iaf_steps < 1 or iaf_hidden < 1):
         raise GenlabError(
             f"model.iaf_steps={iaf_steps} and model.iaf_hidden={iaf_hidden} must be >= 1"
@@ -46,11 +44,8 @@ def check_options(
     if posterior == "iaf" and prior == "vamp":
         # the VampPrior is the mixture of the model's own posteriors: Gaussian ones here
         raise GenlabError("model.posterior=iaf with model.prior=vamp: use one of the two")
-    if prior not in Prior.__args__:
-        raise GenlabError(f"model.prior={prior!r} is not one of {', '.join(Prior.__args__)}")
-    if likelihood not in Likelihood.__args__:
-        choices = ", ".join(Likelihood.__args__)
-        raise GenlabError(f"model.likelihood={likelihood!r} is not one of {choices}")
+    check_choice("model.prior", prior, Prior.__args__)
+    check_choice("model.likelihood", likelihood, Likelihood.__args__)
     if nonfinite not in ("stop", "skip", "off"):
         raise GenlabError(f"model.nonfinite={nonfinite!r}: use stop, skip or off")
     if beta < 0:

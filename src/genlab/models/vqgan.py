@@ -15,11 +15,11 @@ from torch import Tensor, nn
 
 from genlab import losses
 from genlab.config import check_optimizer
-from genlab.errors import GenlabError
+from genlab.errors import GenlabError, check_choice
 from genlab.metrics.lpips import load_lpips
 from genlab.models.loop import logs_written
 from genlab.models.manual import ManualOptimization
-from genlab.models.vqvae import VQVAE, BetaOn, OptimizerFactory, check_choice, vq_loss
+from genlab.models.vqvae import VQVAE, BetaOn, OptimizerFactory, vq_loss
 
 GANLoss = Literal["ns", "hinge", "ls"]
 

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from genlab import losses
 from genlab.config import check_optimizer
-from genlab.errors import GenlabError
+from genlab.errors import GenlabError, check_choice
 from genlab.models.loop import finite_or_skip, logs_written
 from genlab.models.vae import reconstruction_rows
 from genlab.rng import seeded
@@ -22,12 +22,6 @@ Likelihood = Literal["gaussian", "discretized_gaussian"]
 BetaOn = Literal["commitment", "codebook"]
 NONFINITE = ("stop", "skip", "off")  # model.nonfinite: what a NaN/inf loss does
 GRID_SEED = 0  # the grid's code draws: the same each epoch, training RNG untouched
-
-
-def check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
-    """Refuse ``value`` of config ``key`` unless it is one of ``choices``, in one line."""
-    if value not in choices:
-        raise GenlabError(f"{key}={value!r} is not one of {', '.join(choices)}")
 
 
 def code_counts(codes: Tensor, num_codes: int) -> Tensor:
