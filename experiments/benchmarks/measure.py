@@ -128,10 +128,10 @@ def smaps_kib(pid: int, file: str) -> dict[str, int]:
             if MAPPING.match(line):
                 inside = line.rstrip().endswith(file)
             elif line.startswith(("Rss:", "Pss:")):
-                key = line[:3].lower()
-                kib[key] += int(line.split()[1])
+                key, value = line[:3].lower(), int(line.split()[1])
+                kib[key] += value
                 if inside:
-                    kib[f"file_{key}"] += int(line.split()[1])
+                    kib[f"file_{key}"] += value
     return kib
 
 
