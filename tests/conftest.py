@@ -45,10 +45,35 @@ def on_worker_cores() -> None:
     os.sched_setaffinity(0, worker_cores())
 
 
+@pytest.hookimpl(trylast=True)  # after xdist's own hook has tagged the grouped tests
 def pytest_collection_modifyitems(config, items) -> None:
     """The README walk first: its blocks are one ordered group, the suite's longest unit, which
-    under ``pytest -n 2`` would otherwise start late and run alone at the end."""
+    under ``pytest -n 2`` would otherwise start late and run alone at the end.
+
+    Under ``--dist loadgroup`` a worker tags each grouped test's node id ``...@group`` and the
+    controller sends a group to one worker. With pytest 9.2 the tag no longer takes (node ids are
+    structured; pytest-xdist#1386), and the walk's blocks, which build on each other's runs, were
+    dealt to both workers and failed by the luck of the deal: such a test fails at once instead,
+    naming the cause."""
     items.sort(key=lambda item: item.get_closest_marker("xdist_group") is None)  # stable sort
+    if not getattr(config.option, "loadgroup", False):  # set on xdist workers only
+        return
+    for item in items:
+        groups = sorted({str(m.args[0]) for m in item.iter_markers("xdist_group")})
+        if groups and not item.nodeid.endswith("@" + "_".join(groups)):
+            item.stash[UNGROUPED] = (
+                f"--dist loadgroup did not keep group {'_'.join(groups)!r} on one worker (pytest "
+                f"{pytest.__version__} with this pytest-xdist, pytest-xdist#1386): "
+                'pip install -e ".[dev]" picks a pytest that does'
+            )
+
+
+UNGROUPED = pytest.StashKey[str]()
+
+
+def pytest_runtest_setup(item) -> None:
+    if (why := item.stash.get(UNGROUPED, None)) is not None:
+        pytest.fail(why, pytrace=False)
 
 
 def compose_train(overrides: list[str], output_dir: Path) -> DictConfig:
