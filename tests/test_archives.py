@@ -318,7 +318,7 @@ def test_prepare_zip_unlabelled_and_atomic(tmp_path, monkeypatch):
 
 
 def test_prepare_refuses_bad_format_and_out(tmp_path):
-    with pytest.raises(GenlabError, match="format=tar is unknown"):
+    with pytest.raises(GenlabError, match="format='tar': use npy, zip or litdata"):
         prepare(prepare_cfg("data=mnist5k", "format=tar", f"out={tmp_path / 'x'}"))
     with pytest.raises(GenlabError, match="format=zip writes one zip file"):
         prepare(prepare_cfg("data=mnist5k", "format=zip", f"out={tmp_path / 'x'}"))

@@ -273,6 +273,14 @@ def test_nonfinite_cli_stops_in_one_line(run_cli, tmp_path):
     assert last.startswith("genlab-train: error: non-finite train/d_loss=inf at step 0")
 
 
+@pytest.mark.parametrize("model", ["gan", "vae", "ladder_vae", "vqvae", "vqgan"])
+def test_an_unknown_nonfinite_policy_names_the_choices(cfg_tiny, model):
+    # one sentence for every family: the GAN and VAE checks once wrote their own
+    cfg = cfg_tiny(f"model={model}", "model.nonfinite=ignore")
+    with pytest.raises(GenlabError, match=r"^model.nonfinite='ignore': use stop, skip or off$"):
+        build(cfg)
+
+
 class SaveRankWeights(pl.Callback):
     """Each DDP rank writes its final weights to ``dirpath/rank{R}.pt``."""
 

@@ -289,7 +289,7 @@ def test_model_sample_decodes_the_samplers_latents(vae_like):
 @pytest.mark.parametrize(
     ("spec", "named"),
     [
-        ({"name": "nosuch"}, "sampler='nosuch' is not one of prior, gmm, two_stage"),
+        ({"name": "nosuch"}, "sampler='nosuch': use prior, gmm or two_stage"),
         ({**GMM, "components": 0}, "sampler.components=0 must be an integer >= 1"),
         ({**GMM, "tol": "x"}, "sampler.tol=x must be a number >= 0.0"),
         ({**TWO_STAGE, "epochs": 1.5}, "sampler.epochs=1.5 must be an integer >= 1"),

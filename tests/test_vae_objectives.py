@@ -391,7 +391,7 @@ def test_short_run_on_mnist5k_lowers_the_objective(model, cfg_tiny):
 @pytest.mark.parametrize(
     ("args", "named"),
     [
-        (["model=info_vae", "model.kernel=laplace"], "model.kernel='laplace' is not one of"),
+        (["model=info_vae", "model.kernel=laplace"], "model.kernel='laplace': use"),
     ],
 )
 def test_cli_bad_input_is_one_line_exit_2(args, named, run_cli, tmp_path):

@@ -136,7 +136,7 @@ def test_vamp_option_trains_with_vae_and_iwae(model, cfg_tiny):
 
 
 def test_vamp_config_errors_name_the_key(cfg_tiny):
-    with pytest.raises(GenlabError, match="model.prior='mog' is not one of standard, vamp"):
+    with pytest.raises(GenlabError, match="model.prior='mog': use standard or vamp"):
         VAE(LinearPosterior(), PixelDecoder(), partial(torch.optim.Adam), prior="mog")
     with pytest.raises(GenlabError, match="model.prior_components=0"):
         VAE(LinearPosterior(), PixelDecoder(), partial(torch.optim.Adam), prior="vamp",

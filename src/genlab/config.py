@@ -218,8 +218,7 @@ def check_prepare(cfg: DictConfig) -> None:
     if cfg.num_workers < 0 or cfg.chunk < 1:
         raise GenlabError(f"num_workers={cfg.num_workers} must be >= 0 and chunk={cfg.chunk} >= 1")
     fmt = cfg.get("format", "npy")
-    if fmt not in PREPARE_FORMATS:
-        raise GenlabError(f"format={fmt} is unknown; choose one of {', '.join(PREPARE_FORMATS)}")
+    check_choice("format", fmt, PREPARE_FORMATS)
     if fmt == "zip" and not str(cfg.out).endswith(".zip"):
         raise GenlabError(f"out={cfg.out}: format=zip writes one zip file; name it out=NAME.zip")
     if "://" in str(cfg.out) and fmt != "litdata":

@@ -51,6 +51,9 @@ def check_type(key: str, value: object, wanted: tuple[type, ...]) -> None:
 
 
 def check_choice(key: str, value: object, choices: tuple[str, ...]) -> None:
-    """Refuse ``value`` of config ``key`` unless it is one of ``choices``, in one line."""
+    """Refuse ``value`` of config ``key`` unless it is one of ``choices``, in one line naming
+    them: ``model.loss='x': use ns, hinge or wgan``."""
     if value not in choices:
-        raise GenlabError(f"{key}={value!r} is not one of {', '.join(choices)}")
+        *others, last = choices
+        names = f"{', '.join(others)} or {last}" if others else last
+        raise GenlabError(f"{key}={value!r}: use {names}")

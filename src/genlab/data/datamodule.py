@@ -28,7 +28,7 @@ from genlab.data.prepared import (
 )
 from genlab.data.sources import NUM_CLASSES, SOURCES, TORCHVISION_DIRS, Source
 from genlab.data.transforms import fit_size, to_channels
-from genlab.errors import GenlabError, check_type
+from genlab.errors import GenlabError, check_choice, check_type
 
 Split = Literal["train", "val", "test"]
 
@@ -94,8 +94,7 @@ class ImageDataModule(pl.LightningDataModule):
         split: str = "train",
     ):
         super().__init__()
-        if source not in SOURCES:
-            raise GenlabError(f"data.source={source!r} is unknown; choose one of {SOURCES}")
+        check_choice("data.source", source, SOURCES)
         int_, number, int_or_none = (int,), (float,), (int, type(None))
         for key, value, wanted in [
             ("batch_size", batch_size, int_), ("image_size", image_size, int_),

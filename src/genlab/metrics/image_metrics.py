@@ -11,7 +11,7 @@ from torch import Tensor
 
 import genlab.metrics.jackknife as jk
 import genlab.metrics.memorisation as mem
-from genlab.errors import GenlabError, GenlabWarning
+from genlab.errors import GenlabError, GenlabWarning, check_choice
 from genlab.metrics.cmmd import CLIPBackbone, cmmd_from_features
 from genlab.metrics.dinov2 import DINOv2Backbone
 from genlab.metrics.features import RESIZES, Resize, numerics, to_uint8
@@ -99,10 +99,8 @@ class ImageMetrics:
             jk.check_groups(jackknife)
             if "prdc" in metrics:
                 warnings.warn(NO_PR_INTERVAL, GenlabWarning, stacklevel=2)
-        if backbone not in BACKBONES:
-            raise GenlabError(f"metrics.backbone={backbone!r}: choose one of {BACKBONES}")
-        if resize not in RESIZES:
-            raise GenlabError(f"metrics.resize={resize!r}: choose one of {RESIZES}")
+        check_choice("metrics.backbone", backbone, BACKBONES)
+        check_choice("metrics.resize", resize, RESIZES)
         if backbone != "inception" and "is" in metrics:
             raise GenlabError(
                 f"metrics.metrics: is needs Inception's logits, not metrics.backbone={backbone}"

@@ -7,6 +7,7 @@ from genlab.augment import ADA
 from genlab.errors import GenlabError, check_choice
 from genlab.losses import GANLoss
 from genlab.models.ema import EMAStats
+from genlab.models.loop import NONFINITE
 from genlab.models.ramp import Ramp
 
 
@@ -76,23 +77,18 @@ def checked_options(
         generator, r1_interval=r1_interval, pl_weight=pl_weight, pl_interval=pl_interval,
         pl_decay=pl_decay, pl_batch_shrink=pl_batch_shrink, style_mixing=style_mixing,
     )  # fmt: skip
-    if nonfinite not in ("stop", "skip", "off"):
-        raise GenlabError(f"model.nonfinite={nonfinite!r}: use stop, skip or off")
+    check_choice("model.nonfinite", nonfinite, NONFINITE)
     if not 0.0 <= ema_decay < 1.0:
         raise GenlabError(f"model.ema_decay={ema_decay} must be in [0, 1)")
-    if g_real not in ("shared", "own"):
-        raise GenlabError(f"model.g_real={g_real!r}: use shared or own")
+    check_choice("model.g_real", g_real, ("shared", "own"))
     if g_real == "own" and loss != "rpgan":
         raise GenlabError(
             f"model.g_real=own gives the G step reals of its own, which only model.loss=rpgan "
             f"reads (model.loss={loss!r})"
         )
-    if lazy_step not in ("joint", "separate"):
-        raise GenlabError(f"model.lazy_step={lazy_step!r}: use joint or separate")
-    if fake_labels not in ("batch", "uniform", "dataset"):
-        raise GenlabError(f"model.fake_labels={fake_labels!r}: use batch, uniform or dataset")
-    if ema_stats not in EMAStats.__args__:
-        raise GenlabError(f"model.ema_stats={ema_stats!r}: use standing, average or copy")
+    check_choice("model.lazy_step", lazy_step, ("joint", "separate"))
+    check_choice("model.fake_labels", fake_labels, ("batch", "uniform", "dataset"))
+    check_choice("model.ema_stats", ema_stats, EMAStats.__args__)
     if not grad_clip >= 0:
         raise GenlabError(f"model.grad_clip={grad_clip} must be >= 0 (0 = off)")
     # ADA is on with a p, a target (the test StyleGAN2-ADA builds its pipeline on) or a

@@ -5,6 +5,8 @@ import torch
 
 from genlab.errors import GenlabError
 
+NONFINITE = ("stop", "skip", "off")  # model.nonfinite: what a NaN/inf loss does (finite_or_skip)
+
 
 def logs_written(trainer: pl.Trainer) -> bool:
     """True on steps whose logged values reach the loggers (every ``log_every_n_steps``).

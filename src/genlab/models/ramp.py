@@ -8,7 +8,7 @@ import math
 from collections.abc import Mapping
 from typing import Literal
 
-from genlab.errors import GenlabError
+from genlab.errors import GenlabError, check_choice
 
 RampShape = Literal["cosine", "linear"]
 # What a ramp may drive; ema_half_life is in images, as R3GAN's ema_nimg; ada_p is ADA's p
@@ -44,8 +44,7 @@ class Ramp:
             if len(pair) != 2:
                 raise GenlabError(f"model.ramp.{name}={list(pair)} must be [start, end]")
             self.values[name] = (float(pair[0]), float(pair[1]))
-        if self.shape not in RampShape.__args__:
-            raise GenlabError(f"model.ramp.shape={self.shape!r}: use cosine or linear")
+        check_choice("model.ramp.shape", self.shape, RampShape.__args__)
         if self.values and not (isinstance(self.length, (int, float)) and self.length > 0):
             raise GenlabError(f"model.ramp.images={self.length} must be > 0 (the ramps' length)")
 

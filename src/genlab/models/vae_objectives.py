@@ -299,10 +299,7 @@ class WAE(MMDVAE):
         encoder_noise: Encoder = "deterministic",
         **kwargs,
     ) -> None:
-        if encoder_noise not in Encoder.__args__:
-            raise GenlabError(
-                f"model.encoder_noise={encoder_noise!r}: use deterministic or gaussian"
-            )
+        check_choice("model.encoder_noise", encoder_noise, Encoder.__args__)
         check_weights(self.objective_name, cost_scale=cost_scale)
         super().__init__(*args, lbd=lbd, **kwargs)
 

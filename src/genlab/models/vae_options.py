@@ -4,6 +4,7 @@ bad value or combination (genlab.models.vae builds from what passes)."""
 from typing import Literal
 
 from genlab.errors import GenlabError, check_choice
+from genlab.models.loop import NONFINITE
 
 Likelihood = Literal["bernoulli", "gaussian", "discretized_gaussian", "categorical"]
 Prior = Literal["standard", "vamp"]
@@ -46,8 +47,7 @@ def check_options(
         raise GenlabError("model.posterior=iaf with model.prior=vamp: use one of the two")
     check_choice("model.prior", prior, Prior.__args__)
     check_choice("model.likelihood", likelihood, Likelihood.__args__)
-    if nonfinite not in ("stop", "skip", "off"):
-        raise GenlabError(f"model.nonfinite={nonfinite!r}: use stop, skip or off")
+    check_choice("model.nonfinite", nonfinite, NONFINITE)
     if beta < 0:
         raise GenlabError(f"model.beta={beta} must be >= 0")
     if gaussian_std is not None and gaussian_std <= 0:

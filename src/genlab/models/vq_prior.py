@@ -12,8 +12,8 @@ from torch import Tensor, nn
 from genlab.checkpoints import load_model
 from genlab.config import check_optimizer
 from genlab.errors import GenlabError, check_choice
-from genlab.models.loop import finite_or_skip, logs_written
-from genlab.models.vqvae import NONFINITE, VQVAE, sample_grids
+from genlab.models.loop import NONFINITE, finite_or_skip, logs_written
+from genlab.models.vqvae import VQVAE, sample_grids
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 

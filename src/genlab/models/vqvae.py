@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from genlab import losses
 from genlab.config import check_optimizer
 from genlab.errors import GenlabError, check_choice
-from genlab.models.loop import finite_or_skip, logs_written
+from genlab.models.loop import NONFINITE, finite_or_skip, logs_written
 from genlab.models.vae import reconstruction_rows
 from genlab.rng import seeded
 
@@ -20,7 +20,6 @@ Likelihood = Literal["gaussian", "discretized_gaussian"]
 # which quantiser term beta weighs: the paper's commitment, or the codebook term as
 # taming-transformers' VectorQuantizer2(legacy=True), its default, does
 BetaOn = Literal["commitment", "codebook"]
-NONFINITE = ("stop", "skip", "off")  # model.nonfinite: what a NaN/inf loss does
 GRID_SEED = 0  # the grid's code draws: the same each epoch, training RNG untouched
 
 

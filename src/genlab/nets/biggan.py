@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 import genlab.nets.resnet as resnet
-from genlab.errors import GenlabError
+from genlab.errors import GenlabError, check_choice
 from genlab.nets.layers import check_args, require_labels
 
 SIZES = (32, 64)
@@ -63,8 +63,7 @@ def _spectral_norm(net: nn.Module, skip: tuple[nn.Module, ...] = ()) -> None:
 
 
 def _check_init(init: str, role: str) -> None:
-    if init not in INITS:
-        raise GenlabError(f"{role}.init={init!r}: use {', '.join(INITS)}")
+    check_choice(f"{role}.init", init, INITS)
 
 
 class SelfAttention(nn.Module):

@@ -21,7 +21,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from genlab.errors import GenlabError
+from genlab.errors import GenlabError, check_choice
 from genlab.nets.layers import check_args
 
 OutputBias = Literal["data_logodds", "zero"]
@@ -138,9 +138,7 @@ class HierarchicalDecoder(StochasticLayers):
         num_classes: int = 0,
         output_bias: OutputBias = "data_logodds",
     ) -> None:
-        if output_bias not in OutputBias.__args__:
-            choices = " or ".join(OutputBias.__args__)
-            raise GenlabError(f"model.decoder.output_bias={output_bias!r}: use {choices}")
+        check_choice("model.decoder.output_bias", output_bias, OutputBias.__args__)
         super().__init__(image_size, channels, latent_dim, upper_dims, hidden, num_classes)
         self.output_bias = output_bias
 

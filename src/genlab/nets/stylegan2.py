@@ -24,7 +24,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from genlab.errors import GenlabError
+from genlab.errors import GenlabError, check_choice
 from genlab.nets.equalized import (
     Conv2d,
     FullyConnected,
@@ -227,8 +227,7 @@ def _check_precision(
         )
     if conv_clamp is not None and not conv_clamp > 0:
         raise GenlabError(f"{role}.conv_clamp={conv_clamp!r} must be > 0 or null (no clamping)")
-    if fp16_dtype not in FP16_DTYPES:
-        raise GenlabError(f"{role}.fp16_dtype={fp16_dtype!r}: use float16 or bfloat16")
+    check_choice(f"{role}.fp16_dtype", fp16_dtype, tuple(FP16_DTYPES))
 
 
 def _check(owner: str, role: str, image_size: int, channels: int, num_classes: int, **kw) -> None:
@@ -400,10 +399,7 @@ class StyleGAN2Discriminator(nn.Module):
             mbstd_group_size=mbstd_group_size, mapping_layers=mapping_layers,
         )  # fmt: skip
         _check_precision("model.discriminator", num_fp16_res, conv_clamp, fp16_dtype)
-        if architecture not in ("resnet", "orig"):
-            raise GenlabError(
-                f"model.discriminator.architecture={architecture!r}: use resnet or orig"
-            )
+        check_choice("model.discriminator.architecture", architecture, ("resnet", "orig"))
         self.num_classes, self.mbstd_group_size = num_classes, mbstd_group_size
         widths = _widths(image_size, channel_base, channel_max)
         resolutions = sorted(widths, reverse=True)[:-1]  # image_size .. 8

@@ -12,7 +12,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genlab.errors import GenlabError
+from genlab.errors import GenlabError, check_choice
 from genlab.nets.layers import check_args
 
 
@@ -173,10 +173,8 @@ class VectorQuantizer(nn.Module):
     ) -> None:
         super().__init__()
         _positive("model.quantizer", num_codes=num_codes, embedding_dim=embedding_dim)
-        if init not in ("sonnet", "taming"):
-            raise GenlabError(f"model.quantizer.init={init!r}: use sonnet or taming")
-        if codebook not in ("ema", "loss"):
-            raise GenlabError(f"model.quantizer.codebook={codebook!r}: use ema or loss")
+        check_choice("model.quantizer.init", init, ("sonnet", "taming"))
+        check_choice("model.quantizer.codebook", codebook, ("ema", "loss"))
         if not 0.0 <= decay < 1.0:
             raise GenlabError(f"model.quantizer.decay={decay} must be in [0, 1)")
         if restart_after < 0:
