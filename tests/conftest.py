@@ -45,6 +45,9 @@ def on_worker_cores() -> None:
     os.sched_setaffinity(0, worker_cores())
 
 
+UNGROUPED = pytest.StashKey[str]()  # why a grouped test did not stay in its group
+
+
 @pytest.hookimpl(trylast=True)  # after xdist's own hook has tagged the grouped tests
 def pytest_collection_modifyitems(config, items) -> None:
     """The README walk first: its blocks are one ordered group, the suite's longest unit, which
@@ -59,16 +62,13 @@ def pytest_collection_modifyitems(config, items) -> None:
     if not getattr(config.option, "loadgroup", False):  # set on xdist workers only
         return
     for item in items:
-        groups = sorted({str(m.args[0]) for m in item.iter_markers("xdist_group")})
-        if groups and not item.nodeid.endswith("@" + "_".join(groups)):
+        group = "_".join(sorted({str(m.args[0]) for m in item.iter_markers("xdist_group")}))
+        if group and not item.nodeid.endswith(f"@{group}"):
             item.stash[UNGROUPED] = (
-                f"--dist loadgroup did not keep group {'_'.join(groups)!r} on one worker (pytest "
+                f"--dist loadgroup did not keep group {group!r} on one worker (pytest "
                 f"{pytest.__version__} with this pytest-xdist, pytest-xdist#1386): "
                 'pip install -e ".[dev]" picks a pytest that does'
             )
-
-
-UNGROUPED = pytest.StashKey[str]()
 
 
 def pytest_runtest_setup(item) -> None:
